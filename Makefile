@@ -1,0 +1,32 @@
+# devstack: two commands on a fresh machine.
+#   make up    runs the inner loop locally (sidecar, sync, hot reload, routing, provisioning)
+#   make test  runs every check CI runs
+.PHONY: up test check lint typecheck proto-check unit bench venv clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+venv:
+	@./scripts/bootstrap
+
+up: venv
+	@$(VENV)/bin/devstack up
+
+test: venv
+	@./scripts/test
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+proto-check: venv
+	./scripts/gen-proto && git diff --exit-code -- proto/
+
+bench: venv
+	./bench/run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from devstack.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Entry point: parses the subcommand and turns devstack errors into one
+clear line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+from devstack.core.errors import DevstackError
+
+#: subcommand -> (module, one-line help). Each module defines
+#: ``add_arguments(parser)`` and ``run(args) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("devstack.cli.up", "run the inner loop locally: sidecar, sync, reload, routing"),
+    "connect": ("devstack.cli.connect", "sync a source tree to a sidecar and keep it in sync"),
+    "sidecar": ("devstack.sidecar.command", "serve a workspace to `devstack connect`"),
+    "exec": ("devstack.cli.exec", "run a command in the dev pod's workspace"),
+    "status": ("devstack.cli.status", "show a sidecar's status"),
+    "agent": ("devstack.agent.command", "run the cluster agent that reconciles Traefik routes"),
+    "provision": ("devstack.provision.command", "create declared AWS resources"),
+}
+
+
+class CommandModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load(name: str) -> CommandModule:
+    return cast(CommandModule, importlib.import_module(COMMANDS[name][0]))
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen subcommand's module is imported.
+        if name == wanted:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    try:
+        return _load(args.command).run(args)
+    except KeyboardInterrupt:
+        return 130
+    except DevstackError as e:
+        print(f"devstack {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def main_entry() -> None:
+    """The console script."""
+    sys.exit(main())

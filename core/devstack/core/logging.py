@@ -1,0 +1,65 @@
+"""structlog configuration: JSON lines when stderr is not a terminal,
+readable key=value output on a terminal.
+
+Events have stable names (``sync.batch_applied``) and bound context
+(``session``, ``path``, ``owner``). Values whose key looks secret are masked
+so a token never reaches a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = ("token", "secret", "password", "authorization", "credential", "key_id")
+
+
+def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        lowered = key.lower()
+        if any(s in lowered for s in _SECRET_KEYS) and key != "event":
+            event[key] = "***"
+    return event
+
+
+def configure(*, json: bool | None = None, level: str | None = None) -> None:
+    """Configure structlog and the stdlib root logger once per process.
+
+    ``json`` defaults to "stderr is not a TTY"; ``level`` defaults to
+    ``$DEVSTACK_LOG_LEVEL`` or ``info``.
+    """
+    if json is None:
+        json = not sys.stderr.isatty()
+    level_name = (level or os.environ.get("DEVSTACK_LOG_LEVEL") or "info").upper()
+    numeric = logging.getLevelName(level_name)
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _mask_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger bound to ``component=name``."""
+    return structlog.get_logger().bind(component=name)
