@@ -61,5 +61,6 @@ def configure(*, json: bool | None = None, level: str | None = None) -> None:
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger bound to ``component=name``."""
-    return structlog.get_logger().bind(component=name)
+    """A lazy structlog logger bound to ``component=name``: it picks up the
+    configuration in force when it first logs, not when it was created."""
+    return structlog.get_logger(component=name)

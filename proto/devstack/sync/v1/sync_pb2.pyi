@@ -71,6 +71,30 @@ KIND_SYMLINK: Kind.ValueType  # 3
 """A symbolic link; its target travels in Entry.target."""
 Global___Kind: _TypeAlias = Kind  # noqa: Y015
 
+class _SyncState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SyncStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SyncState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SYNC_STATE_UNTRACKED: _SyncState.ValueType  # 0
+    """Sync never wrote this path (seeded from the image, or made by the app)."""
+    SYNC_STATE_SYNCED: _SyncState.ValueType  # 1
+    """The entry is exactly what sync last wrote or adopted."""
+    SYNC_STATE_DIRTY: _SyncState.ValueType  # 2
+    """The entry changed in the workspace since sync last wrote it."""
+
+class SyncState(_SyncState, metaclass=_SyncStateEnumTypeWrapper):
+    """How a workspace entry relates to the last-synced ("ancestor") state."""
+
+SYNC_STATE_UNTRACKED: SyncState.ValueType  # 0
+"""Sync never wrote this path (seeded from the image, or made by the app)."""
+SYNC_STATE_SYNCED: SyncState.ValueType  # 1
+"""The entry is exactly what sync last wrote or adopted."""
+SYNC_STATE_DIRTY: SyncState.ValueType  # 2
+"""The entry changed in the workspace since sync last wrote it."""
+Global___SyncState: _TypeAlias = SyncState  # noqa: Y015
+
 class _OpKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -91,6 +115,10 @@ class _OpKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OpKind.ValueTy
     """Move an entry from `from_path` to `entry.path`."""
     OP_CHMOD: _OpKind.ValueType  # 6
     """Change permission bits only."""
+    OP_ADOPT: _OpKind.ValueType  # 7
+    """Writes nothing: the laptop holds exactly entry, which the workspace
+    holds too, so the sidecar records it as in sync.
+    """
 
 class OpKind(_OpKind, metaclass=_OpKindEnumTypeWrapper):
     """The kind of one change in a batch."""
@@ -109,6 +137,10 @@ OP_RENAME: OpKind.ValueType  # 5
 """Move an entry from `from_path` to `entry.path`."""
 OP_CHMOD: OpKind.ValueType  # 6
 """Change permission bits only."""
+OP_ADOPT: OpKind.ValueType  # 7
+"""Writes nothing: the laptop holds exactly entry, which the workspace
+holds too, so the sidecar records it as in sync.
+"""
 Global___OpKind: _TypeAlias = OpKind  # noqa: Y015
 
 class _Compression:
@@ -143,6 +175,7 @@ class Entry(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path relative to the sync root, '/'-separated, NFC unicode, no '.' or '..'
     segments, never absolute.
@@ -159,6 +192,10 @@ class Entry(_message.Message):
     """
     target: _builtins.str
     """The target of a symlink, as stored in the link; empty otherwise."""
+    state: Global___SyncState.ValueType
+    """Only in the sidecar's manifest: how the entry relates to what sync last
+    wrote there.
+    """
     def __init__(
         self,
         *,
@@ -168,10 +205,11 @@ class Entry(_message.Message):
         mode: _builtins.int = ...,
         digest: _builtins.bytes = ...,
         target: _builtins.str = ...,
+        state: Global___SyncState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind", "mode", b"mode", "path", b"path", "size", b"size", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind", "mode", b"mode", "path", b"path", "size", b"size", "state", b"state", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,6 +226,7 @@ class Hello(_message.Message):
     WORKSPACE_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    IGNORE_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """The protocol version the client speaks. The sidecar refuses versions it
     does not support with FAILED_PRECONDITION.
@@ -204,6 +243,12 @@ class Hello(_message.Message):
     """
     max_chunk_bytes: _builtins.int
     """Largest chunk payload the client will send, in bytes."""
+    @_builtins.property
+    def ignore(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Gitignore-style patterns the client never syncs; the sidecar leaves
+        matching paths out of its manifest.
+        """
+
     def __init__(
         self,
         *,
@@ -212,10 +257,11 @@ class Hello(_message.Message):
         workspace: _builtins.str = ...,
         token: _builtins.str = ...,
         max_chunk_bytes: _builtins.int = ...,
+        ignore: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "token", b"token", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "ignore", b"ignore", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "token", b"token", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,6 +279,7 @@ class Welcome(_message.Message):
     REPLICA_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MANIFEST_ENTRIES_FIELD_NUMBER: _builtins.int
+    FORCES_MODES_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """The protocol version the session will use."""
     session_id: _builtins.str
@@ -247,6 +294,10 @@ class Welcome(_message.Message):
     """Largest chunk payload the sidecar accepts, in bytes."""
     manifest_entries: _builtins.int
     """Number of entries the manifest pages that follow will carry."""
+    forces_modes: _builtins.bool
+    """True when the sidecar forces file and directory modes (--file-mode,
+    --dir-mode): the client then ignores mode differences.
+    """
     def __init__(
         self,
         *,
@@ -256,10 +307,11 @@ class Welcome(_message.Message):
         replica: _builtins.bool = ...,
         max_chunk_bytes: _builtins.int = ...,
         manifest_entries: _builtins.int = ...,
+        forces_modes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest_entries", b"manifest_entries", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "replica", b"replica", "session_id", b"session_id", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forces_modes", b"forces_modes", "manifest_entries", b"manifest_entries", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "replica", b"replica", "session_id", b"session_id", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,6 +365,7 @@ class Op(_message.Message):
     CHUNKED_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     COMPRESSION_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     kind: Global___OpKind.ValueType
     """What to do."""
     expected_absent: _builtins.bool
@@ -331,6 +384,10 @@ class Op(_message.Message):
     """OP_WRITE with chunked=false: the whole content, encoded per compression."""
     compression: Global___Compression.ValueType
     """Encoding of `content`."""
+    force: _builtins.bool
+    """The person chose the laptop's side: apply even if the workspace entry
+    changed since the last sync (still only if it matches `expected`).
+    """
     @_builtins.property
     def entry(self) -> Global___Entry:
         """The entry as it must be afterwards. For OP_DELETE only path is read."""
@@ -351,10 +408,11 @@ class Op(_message.Message):
         chunked: _builtins.bool = ...,
         content: _builtins.bytes = ...,
         compression: Global___Compression.ValueType = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "expected", b"expected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunked", b"chunked", "compression", b"compression", "content", b"content", "delta", b"delta", "entry", b"entry", "expected", b"expected", "expected_absent", b"expected_absent", "from_path", b"from_path", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunked", b"chunked", "compression", b"compression", "content", b"content", "delta", b"delta", "entry", b"entry", "expected", b"expected", "expected_absent", b"expected_absent", "force", b"force", "from_path", b"from_path", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,61 @@
+"""Opening a gRPC channel to a sidecar, and turning gRPC failures into
+devstack errors (network I/O at the edge)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from devstack.core.errors import AuthError, DevstackError, PermanentError, UnreachableError
+from devstack.core.protocol import MAX_MESSAGE_BYTES, read_token
+
+CLIENT_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Notice a dead peer (a sleeping laptop, a killed pod) within ~30 s.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+
+def open_channel(
+    target: str, *, authority: str | None = None, tls: bool = False
+) -> grpc.aio.Channel:
+    """A channel to ``HOST:PORT``. ``authority`` overrides the HTTP/2
+    ``:authority`` so a Traefik entry point can route h2c by host."""
+    options = list(CLIENT_OPTIONS)
+    if authority:
+        options.append(("grpc.default_authority", authority))
+        if tls:
+            options.append(("grpc.ssl_target_name_override", authority))
+    if tls:
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+    return grpc.aio.insecure_channel(target, options=options)
+
+
+def load_token(path: str | None) -> str:
+    if not path:
+        raise PermanentError("--token-file is required (the sidecar's token)")
+    return read_token(Path(path))
+
+
+def translate(e: grpc.RpcError, target: str) -> DevstackError:
+    """One clear error for a failed call."""
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthError(f"the sidecar at {target} refused the token: {details}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return UnreachableError(f"cannot reach the sidecar at {target}: {details}")
+    if code in (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    ):
+        return PermanentError(f"the sidecar at {target} refused the session: {details}")
+    return UnreachableError(f"the session with {target} failed ({code}): {details}")

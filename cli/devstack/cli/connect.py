@@ -1,0 +1,169 @@
+"""``devstack connect [PATH] --to ADDR --token-file FILE [--once]``: sync a
+source tree to a sidecar, then keep it in sync; the terminal UI (progress
+bar, live status line) lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from devstack.cli.channel import load_token
+from devstack.cli.syncer import Stats, Syncer, Target
+from devstack.core import logging as dlog
+from devstack.core.errors import PermanentError
+from devstack.core.plan import Plan
+from devstack.sync.v1 import sync_pb2 as pb
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", nargs="?", default=".", help="source tree to sync (default: .)")
+    parser.add_argument(
+        "--to",
+        default=os.environ.get("DEVSTACK_SIDECAR"),
+        required=os.environ.get("DEVSTACK_SIDECAR") is None,
+        metavar="HOST:PORT",
+        help="the sidecar's gRPC address (env DEVSTACK_SIDECAR)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=os.environ.get("DEVSTACK_TOKEN_FILE"),
+        help="file holding the sidecar's token (env DEVSTACK_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--authority",
+        default=os.environ.get("DEVSTACK_AUTHORITY"),
+        metavar="HOST",
+        help="HTTP/2 :authority to send, when a Traefik entry point routes to the sidecar by host",
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS (e.g. a websecure entry point)")
+    parser.add_argument(
+        "--once", action="store_true", help="sync until the trees match, then exit 0"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="on conflicts, take the laptop's side (overwrite files the app changed)",
+    )
+    parser.add_argument(
+        "--debounce-ms", type=int, default=50, help="watcher debounce in ms (default 50)"
+    )
+    parser.add_argument(
+        "--rescan-interval",
+        type=float,
+        default=30.0,
+        help="full rescan every N idle seconds, a safety net for lost events (default 30)",
+    )
+
+
+class TerminalReporter:
+    """A progress bar for the initial sync, then one live status line on a
+    terminal; plain lines otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.out = stream
+        self.tty = stream.isatty()
+        self.total_bytes = 0
+        self.total_files = 0
+        self.sent_bytes = 0
+        self.initial = False
+        self._last_draw = 0.0
+        self._stats = Stats()
+
+    def _line(self, text: str, *, final: bool = False) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[2K" + text + ("\n" if final else ""))
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def round_started(self, plan: Plan, *, initial: bool) -> None:
+        self.initial = initial
+        self.total_files = len(plan.changes)
+        self.total_bytes = plan.bytes_to_send()
+        self.sent_bytes = 0
+        if initial:
+            self._line(
+                f"initial sync: {self.total_files} change(s), {self.total_bytes / 1e6:.1f} MB to send"
+                + (f", {len(plan.conflicts)} conflict(s)" if plan.conflicts else ""),
+                final=True,
+            )
+
+    def progress(self, files: int, nbytes: int) -> None:
+        self.sent_bytes += nbytes
+        if not (self.tty and self.initial and self.total_bytes):
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        frac = min(1.0, self.sent_bytes / self.total_bytes)
+        bar = "#" * int(frac * 30)
+        self._line(
+            f"[{bar:<30}] {frac * 100:5.1f}%  {self.sent_bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
+        )
+
+    def round_finished(self, stats: Stats) -> None:
+        self._stats = stats
+        self._status(final=not self.tty)
+
+    def _status(self, *, final: bool = False) -> None:
+        s = self._stats
+        parts = [
+            "connected" if s.connected else "disconnected",
+            f"{s.files_synced} file(s) synced",
+            f"{s.bytes_sent / 1e6:.2f} MB sent",
+            f"last reload: {s.last_reload or '-'}",
+            f"conflicts: {len(s.conflicts)}",
+        ]
+        self._line(" · ".join(parts), final=final)
+
+    def event(self, event: pb.Event) -> None:
+        if event.kind == "applied":
+            return
+        text = f"{event.kind}: {event.message}"
+        if event.kind in ("reload-failed", "process-exited") and event.output_tail:
+            tail = event.output_tail.rstrip().splitlines()[-10:]
+            text += "\n    " + "\n    ".join(tail)
+        self._line(text, final=True)
+        if event.kind.startswith("reload") or event.kind == "process-exited":
+            self._status(final=not self.tty)
+
+    def note(self, text: str) -> None:
+        self._line(text, final=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    dlog.configure(level=os.environ.get("DEVSTACK_LOG_LEVEL", "warning"))
+    root = Path(args.path)
+    if not root.exists():
+        raise PermanentError(f"{root} does not exist")
+    if not root.is_dir():
+        raise PermanentError(f"{root} is not a directory")
+    token = load_token(args.token_file)
+    target = Target(args.to, token, authority=args.authority, tls=args.tls)
+    reporter = TerminalReporter()
+    syncer = Syncer(
+        root,
+        target,
+        reporter=reporter,
+        force=args.force,
+        debounce_ms=args.debounce_ms,
+        rescan_interval=args.rescan_interval,
+    )
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, syncer.stop)
+        return await syncer.run(once=args.once)
+
+    code = asyncio.run(main())
+    if not args.once:
+        reporter.note("disconnected")
+    return int(code)

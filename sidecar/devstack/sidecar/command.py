@@ -1,0 +1,160 @@
+"""``devstack sidecar --listen ADDR --workspace DIR --token-file FILE``:
+the entry point that wires the workspace, the reloader and the gRPC server,
+and shuts down gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from devstack.core import logging as dlog
+from devstack.core.errors import ConfigError
+from devstack.core.protocol import read_token
+from devstack.sidecar import reload as reload_mod
+from devstack.sidecar.server import SyncService, start_server
+from devstack.sidecar.workspace import Workspace, WriteOptions
+
+log = dlog.get_logger("sidecar")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default=_env("DEVSTACK_LISTEN", "0.0.0.0:7070"),
+        help="address to serve gRPC on, HOST:PORT (env DEVSTACK_LISTEN; default 0.0.0.0:7070)",
+    )
+    parser.add_argument(
+        "--workspace",
+        default=_env("DEVSTACK_WORKSPACE"),
+        required=_env("DEVSTACK_WORKSPACE") is None,
+        help="the folder to sync into, shared with the app (env DEVSTACK_WORKSPACE)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=_env("DEVSTACK_TOKEN_FILE"),
+        required=_env("DEVSTACK_TOKEN_FILE") is None,
+        help="file holding the session token (env DEVSTACK_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("safe", "replica"),
+        default=_env("DEVSTACK_MODE", "safe"),
+        help="safe: report a conflict when the app changed a file; replica: overwrite it "
+        "(env DEVSTACK_MODE; default safe)",
+    )
+    parser.add_argument(
+        "--owner",
+        default=_env("DEVSTACK_OWNER_ID"),
+        metavar="UID[:GID]",
+        help="chown what the sidecar writes (env DEVSTACK_OWNER_ID)",
+    )
+    parser.add_argument(
+        "--file-mode",
+        default=_env("DEVSTACK_FILE_MODE"),
+        metavar="OCTAL",
+        help="force the mode of written files, e.g. 0664; executables keep x where r is set",
+    )
+    parser.add_argument(
+        "--dir-mode",
+        default=_env("DEVSTACK_DIR_MODE"),
+        metavar="OCTAL",
+        help="force the mode of created folders, e.g. 0775",
+    )
+    parser.add_argument(
+        "--name",
+        default=_env("DEVSTACK_WORKSPACE_NAME"),
+        help="workspace name clients may ask for (default: the folder's name)",
+    )
+    reload_mod.add_arguments(parser)
+
+
+def _octal(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        mode = int(value, 8)
+    except ValueError as e:
+        raise ConfigError(f"{flag} {value!r}: expected an octal mode such as 0664") from e
+    if not 0 <= mode <= 0o7777:
+        raise ConfigError(f"{flag} {value!r}: out of range")
+    return mode
+
+
+def _owner(value: str | None) -> tuple[int | None, int | None]:
+    if not value:
+        return None, None
+    uid_s, _, gid_s = value.partition(":")
+    try:
+        uid = int(uid_s) if uid_s else None
+        gid = int(gid_s) if gid_s else None
+    except ValueError as e:
+        raise ConfigError(f"--owner {value!r}: expected numeric UID[:GID]") from e
+    return uid, gid
+
+
+def options_from_args(args: argparse.Namespace) -> WriteOptions:
+    uid, gid = _owner(args.owner)
+    return WriteOptions(
+        uid=uid,
+        gid=gid,
+        file_mode=_octal(args.file_mode, "--file-mode"),
+        dir_mode=_octal(args.dir_mode, "--dir-mode"),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    dlog.configure()
+    token = read_token(Path(args.token_file))
+    root = Path(args.workspace)
+    if not root.is_dir():
+        raise ConfigError(f"--workspace {root}: not a directory")
+    options = options_from_args(args)
+    reload_config = reload_mod.config_from_args(args)
+    asyncio.run(serve(args, root, token, options, reload_config))
+    return 0
+
+
+async def serve(
+    args: argparse.Namespace,
+    root: Path,
+    token: str,
+    options: WriteOptions,
+    reload_config: reload_mod.ReloadConfig,
+) -> None:
+    ws = Workspace(root, replica=args.mode == "replica", options=options)
+    name = args.name or ws.root.name
+    service = SyncService(ws, token=token, workspace_name=name)
+    reloader = reload_mod.build_reloader(
+        reload_config, workspace=ws.root, on_event=service.on_reload_event
+    )
+    service.reloader = reloader
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server, health, port = await start_server(service, args.listen)
+    log.info(
+        "sidecar.listening",
+        listen=args.listen,
+        port=port,
+        workspace=str(ws.root),
+        mode=args.mode,
+        reload=reload_config.strategy,
+    )
+    try:
+        await reloader.start()
+        await stop.wait()
+        log.info("sidecar.stopping")
+    finally:
+        await health.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        await reloader.close()
+        ws.close()
+        log.info("sidecar.stopped")

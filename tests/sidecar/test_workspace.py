@@ -1,0 +1,201 @@
+"""The applier: staging, commit, conflicts and path safety, on a real
+directory (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from devstack.core.errors import ConfigError
+from devstack.core.ignore import IgnoreRules
+from devstack.core.manifest import Entry, Kind, SyncState, hash_bytes
+from devstack.sidecar.workspace import StagedOp, Workspace, WriteOptions
+
+
+def fentry(path: str, data: bytes, mode: int = 0o644) -> Entry:
+    return Entry(path, Kind.FILE, len(data), mode, hash_bytes(data))
+
+
+def write_op(i: int, path: str, data: bytes, *, expected: Entry | None = None, **kw: object) -> StagedOp:
+    return StagedOp(
+        index=i,
+        kind="write",
+        path=path,
+        entry=fentry(path, data, **kw),  # type: ignore[arg-type]
+        expected=expected,
+        expected_absent=expected is None,
+    )
+
+
+def commit_writes(ws: Workspace, seq: int, files: dict[str, bytes], **kw: object) -> list:
+    ops = [write_op(i, p, d, **kw) for i, (p, d) in enumerate(files.items())]  # type: ignore[arg-type]
+    batch = ws.open_batch(seq, ops)
+    for i, d in enumerate(files.values()):
+        batch.inline(i, d)
+    return batch.commit()
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    root = tmp_path / "ws"
+    root.mkdir()
+    w = Workspace(root)
+    yield w  # type: ignore[misc]
+    w.close()
+
+
+def test_commit_writes_and_records_ancestors(ws: Workspace) -> None:
+    out = commit_writes(ws, 1, {"a.txt": b"hello"})
+    assert [o.applied for o in out] == [True]
+    assert (ws.root / "a.txt").read_bytes() == b"hello"
+    m = ws.manifest(IgnoreRules())
+    assert m["a.txt"].state == SyncState.SYNCED
+    (ws.root / "a.txt").write_bytes(b"the app wrote this")
+    assert ws.manifest(IgnoreRules())["a.txt"].state == SyncState.DIRTY
+
+
+def test_abort_leaves_nothing(ws: Workspace) -> None:
+    batch = ws.open_batch(1, [write_op(0, "a.txt", b"hello")])
+    batch.inline(0, b"hel")
+    batch.abort()
+    assert not (ws.root / "a.txt").exists()
+    assert os.listdir(ws.root / ".devstack" / "staging") == []
+
+
+def test_incomplete_or_corrupt_content_is_not_written(ws: Workspace) -> None:
+    (ws.root / "keep").write_bytes(b"old")
+    old = fentry("keep", b"old")
+    op = write_op(0, "keep", b"new!", expected=old)
+    batch = ws.open_batch(1, [op])
+    batch.inline(0, b"ne")
+    [o] = batch.commit()
+    assert (o.applied, o.reason) == (False, "incomplete")
+    op = write_op(0, "keep", b"new!", expected=old)
+    batch = ws.open_batch(2, [op])
+    batch.inline(0, b"evil")
+    [o] = batch.commit()
+    assert (o.applied, o.reason) == (False, "digest-mismatch")
+    assert (ws.root / "keep").read_bytes() == b"old"
+
+
+def test_app_change_is_a_conflict_not_an_overwrite(ws: Workspace) -> None:
+    commit_writes(ws, 1, {"a": b"v1"})
+    (ws.root / "a").write_bytes(b"app")
+    # The laptop believes the workspace holds v1.
+    op = write_op(0, "a", b"v2", expected=fentry("a", b"v1"))
+    b = ws.open_batch(2, [op])
+    b.inline(0, b"v2")
+    [o] = b.commit()
+    assert o.reason == "conflict" and o.actual is not None
+    assert o.actual.digest == hash_bytes(b"app")
+    assert (ws.root / "a").read_bytes() == b"app"
+    # Even a client that claims to expect the app's content may not clobber
+    # it: the ancestor says sync last wrote v1.
+    op = write_op(0, "a", b"v2", expected=fentry("a", b"app"))
+    b = ws.open_batch(3, [op])
+    b.inline(0, b"v2")
+    [o] = b.commit()
+    assert o.reason == "conflict"
+    assert "since the last sync" in o.message
+    # The person forces it.
+    op = write_op(0, "a", b"v2", expected=fentry("a", b"app"))
+    op.force = True
+    b = ws.open_batch(4, [op])
+    b.inline(0, b"v2")
+    assert b.commit()[0].applied
+    assert (ws.root / "a").read_bytes() == b"v2"
+
+
+def test_replica_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    ws = Workspace(tmp_path / "r", replica=True)
+    commit_writes(ws, 1, {"a": b"v1"})
+    (ws.root / "a").write_bytes(b"app")
+    assert commit_writes(ws, 2, {"a": b"v2"})[0].applied
+    assert (ws.root / "a").read_bytes() == b"v2"
+    ws.close()
+
+
+def test_no_write_through_a_symlinked_folder(ws: Workspace, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, ws.root / "escape")
+    [o] = commit_writes(ws, 1, {"escape/pwned": b"x"})
+    assert (o.applied, o.reason) == (False, "unsafe-path")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_final_symlink_is_replaced_not_followed(ws: Workspace, tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_bytes(b"precious")
+    os.symlink(target, ws.root / "link")
+    op = write_op(0, "link", b"new", expected=Entry("link", Kind.SYMLINK, 0, 0o777, b"", str(target)))
+    b = ws.open_batch(1, [op])
+    b.inline(0, b"new")
+    assert b.commit()[0].applied
+    assert target.read_bytes() == b"precious"
+    assert not (ws.root / "link").is_symlink()
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/x", ".devstack/ancestors.json", "a//b"])
+def test_unsafe_paths_write_nothing(ws: Workspace, path: str) -> None:
+    [o] = commit_writes(ws, 1, {path: b"x"})
+    assert (o.applied, o.reason) == (False, "unsafe-path")
+    assert not (ws.root.parent / "x").exists()
+
+
+def test_symlink_leaving_workspace_rejected(ws: Workspace) -> None:
+    op = StagedOp(0, "symlink", "l", Entry("l", Kind.SYMLINK, 0, 0o777, b"", "../../etc"), None, True)
+    [o] = ws.open_batch(1, [op]).commit()
+    assert (o.applied, o.reason) == (False, "unsafe-path")
+    assert not (ws.root / "l").is_symlink()
+
+
+def test_special_files_are_never_touched(ws: Workspace) -> None:
+    os.mkfifo(ws.root / "fifo")
+    [o] = commit_writes(ws, 1, {"fifo": b"x"})
+    assert not o.applied
+    assert (ws.root / "fifo").exists() and not (ws.root / "fifo").is_file()
+
+
+def test_modes_and_forced_modes(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    ws = Workspace(tmp_path / "w", options=WriteOptions(file_mode=0o664))
+    commit_writes(ws, 1, {"run.sh": b"#!/bin/sh"}, mode=0o700)
+    commit_writes(ws, 2, {"data": b"d"}, mode=0o600)
+    assert (ws.root / "run.sh").stat().st_mode & 0o7777 == 0o775
+    assert (ws.root / "data").stat().st_mode & 0o7777 == 0o664
+    ws.close()
+
+
+def test_exact_modes_by_default(ws: Workspace) -> None:
+    commit_writes(ws, 1, {"x": b"#!"}, mode=0o751)
+    assert (ws.root / "x").stat().st_mode & 0o7777 == 0o751
+
+
+def test_delete_keeps_a_folder_with_pod_files(ws: Workspace) -> None:
+    mk = StagedOp(0, "mkdir", "d", Entry("d", Kind.DIRECTORY, 0, 0o755), None, True)
+    ws.open_batch(1, [mk]).commit()
+    (ws.root / "d" / "pods-own").write_text("x")
+    rm = StagedOp(0, "delete", "d", None, Entry("d", Kind.DIRECTORY, 0, 0o755), False)
+    [o] = ws.open_batch(2, [rm]).commit()
+    assert (o.applied, o.reason) == (False, "not-empty")
+    assert (ws.root / "d" / "pods-own").exists()
+
+
+def test_state_survives_restart(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    ws = Workspace(tmp_path / "w")
+    commit_writes(ws, 1, {"a": b"v1"})
+    ws.close()
+    (tmp_path / "w" / "a").write_bytes(b"app")
+    ws = Workspace(tmp_path / "w")
+    assert ws.manifest(IgnoreRules())["a"].state == SyncState.DIRTY
+    ws.close()
+
+
+def test_missing_workspace_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        Workspace(tmp_path / "nope")

@@ -1,0 +1,173 @@
+"""Real sidecar and connect processes on loopback, and tree comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PY = sys.executable
+
+
+def devstack_cmd(*args: str) -> list[str]:
+    return [PY, "-m", "devstack.cli", *args]
+
+
+def tree_state(root: Path) -> dict[str, tuple[str, int, bytes]]:
+    """path -> (kind, permission bits, content or link target); the
+    sidecar's own .devstack/ folder is left out."""
+    out: dict[str, tuple[str, int, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != ".devstack"]
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", 0, os.readlink(full).encode())
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), b"")
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), Path(full).read_bytes())
+    return out
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_same(src: Path, dst: Path, timeout: float = 30.0) -> None:
+    def same() -> bool:
+        try:
+            return tree_state(src) == tree_state(dst)
+        except FileNotFoundError:
+            return False
+
+    try:
+        wait_until(same, timeout, f"{dst} to match {src}")
+    except AssertionError:
+        a, b = tree_state(src), tree_state(dst)
+        diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+        raise AssertionError(f"trees differ: {sorted(diff)[:20]}") from None
+
+
+class Sidecar:
+    """``devstack sidecar`` as a real process on 127.0.0.1."""
+
+    def __init__(self, workspace: Path, token_file: Path, *extra: str, port: int = 0) -> None:
+        self.workspace = workspace
+        self.token_file = token_file
+        self.extra = extra
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: list[dict[str, object]] = []
+        self.raw: list[str] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Sidecar:
+        cmd = devstack_cmd(
+            "sidecar",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--workspace",
+            str(self.workspace),
+            "--token-file",
+            str(self.token_file),
+            *self.extra,
+        )
+        env = {**os.environ, "DEVSTACK_LOG_LEVEL": "debug", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        ready = threading.Event()
+
+        def drain() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for raw in self.proc.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                self.raw.append(line)
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                self.log.append(ev)
+                if ev.get("event") == "sidecar.listening":
+                    self.port = int(ev["port"])  # type: ignore[arg-type]
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            raise AssertionError("sidecar did not start:\n" + "\n".join(self.raw[-30:]))
+        return self
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        return [e for e in self.log if e.get("event") == name]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def restart(self) -> Sidecar:
+        self.stop()
+        return self.start()
+
+
+def connect_once(
+    src: Path, sidecar: Sidecar, token_file: Path | None = None, *extra: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        devstack_cmd(
+            "connect",
+            str(src),
+            "--to",
+            sidecar.address,
+            "--token-file",
+            str(token_file or sidecar.token_file),
+            "--once",
+            *extra,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "XDG_CACHE_HOME": str(src.parent / ".cache")},
+    )
+
+
+def connect_follow(src: Path, sidecar: Sidecar, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        devstack_cmd(
+            "connect",
+            str(src),
+            "--to",
+            sidecar.address,
+            "--token-file",
+            str(sidecar.token_file),
+            *extra,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(src.parent / ".cache")},
+    )
