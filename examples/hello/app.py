@@ -13,18 +13,23 @@ MESSAGE = "hello from the example service"
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        body = json.dumps(
-            {
-                "service": os.environ.get("DEVSTACK_SERVICE", "hello"),
-                "owner": os.environ.get("DEVSTACK_OWNER") or "baseline",
-                "message": MESSAGE,
-                "routing_key": self.headers.get("x-devstack-route", ""),
-                "baggage": self.headers.get("baggage", ""),
-                "resources": {k: v for k, v in sorted(os.environ.items()) if k.startswith("DEVSTACK_AWS_")},
-            },
-            indent=2,
-        ).encode() + b"\n"
+    def do_GET(self) -> None:
+        body = (
+            json.dumps(
+                {
+                    "service": os.environ.get("DEVSTACK_SERVICE", "hello"),
+                    "owner": os.environ.get("DEVSTACK_OWNER") or "baseline",
+                    "message": MESSAGE,
+                    "routing_key": self.headers.get("x-devstack-route", ""),
+                    "baggage": self.headers.get("baggage", ""),
+                    "resources": {
+                        k: v for k, v in sorted(os.environ.items()) if k.startswith("DEVSTACK_AWS_")
+                    },
+                },
+                indent=2,
+            ).encode()
+            + b"\n"
+        )
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -37,6 +42,8 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8000"))
-    server = ThreadingHTTPServer(("127.0.0.1" if os.environ.get("LOCAL") else "0.0.0.0", port), Handler)  # noqa: S104
+    server = ThreadingHTTPServer(
+        ("127.0.0.1" if os.environ.get("LOCAL") else "0.0.0.0", port), Handler
+    )
     print(f"listening on {port}", flush=True)
     server.serve_forever()

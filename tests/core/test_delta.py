@@ -1,3 +1,4 @@
+import itertools
 import os
 import random
 from pathlib import Path
@@ -36,14 +37,16 @@ def test_blocks_are_bounded_and_cover_the_file(tmp_path: Path, text: bytes) -> N
     os.close(fd)
     assert blocks[0][0] == 0
     assert sum(n for _, n in blocks) == len(text)
-    for (o1, n1), (o2, _) in zip(blocks, blocks[1:], strict=False):
+    for (o1, n1), (o2, _) in itertools.pairwise(blocks):
         assert o1 + n1 == o2
     assert all(n <= delta.MAX_BLOCK for _, n in blocks)
     assert all(n >= delta.MIN_BLOCK for _, n in blocks[:-1])
 
 
 @pytest.mark.parametrize("edit", ["replace", "insert", "delete", "append", "prepend"])
-def test_one_line_edit_sends_little_and_rebuilds_exactly(tmp_path: Path, text: bytes, edit: str) -> None:
+def test_one_line_edit_sends_little_and_rebuilds_exactly(
+    tmp_path: Path, text: bytes, edit: str
+) -> None:
     old_p, new_p = tmp_path / "old", tmp_path / "new"
     old_p.write_bytes(text)
     mid = text.index(b"\n", len(text) // 2) + 1

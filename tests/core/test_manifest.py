@@ -6,7 +6,9 @@ from devstack.core.manifest import DigestCache, Kind, hash_bytes, scan
 
 
 def _scan(root: Path, cache: DigestCache | None = None, **kw: object):  # type: ignore[no-untyped-def]
-    return scan(root, rules=ignore.load(root), cache=cache if cache is not None else DigestCache(), **kw)  # type: ignore[arg-type]
+    return scan(
+        root, rules=ignore.load(root), cache=cache if cache is not None else DigestCache(), **kw
+    )  # type: ignore[arg-type]
 
 
 def test_scan_records_every_kind(tmp_path: Path) -> None:

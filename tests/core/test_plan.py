@@ -73,14 +73,18 @@ CASES: dict[str, Case] = {
         m(f("a", b"content")),
         [("mkdir", "dst"), ("rename", "dst/a")],
     ),
-    "empty files are never renamed": Case(m(f("b", b"")), m(f("a", b"")), [("write", "b"), ("delete", "a")]),
+    "empty files are never renamed": Case(
+        m(f("b", b"")), m(f("a", b"")), [("write", "b"), ("delete", "a")]
+    ),
     "new folders are made parents first": Case(
         m(d("a"), d("a/b"), d("a/b/c"), f("a/b/c/x")),
         m(),
         [("mkdir", "a"), ("mkdir", "a/b"), ("mkdir", "a/b/c"), ("write", "a/b/c/x")],
     ),
     "folders are deleted children first": Case(
-        m(), m(d("a"), d("a/b"), f("a/b/x")), [("delete", "a/b/x"), ("delete", "a/b"), ("delete", "a")]
+        m(),
+        m(d("a"), d("a/b"), f("a/b/x")),
+        [("delete", "a/b/x"), ("delete", "a/b"), ("delete", "a")],
     ),
     "a folder holding the pod's files is kept": Case(
         m(), m(d("a"), f("a/mine"), f("a/pods", state=U)), [("delete", "a/mine")]
@@ -92,10 +96,10 @@ CASES: dict[str, Case] = {
         m(d("a"), f("a/x")), m(f("a")), [("delete", "a"), ("mkdir", "a"), ("write", "a/x")]
     ),
     "a changed symlink": Case(m(ln("l", "b")), m(ln("l", "a")), [("symlink", "l")]),
-    "a symlink mode never matters": Case(m(ln("l", "a")), m(Entry("l", Kind.SYMLINK, 0, 0o755, b"", "a", S)), []),
-    "an untracked folder in the way is a conflict": Case(
-        m(f("a")), m(d("a", state=U)), [], ["a"]
+    "a symlink mode never matters": Case(
+        m(ln("l", "a")), m(Entry("l", Kind.SYMLINK, 0, 0o755, b"", "a", S)), []
     ),
+    "an untracked folder in the way is a conflict": Case(m(f("a")), m(d("a", state=U)), [], ["a"]),
 }
 
 

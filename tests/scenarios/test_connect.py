@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.rawclient import status
-from tests.support.sync import Sidecar, connect_follow, connect_once, tree_state, wait_same, wait_until
+from tests.support.sync import (
+    Sidecar,
+    connect_follow,
+    connect_once,
+    tree_state,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -34,7 +40,7 @@ def make_tree(src: Path) -> None:
     (src / "empty-dir").mkdir()
     (src / "run.sh").write_text("#!/bin/sh\necho run\n")
     os.chmod(src / "run.sh", 0o755)
-    (src / "ünïcödé – naïve.txt").write_text("unicode ✓\n")
+    (src / "ünïcödé naïve 名前.txt").write_text("unicode ✓\n")
     os.symlink("app/main.py", src / "main-link")
     (src / "large.dat").write_bytes(os.urandom(3 * 1024 * 1024))
     (src / ".git").mkdir()
@@ -85,14 +91,16 @@ def test_every_kind_of_change_while_watching(env: tuple[Path, Sidecar]) -> None:
             lambda: (src / "emoji-🚀.bin").write_bytes(bytes(range(256)) * 10),
             lambda: os.rename(src / "app" / "static", src / "app" / "assets"),
             lambda: os.rmdir(src / "empty-dir"),
-            lambda: (src / "large.dat").write_bytes((src / "large.dat").read_bytes()[:-10] + b"0123456789"),
+            lambda: (src / "large.dat").write_bytes(
+                (src / "large.dat").read_bytes()[:-10] + b"0123456789"
+            ),
         ]
         for step in steps:
             step()
             wait_same_filtered(src, sc.workspace)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
 
@@ -121,7 +129,9 @@ def test_wrong_token_is_one_clear_line(env: tuple[Path, Sidecar], tmp_path: Path
     assert not (sc.workspace / "a").exists()
 
 
-def test_unreachable_and_bad_path_are_one_clear_line(env: tuple[Path, Sidecar], tmp_path: Path) -> None:
+def test_unreachable_and_bad_path_are_one_clear_line(
+    env: tuple[Path, Sidecar], tmp_path: Path
+) -> None:
     src, sc = env
     dead = Sidecar(sc.workspace, sc.token_file)
     dead.port = 1  # nothing listens there
@@ -152,7 +162,9 @@ def test_sidecar_restart_converges_without_resending(env: tuple[Path, Sidecar]) 
         proc.communicate(timeout=20)
 
 
-def test_killed_client_mid_sync_leaves_no_half_file_and_converges(env: tuple[Path, Sidecar]) -> None:
+def test_killed_client_mid_sync_leaves_no_half_file_and_converges(
+    env: tuple[Path, Sidecar],
+) -> None:
     src, sc = env
     for i in range(40):
         (src / f"f{i:02}.bin").write_bytes(os.urandom(512 * 1024))

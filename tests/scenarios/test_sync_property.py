@@ -30,7 +30,9 @@ op = st.one_of(
     st.tuples(st.just("link"), st.sampled_from(NAMES), st.sampled_from(NAMES)),
     st.tuples(st.just("delete"), st.sampled_from(NAMES), st.just(b"")),
     st.tuples(st.just("rename"), st.sampled_from(NAMES), st.sampled_from(NAMES)),
-    st.tuples(st.just("chmod"), st.sampled_from(NAMES), st.sampled_from([0o644, 0o755, 0o600, 0o700])),
+    st.tuples(
+        st.just("chmod"), st.sampled_from(NAMES), st.sampled_from([0o644, 0o755, 0o600, 0o700])
+    ),
 )
 
 
@@ -110,7 +112,9 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(rounds=st.lists(st.lists(op, min_size=1, max_size=8), min_size=1, max_size=3))
-def test_random_edits_converge(sidecar: Sidecar, tmp_path_factory: pytest.TempPathFactory, rounds: list) -> None:  # type: ignore[type-arg]
+def test_random_edits_converge(
+    sidecar: Sidecar, tmp_path_factory: pytest.TempPathFactory, rounds: list
+) -> None:  # type: ignore[type-arg]
     src = tmp_path_factory.mktemp("src")
     for child in list(sidecar.workspace.iterdir()):  # every example starts from empty
         if child.name != ".devstack":

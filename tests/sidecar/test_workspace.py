@@ -18,7 +18,9 @@ def fentry(path: str, data: bytes, mode: int = 0o644) -> Entry:
     return Entry(path, Kind.FILE, len(data), mode, hash_bytes(data))
 
 
-def write_op(i: int, path: str, data: bytes, *, expected: Entry | None = None, **kw: object) -> StagedOp:
+def write_op(
+    i: int, path: str, data: bytes, *, expected: Entry | None = None, **kw: object
+) -> StagedOp:
     return StagedOp(
         index=i,
         kind="write",
@@ -131,7 +133,9 @@ def test_a_final_symlink_is_replaced_not_followed(ws: Workspace, tmp_path: Path)
     target = tmp_path / "victim"
     target.write_bytes(b"precious")
     os.symlink(target, ws.root / "link")
-    op = write_op(0, "link", b"new", expected=Entry("link", Kind.SYMLINK, 0, 0o777, b"", str(target)))
+    op = write_op(
+        0, "link", b"new", expected=Entry("link", Kind.SYMLINK, 0, 0o777, b"", str(target))
+    )
     b = ws.open_batch(1, [op])
     b.inline(0, b"new")
     assert b.commit()[0].applied
@@ -147,7 +151,9 @@ def test_unsafe_paths_write_nothing(ws: Workspace, path: str) -> None:
 
 
 def test_symlink_leaving_workspace_rejected(ws: Workspace) -> None:
-    op = StagedOp(0, "symlink", "l", Entry("l", Kind.SYMLINK, 0, 0o777, b"", "../../etc"), None, True)
+    op = StagedOp(
+        0, "symlink", "l", Entry("l", Kind.SYMLINK, 0, 0o777, b"", "../../etc"), None, True
+    )
     [o] = ws.open_batch(1, [op]).commit()
     assert (o.applied, o.reason) == (False, "unsafe-path")
     assert not (ws.root / "l").is_symlink()

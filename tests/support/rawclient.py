@@ -89,7 +89,9 @@ def status(address: str, token: str | None) -> pb.StatusResponse:
         return stub.Status(pb.StatusRequest(), metadata=md, timeout=10)
 
 
-def run_exec(address: str, token: str, argv: list[str], **kw: object) -> tuple[bytes, bytes, pb.ExecExit]:
+def run_exec(
+    address: str, token: str, argv: list[str], **kw: object
+) -> tuple[bytes, bytes, pb.ExecExit]:
     with grpc.insecure_channel(address) as ch:
         stub = sync_pb2_grpc.SyncStub(ch)
         out, err, exit_ = b"", b"", None

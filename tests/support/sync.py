@@ -93,7 +93,9 @@ class Sidecar:
             *self.extra,
         )
         env = {**os.environ, "DEVSTACK_LOG_LEVEL": "debug", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env
+        )
         ready = threading.Event()
 
         def drain() -> None:

@@ -4,6 +4,7 @@ devstack errors (network I/O at the edge)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -27,7 +28,7 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """A channel to ``HOST:PORT``. ``authority`` overrides the HTTP/2
     ``:authority`` so a Traefik entry point can route h2c by host."""
-    options = list(CLIENT_OPTIONS)
+    options: list[tuple[str, Any]] = list(CLIENT_OPTIONS)
     if authority:
         options.append(("grpc.default_authority", authority))
         if tls:

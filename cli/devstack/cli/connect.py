@@ -89,7 +89,8 @@ class TerminalReporter:
         self.sent_bytes = 0
         if initial:
             self._line(
-                f"initial sync: {self.total_files} change(s), {self.total_bytes / 1e6:.1f} MB to send"
+                f"initial sync: {self.total_files} change(s), "
+                f"{self.total_bytes / 1e6:.1f} MB to send"
                 + (f", {len(plan.conflicts)} conflict(s)" if plan.conflicts else ""),
                 final=True,
             )
@@ -105,7 +106,8 @@ class TerminalReporter:
         frac = min(1.0, self.sent_bytes / self.total_bytes)
         bar = "#" * int(frac * 30)
         self._line(
-            f"[{bar:<30}] {frac * 100:5.1f}%  {self.sent_bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
+            f"[{bar:<30}] {frac * 100:5.1f}%  "
+            f"{self.sent_bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
         )
 
     def round_finished(self, stats: Stats) -> None:

@@ -59,6 +59,8 @@ from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
 
 log = get_logger("connect")
+#: The end-of-stream sentinel of grpc.aio calls (missing from grpc-stubs).
+_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 
 #: Inline content per Batch message (the gRPC limit is 4 MiB).
 BATCH_BYTES = 2 * 1024 * 1024
@@ -175,7 +177,7 @@ class _Session:
         try:
             while True:
                 msg = await self.call.read()
-                if msg is grpc.aio.EOF:
+                if msg is _EOF:
                     raise UnreachableError("the sidecar closed the session")
                 which = msg.WhichOneof("msg")
                 if which == "ack":
@@ -289,9 +291,11 @@ class Syncer:
                     err = translate(e, self.target.address) if isinstance(e, grpc.RpcError) else e
                     if isinstance(err, AuthError | PermanentError):
                         raise err from e
-                    if self.stats.connected:
-                        ever_connected = True
+                    was_connected = self.stats.connected
+                    ever_connected = ever_connected or was_connected
                     self.stats.connected = False
+                    if was_connected:
+                        delay = 0.2
                     if not ever_connected and (once or self._first_attempt_failed(err)):
                         raise UnreachableError(str(err)) from e
                     self.reporter.note(f"disconnected ({err}); retrying in {delay:.1f}s")
@@ -299,8 +303,6 @@ class Syncer:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), delay)
                     delay = min(delay * 2, 10.0)
-                    if self.stats.connected:
-                        delay = 0.2
             return 0
         finally:
             if watcher is not None:
@@ -326,9 +328,10 @@ class Syncer:
                 await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
             except TimeoutError as e:
                 raise UnreachableError(
-                    f"cannot reach the sidecar at {t.address} (no answer in {self.connect_timeout:.0f}s)"
+                    f"cannot reach the sidecar at {t.address} "
+                    f"(no answer in {self.connect_timeout:.0f}s)"
                 ) from e
-            stub = sync_pb2_grpc.SyncStub(channel)
+            stub: Any = sync_pb2_grpc.SyncStub(channel)
             call = stub.Session()
             session = _Session(call, self.reporter, self.stats)
             try:
@@ -362,7 +365,7 @@ class Syncer:
             )
         )
         first = await call.read()
-        if first is grpc.aio.EOF or first.WhichOneof("msg") != "welcome":
+        if first is _EOF or first.WhichOneof("msg") != "welcome":
             raise UnreachableError("the sidecar ended the session before welcoming it")
         welcome = first.welcome
         self.replica = welcome.replica
@@ -370,7 +373,7 @@ class Syncer:
         remote: Manifest = {}
         while True:
             msg = await call.read()
-            if msg is grpc.aio.EOF or msg.WhichOneof("msg") != "manifest":
+            if msg is _EOF or msg.WhichOneof("msg") != "manifest":
                 raise UnreachableError("the sidecar ended the session while sending its manifest")
             for e in msg.manifest.entries:
                 remote[e.path] = entry_from_pb(e)
@@ -399,6 +402,7 @@ class Syncer:
         import watchfiles
 
         root = str(self.root)
+        prefix = root.rstrip(os.sep) + os.sep
         async for changes in watchfiles.awatch(
             root,
             debounce=self.debounce_ms,
@@ -409,10 +413,9 @@ class Syncer:
         ):
             hints: set[str] = set()
             for _, abspath in changes:
-                rel = os.path.relpath(abspath, root)
-                if rel == "." or rel.startswith(".."):
+                if not abspath.startswith(prefix):
                     continue
-                rel = rel.replace(os.sep, "/")
+                rel = abspath[len(prefix) :].replace(os.sep, "/")
                 if self.rules.ignored(rel) and not ignore_mod.is_ignore_file(rel):
                     continue
                 hints.add(rel)
@@ -422,12 +425,21 @@ class Syncer:
     async def _follow(self, session: _Session) -> None:
         """After the initial sync: apply hints as they come, and rescan all
         every ``rescan_interval`` seconds as a safety net."""
+        assert session.reader is not None
         while not self._stop.is_set():
-            try:
-                hints = await asyncio.wait_for(self._hints.get(), self.rescan_interval)
-            except TimeoutError:
+            get = asyncio.ensure_future(self._hints.get())
+            done, _ = await asyncio.wait(
+                {get, session.reader},
+                timeout=self.rescan_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if get not in done:
+                get.cancel()
+                if session.reader in done:  # the sidecar went away while idle
+                    raise _as_devstack(session.failed or UnreachableError("session closed"))
                 await self._round(session, initial=False, scope=None)
                 continue
+            hints = get.result()
             if hints is None:
                 return
             while not self._hints.empty():
@@ -476,9 +488,8 @@ class Syncer:
         except (FileNotFoundError, NotADirectoryError):
             self.local.pop(path, None)
             return
-        if stat.S_ISDIR(st.st_mode):
-            if not self.rules.ignored(path, is_dir=True):
-                self.local[path] = Entry(path, Kind.DIRECTORY, 0, stat.S_IMODE(st.st_mode))
+        if stat.S_ISDIR(st.st_mode) and not self.rules.ignored(path, is_dir=True):
+            self.local[path] = Entry(path, Kind.DIRECTORY, 0, stat.S_IMODE(st.st_mode))
 
     def _plan(self, scope: frozenset[str] | None) -> Plan:
         remote = self.remote

@@ -22,11 +22,35 @@ INLINE_MAX = 256 * 1024
 MAX_MESSAGE_BYTES = 4 * MAX_CHUNK_BYTES
 #: Entries per ManifestPage.
 MANIFEST_PAGE = 2000
-TOKEN_METADATA = "authorization"
+TOKEN_METADATA = "authorization"  # noqa: S105 (a header name, not a secret)
 
 #: Extensions whose content is already compressed: never worth zlib.
 _COMPRESSED = frozenset(
-    [".gz", ".tgz", ".bz2", ".xz", ".zst", ".zip", ".jar", ".war", ".whl", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".mp3", ".mp4", ".mov", ".avif", ".woff", ".woff2", ".pdf", ".7z", ".br"]
+    [
+        ".gz",
+        ".tgz",
+        ".bz2",
+        ".xz",
+        ".zst",
+        ".zip",
+        ".jar",
+        ".war",
+        ".whl",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".webp",
+        ".mp3",
+        ".mp4",
+        ".mov",
+        ".avif",
+        ".woff",
+        ".woff2",
+        ".pdf",
+        ".7z",
+        ".br",
+    ]
 )
 
 

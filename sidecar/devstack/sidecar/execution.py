@@ -63,7 +63,9 @@ async def run_exec(workspace: Path, req: pb.ExecRequest) -> AsyncIterator[pb.Exe
     async def pump(stream: asyncio.StreamReader | None, name: str) -> None:
         assert stream is not None
         while data := await stream.read(_READ):
-            await queue.put(pb.ExecEvent(**{name: data}))
+            await queue.put(
+                pb.ExecEvent(stdout=data) if name == "stdout" else pb.ExecEvent(stderr=data)
+            )
         await queue.put(None)
 
     pumps = [

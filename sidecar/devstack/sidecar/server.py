@@ -10,7 +10,6 @@ constant time. The standard health service is unauthenticated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import time
@@ -299,7 +298,8 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                     else:
                         if len(ch.data) > MAX_CHUNK_BYTES:
                             raise ProtocolError(
-                                f"chunk of {len(ch.data)} bytes exceeds the limit of {MAX_CHUNK_BYTES}"
+                                f"chunk of {len(ch.data)} bytes exceeds "
+                                f"the limit of {MAX_CHUNK_BYTES}"
                             )
                         data = decode(ch.data, ch.compression, limit=MAX_CHUNK_BYTES)
                         await run(batch.write, ch.op_index, data)

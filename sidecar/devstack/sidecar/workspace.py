@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devstack.core.errors import ConfigError, ProtocolError, UnsafePathError
 from devstack.core.ignore import IgnoreRules
@@ -106,7 +107,7 @@ class StagedOp:
     fd: int = -1
     staged_name: str = ""
     written: int = 0
-    hasher: hashlib._Hash | None = None
+    hasher: Any = None  # a hashlib.blake2b while staging
     old_fd: int = -1
     old_size: int = 0
     delta: bool = False
