@@ -205,3 +205,22 @@ def test_state_survives_restart(tmp_path: Path) -> None:
 def test_missing_workspace_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         Workspace(tmp_path / "nope")
+
+
+def test_owner_option_chowns_what_it_writes(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    ws = Workspace(tmp_path / "w", options=WriteOptions(uid=1234, gid=2345, dir_mode=0o775))
+    mk = StagedOp(0, "mkdir", "d", Entry("d", Kind.DIRECTORY, 0, 0o700), None, True)
+    [made] = ws.open_batch(1, [mk]).commit()
+    [wrote] = commit_writes(ws, 2, {"d/f": b"x"})
+    if os.geteuid() != 0:  # without CAP_CHOWN the write is refused, clearly, and nothing lands
+        assert (wrote.applied, wrote.reason) == (False, "io-error")
+        assert not (ws.root / "d" / "f").exists()
+        ws.close()
+        return
+    assert made.applied and wrote.applied
+    for p in (ws.root / "d", ws.root / "d" / "f"):
+        st = p.stat()
+        assert (st.st_uid, st.st_gid) == (1234, 2345)
+    assert (ws.root / "d").stat().st_mode & 0o7777 == 0o775
+    ws.close()

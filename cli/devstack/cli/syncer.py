@@ -334,11 +334,14 @@ class Syncer:
             stub: Any = sync_pb2_grpc.SyncStub(channel)
             call = stub.Session()
             session = _Session(call, self.reporter, self.stats)
+            # Scan the local tree while the sidecar scans its workspace.
+            prescan = asyncio.create_task(asyncio.to_thread(self._rescan, None))
             try:
                 await self._handshake(call)
+                await prescan
                 self.stats.connected = True
                 session.reader = asyncio.create_task(session.read_loop())
-                await self._round(session, initial=True, scope=None)
+                await self._round(session, initial=True, scope=None, scanned=True)
                 if once:
                     return await self._finish_once(session)
                 await self._follow(session)
@@ -346,6 +349,9 @@ class Syncer:
             except grpc.RpcError as e:
                 raise translate(e, t.address) from e
             finally:
+                if not prescan.done():
+                    with contextlib.suppress(BaseException):
+                        await prescan
                 if session.reader is not None:
                     session.reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -511,9 +517,16 @@ class Syncer:
 
     # ------------------------------------------------------------ sending
 
-    async def _round(self, session: _Session, *, initial: bool, scope: set[str] | None) -> None:
+    async def _round(
+        self,
+        session: _Session,
+        *,
+        initial: bool,
+        scope: set[str] | None,
+        scanned: bool = False,
+    ) -> None:
         started = time.perf_counter()
-        planned_scope = await asyncio.to_thread(self._rescan, scope)
+        planned_scope = None if scanned else await asyncio.to_thread(self._rescan, scope)
         p = self._plan(planned_scope)
         self.stats.rounds += 1
         self.reporter.round_started(p, initial=initial)
@@ -551,6 +564,12 @@ class Syncer:
             for index, out in enumerate(outgoing):
                 if out.op.chunked:
                     await self._stream(session, seq, index, out)
+            inline = sum(
+                o.change.entry.size
+                for o in outgoing
+                if o.change.action == Action.WRITE and o.change.entry and not o.op.chunked
+            )
+            self.reporter.progress(len(outgoing), inline)
             await session.call.write(pb.ClientMessage(commit=pb.Commit(seq=seq)))
             pending.append((fut, outgoing))
         for fut, outgoing in pending:
