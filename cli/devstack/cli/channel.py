@@ -3,6 +3,8 @@ devstack errors (network I/O at the edge)."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,26 @@ def translate(e: grpc.RpcError, target: str) -> DevstackError:
     ):
         return PermanentError(f"the sidecar at {target} refused the session: {details}")
     return UnreachableError(f"the session with {target} failed ({code}): {details}")
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """--to, --token-file, --authority, --tls: how every command reaches a sidecar."""
+    parser.add_argument(
+        "--to",
+        default=os.environ.get("DEVSTACK_SIDECAR"),
+        required=os.environ.get("DEVSTACK_SIDECAR") is None,
+        metavar="HOST:PORT",
+        help="the sidecar's gRPC address (env DEVSTACK_SIDECAR)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=os.environ.get("DEVSTACK_TOKEN_FILE"),
+        help="file holding the sidecar's token (env DEVSTACK_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--authority",
+        default=os.environ.get("DEVSTACK_AUTHORITY"),
+        metavar="HOST",
+        help="HTTP/2 :authority to send, when a Traefik entry point routes to the sidecar by host",
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS (e.g. a websecure entry point)")

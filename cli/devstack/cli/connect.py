@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from devstack.cli.channel import load_token
+from devstack.cli.channel import add_target_arguments, load_token
 from devstack.cli.syncer import Stats, Syncer, Target
 from devstack.core import logging as dlog
 from devstack.core.errors import PermanentError
@@ -23,25 +23,7 @@ from devstack.sync.v1 import sync_pb2 as pb
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", default=".", help="source tree to sync (default: .)")
-    parser.add_argument(
-        "--to",
-        default=os.environ.get("DEVSTACK_SIDECAR"),
-        required=os.environ.get("DEVSTACK_SIDECAR") is None,
-        metavar="HOST:PORT",
-        help="the sidecar's gRPC address (env DEVSTACK_SIDECAR)",
-    )
-    parser.add_argument(
-        "--token-file",
-        default=os.environ.get("DEVSTACK_TOKEN_FILE"),
-        help="file holding the sidecar's token (env DEVSTACK_TOKEN_FILE)",
-    )
-    parser.add_argument(
-        "--authority",
-        default=os.environ.get("DEVSTACK_AUTHORITY"),
-        metavar="HOST",
-        help="HTTP/2 :authority to send, when a Traefik entry point routes to the sidecar by host",
-    )
-    parser.add_argument("--tls", action="store_true", help="use TLS (e.g. a websecure entry point)")
+    add_target_arguments(parser)
     parser.add_argument(
         "--once", action="store_true", help="sync until the trees match, then exit 0"
     )

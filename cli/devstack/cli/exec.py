@@ -7,35 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
 import grpc
 
-from devstack.cli.channel import load_token, open_channel, translate
+from devstack.cli.channel import add_target_arguments, load_token, open_channel, translate
 from devstack.core.errors import ConfigError
 from devstack.core.protocol import bearer
 from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
-
-
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """--to, --token-file, --authority, --tls: shared by exec and status."""
-    parser.add_argument(
-        "--to",
-        default=os.environ.get("DEVSTACK_SIDECAR"),
-        required=os.environ.get("DEVSTACK_SIDECAR") is None,
-        metavar="HOST:PORT",
-        help="the sidecar's gRPC address (env DEVSTACK_SIDECAR)",
-    )
-    parser.add_argument(
-        "--token-file",
-        default=os.environ.get("DEVSTACK_TOKEN_FILE"),
-        help="file holding the sidecar's token (env DEVSTACK_TOKEN_FILE)",
-    )
-    parser.add_argument("--authority", default=os.environ.get("DEVSTACK_AUTHORITY"))
-    parser.add_argument("--tls", action="store_true")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

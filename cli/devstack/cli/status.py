@@ -10,8 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from devstack.cli.channel import load_token, open_channel, translate
-from devstack.cli.exec import add_target_arguments
+from devstack.cli.channel import add_target_arguments, load_token, open_channel, translate
 from devstack.core.protocol import bearer
 from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
