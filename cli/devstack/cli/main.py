@@ -36,8 +36,8 @@ def _load(name: str) -> CommandModule:
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    wanted = next((a for a in argv if not a.startswith("-")), None)
+    sub = parser.add_subparsers(dest="devstack_command", metavar="COMMAND", required=True)
+    wanted = next((a for a in argv if a in COMMANDS), None)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         # Only the chosen subcommand's module is imported.
@@ -51,11 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
     try:
-        return _load(args.command).run(args)
+        return _load(args.devstack_command).run(args)
     except KeyboardInterrupt:
         return 130
     except DevstackError as e:
-        print(f"devstack {args.command}: {e}", file=sys.stderr)
+        print(f"devstack {args.devstack_command}: {e}", file=sys.stderr)
         return 2
 
 
