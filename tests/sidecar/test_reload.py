@@ -1,4 +1,5 @@
-"""Reload strategies with real child processes."""
+"""Reload strategies with real child processes: small Python apps written
+by each test into a temporary workspace."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import asyncio
 import os
 import signal
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from devstack.core.errors import ConfigError
 from devstack.sidecar import reload as rl
-from devstack.sidecar.reload import RESTART, ReloadConfig, ReloadEvent, Rule, Step, plan
+from devstack.sidecar.reload import RESTART, ReloadConfig, ReloadEvent, Rule, Step
 
 PY = sys.executable
 
@@ -24,101 +23,10 @@ def cfg(**kw: object) -> ReloadConfig:
     return ReloadConfig(**kw)  # type: ignore[arg-type]
 
 
-CHAIN = (
-    Rule(
-        ("requirements.txt",), (Step("exec", ("pip", "install", "-r", "requirements.txt")), RESTART)
-    ),
-    Rule(("*.py",), (RESTART,)),
-    Rule(("assets/**",), (Step("exec", ("npm", "run", "build")),)),
-)
-
-PLAN_CASES = {
-    "requirements.txt installs then restarts": (
-        ["requirements.txt"],
-        ((("pip", "install", "-r", "requirements.txt"),), True),
-    ),
-    "a .py change only restarts": (["app/views.py"], ((), True)),
-    "assets rebuild without restart": (["assets/site.css"], ((("npm", "run", "build"),), False)),
-    "steps are not repeated within one reload": (
-        ["assets/a.css", "assets/b.css", "x.py"],
-        ((("npm", "run", "build"),), True),
-    ),
-    "unmatched paths do nothing": (["README.md"], ((), False)),
-}
-
-
-@pytest.mark.parametrize("name", PLAN_CASES)
-def test_plan(name: str) -> None:
-    paths, (execs, restart) = PLAN_CASES[name]
-    p = plan(cfg(strategy="supervise", command=("x",), rules=CHAIN), paths)
-    assert (p.execs, p.restart) == (execs, restart)
-
-
-def test_plan_never_restarts_for_none_or_exec() -> None:
-    assert plan(cfg(strategy="exec", rules=CHAIN), ["a.py"]).restart is False
-    assert plan(cfg(strategy="none", rules=CHAIN), ["a.py"]).restart is False
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     rl.add_arguments(p)
     return p.parse_args(argv)
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--reload", "supervise"], "needs --command"),
-        (["--reload", "signal"], "needs --pid-file or --process-name"),
-        (["--reload", "exec"], "needs --exec"),
-        (["--reload", "signal", "--pid-file", "p", "--signal", "NOPE"], "unknown signal"),
-    ],
-)
-def test_bad_options_are_one_clear_error(argv: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        rl.config_from_args(parse(argv))
-
-
-@pytest.mark.parametrize(
-    ("text", "field"),
-    [
-        ("rules: {}", "rules: expected a list"),
-        ("rules: [{match: 3}]", r"rules\[0\]\.match"),
-        ("rules: [{match: '*.py', steps: [reboot]}]", r"rules\[0\]\.steps\[0\]"),
-        ("rules: [{match: '*.py', steps: [{exec: ''}]}]", r"rules\[0\]\.steps\[0\]\.exec: empty"),
-        ("strategy: supervise\ncommand: app\nbogus: 1", "unknown key 'bogus'"),
-        ("{{{", "not valid YAML"),
-    ],
-)
-def test_bad_config_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
-    f = tmp_path / "reload.yaml"
-    f.write_text(text)
-    with pytest.raises(ConfigError, match=field):
-        rl.config_from_args(parse(["--reload", "none", "--reload-config", str(f)]))
-
-
-def test_config_file_rules_and_cli_precedence(tmp_path: Path) -> None:
-    f = tmp_path / "reload.yaml"
-    f.write_text(
-        textwrap.dedent(
-            """
-            strategy: supervise
-            command: python app.py
-            debounceMs: 20
-            rules:
-              - match: ["requirements.txt"]
-                steps: [{exec: "pip install -r requirements.txt"}, restart]
-              - match: ["**/*.py"]
-                steps: [restart]
-            """
-        )
-    )
-    c = rl.config_from_args(parse(["--reload-config", str(f), "--command", "python other.py"]))
-    assert c.strategy == "supervise"
-    assert c.command == ("python", "other.py")
-    assert c.debounce_ms == 20
-    p = plan(c, ["requirements.txt"])
-    assert p.execs == (("pip", "install", "-r", "requirements.txt"),) and p.restart
 
 
 # ------------------------------------------------------------- runtime
@@ -426,4 +334,250 @@ async def test_signal_target_missing(ws: Path, tmp_path: Path) -> None:
     r.notify(["a.py"])
     ev = await rec.wait_for("reload-failed")
     assert ev.reason == "signal-target-missing"
+    await r.close()
+
+
+async def test_none_strategy_does_nothing(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEVSTACK_RELOAD", raising=False)
+    rec = Recorder()
+    r = rl.build_reloader(
+        rl.config_from_args(parse(["--reload-debounce-ms", "0"])), workspace=ws, on_event=rec
+    )
+    await r.start()
+    r.notify(["app.py"])
+    await asyncio.sleep(0.3)
+    assert rec.events == []
+    assert not (ws / "pid").exists()  # nothing was started
+    await r.close()
+
+
+async def test_exec_step_that_is_not_a_program_or_is_killed(ws: Path) -> None:
+    script = ws / "no-shebang.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    rec = Recorder()
+    steps = (
+        Rule(("a",), (Step("exec", ("./no-shebang.sh",)),)),
+        Rule(("b",), (Step("exec", (PY, "-c", "import os; os.kill(os.getpid(), 9)")),)),
+    )
+    r = rl.build_reloader(
+        cfg(strategy="exec", rules=steps, debounce_ms=0), workspace=ws, on_event=rec
+    )
+    await r.start()
+    r.notify(["a"])
+    ev = await rec.wait_for("reload-failed")
+    assert (ev.exit_code, ev.reason) == (126, "not-executable")
+    r.notify(["b"])
+    ev = await rec.wait_for("reload-failed", 2)
+    assert (ev.exit_code, ev.reason) == (137, "killed")
+    assert "SIGKILL" in ev.message
+    await r.close()
+
+
+async def test_a_broken_event_sink_does_not_stop_reloads(ws: Path) -> None:
+    seen: list[ReloadEvent] = []
+
+    def sink(ev: ReloadEvent) -> None:
+        seen.append(ev)
+        raise RuntimeError("the laptop went away")
+
+    r = rl.build_reloader(
+        cfg(strategy="exec", rules=(Rule(("*",), (Step("exec", (PY, "-c", "pass")),)),)),
+        workspace=ws,
+        on_event=sink,
+    )
+    await r.start()
+    for n in (2, 4):
+        r.notify(["x"])
+        deadline = time.monotonic() + 20
+        while len(seen) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    assert [e.kind for e in seen] == ["reload-started", "reload-finished"] * 2
+    await r.close()
+
+
+async def test_app_output_passes_through_and_is_kept(
+    ws: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (ws / "talk.py").write_text(
+        "import sys\n"
+        "print('to stdout', flush=True)\n"
+        "print('to stderr', file=sys.stderr, flush=True)\n"
+        "sys.exit(4)\n"
+    )
+    rec = Recorder()
+    r = rl.build_reloader(
+        cfg(strategy="supervise", command=(PY, "talk.py"), rules=(Rule(("*",), (RESTART,)),)),
+        workspace=ws,
+        on_event=rec,
+    )
+    await r.start()
+    ev = await rec.wait_for("process-exited")
+    assert (ev.reason, ev.exit_code) == ("crashed", 4)
+    assert "to stdout" in ev.output_tail and "to stderr" in ev.output_tail
+    out, err = capfd.readouterr()
+    assert "to stdout" in out and "to stderr" not in out
+    assert "to stderr" in err
+    await r.close()
+
+
+async def test_restart_kills_an_app_that_ignores_sigterm(ws: Path) -> None:
+    (ws / "stubborn.py").write_text(
+        "import os, signal, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "pathlib.Path('pid').write_text(str(os.getpid()))\n"
+        "while True: time.sleep(0.1)\n"
+    )
+    rec = Recorder()
+    r = rl.build_reloader(
+        cfg(
+            strategy="supervise",
+            command=(PY, "stubborn.py"),
+            rules=(Rule(("*.py",), (RESTART,)),),
+            debounce_ms=0,
+            grace_seconds=0.3,
+        ),
+        workspace=ws,
+        on_event=rec,
+    )
+    await r.start()
+    first = int(await wait_file(ws / "pid"))
+    r.notify(["stubborn.py"])
+    await rec.wait_for("reload-finished")
+    assert not alive(first)
+    assert "process-exited" not in rec.kinds()  # our own restart is not a crash
+    second = int(await wait_file(ws / "pid"))
+    await r.close()
+    assert not alive(second)
+
+
+# ------------------------------------------------------------- readiness
+
+SERVER = """
+import http.server, os, pathlib, sys, time
+time.sleep(float(os.environ.get("APP_DELAY", "0.3")))
+if os.environ.get("APP_MODE") == "crash":
+    print("cannot bind: address in use", flush=True)
+    sys.exit(1)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = pathlib.Path("message.txt").read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("Listening on", s.server_port, flush=True)
+s.serve_forever()
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+@pytest.fixture
+def server_ws(ws: Path) -> Path:
+    (ws / "server.py").write_text(SERVER)
+    (ws / "message.txt").write_text("v1")
+    return ws
+
+
+@pytest.mark.parametrize("probe", ["url", "line"])
+async def test_reload_finishes_once_the_new_app_is_ready(server_ws: Path, probe: str) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    ready = ["--ready-url", url] if probe == "url" else ["--ready-line", r"^Listening on \d+"]
+    c = rl.config_from_args(
+        parse(
+            [
+                "--reload",
+                "supervise",
+                "--command",
+                f"{PY} server.py {port}",
+                "--reload-on",
+                "*.txt",
+                "--reload-debounce-ms",
+                "10",
+                *ready,
+            ]
+        )
+    )
+    rec = Recorder()
+    r = rl.build_reloader(c, workspace=server_ws, on_event=rec)
+    await r.start()  # returns once the first process is ready
+    assert await asyncio.to_thread(get, url) == "v1"
+    for version in ("v2", "v3"):
+        (server_ws / "message.txt").write_text(version)
+        r.notify(["message.txt"])
+        ev = await rec.wait_for("reload-finished", int(version[1]) - 1)
+        assert "ready" in ev.message
+        # The old process is gone and the new one has not bound yet for
+        # ~0.3 s after it starts: an answer now proves we waited for it.
+        assert await asyncio.to_thread(get, url) == version
+    await r.close()
+
+
+async def test_app_dying_before_it_is_ready_fails_the_reload_once(
+    server_ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    rec = Recorder()
+    r = rl.build_reloader(
+        cfg(
+            strategy="supervise",
+            command=(PY, "server.py", str(port)),
+            rules=(Rule(("*",), (RESTART,)),),
+            debounce_ms=0,
+            ready_url=f"http://127.0.0.1:{port}/",
+        ),
+        workspace=server_ws,
+        on_event=rec,
+    )
+    await r.start()
+    monkeypatch.setenv("APP_MODE", "crash")
+    r.notify(["server.py"])
+    ev = await rec.wait_for("reload-failed")
+    assert (ev.reason, ev.exit_code) == ("crashed", 1)
+    assert "cannot bind" in ev.output_tail
+    await asyncio.sleep(0.3)
+    assert rec.kinds() == ["reload-started", "reload-failed"]
+    monkeypatch.setenv("APP_MODE", "")
+    r.notify(["server.py"])  # the next change starts it again
+    await rec.wait_for("reload-finished")
+    await r.close()
+
+
+async def test_app_that_never_becomes_ready_times_out(server_ws: Path) -> None:
+    port = free_port()
+    rec = Recorder()
+    r = rl.build_reloader(
+        cfg(
+            strategy="supervise",
+            command=(PY, "server.py", str(port)),
+            rules=(Rule(("*",), (RESTART,)),),
+            debounce_ms=0,
+            ready_line="this line never comes",
+            ready_timeout_seconds=1.0,
+        ),
+        workspace=server_ws,
+        on_event=rec,
+    )
+    await r.start()
+    ev = await rec.wait_for("reload-failed")
+    assert ev.reason == "timeout"
+    assert "Listening on" in ev.output_tail
     await r.close()

@@ -341,9 +341,9 @@ class Syncer:
                 await prescan
                 self.stats.connected = True
                 session.reader = asyncio.create_task(session.read_loop())
-                await self._round(session, initial=True, scope=None, scanned=True)
+                first = await self._round(session, initial=True, scope=None, scanned=True)
                 if once:
-                    return await self._finish_once(session)
+                    return await self._finish_once(session, first if first.empty else None)
                 await self._follow(session)
                 return 0
             except grpc.RpcError as e:
@@ -388,13 +388,19 @@ class Syncer:
         self.remote = remote
         log.info("connect.session", session=welcome.session_id, remote_entries=len(remote))
 
-    async def _finish_once(self, session: _Session) -> int:
+    async def _finish_once(self, session: _Session, settled: Plan | None = None) -> int:
+        """``settled``: the last round's plan when it sent nothing, so nothing
+        changed since and planning again (100k paths: ~0.3 s) would repeat it."""
+        p = settled
         for _ in range(5):
-            p = self._plan(None)
+            if p is None:
+                p = self._plan(None)
             if p.empty:
                 break
             await self._round(session, initial=False, scope=None)
-        p = self._plan(None)
+            p = None
+        if p is None:
+            p = self._plan(None)
         self.stats.conflicts = {c.path: c.reason for c in p.conflicts}
         if p.conflicts or self.stats.problems:
             for path, why in sorted({**self.stats.problems, **self.stats.conflicts}.items()):
@@ -524,7 +530,7 @@ class Syncer:
         initial: bool,
         scope: set[str] | None,
         scanned: bool = False,
-    ) -> None:
+    ) -> Plan:
         started = time.perf_counter()
         planned_scope = None if scanned else await asyncio.to_thread(self._rescan, scope)
         p = self._plan(planned_scope)
@@ -542,6 +548,7 @@ class Syncer:
             conflicts=len(p.conflicts),
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+        return p
 
     async def _send(self, session: _Session, changes: list[Change]) -> None:
         pending: list[tuple[asyncio.Future[pb.Ack], list[_Outgoing]]] = []

@@ -106,7 +106,17 @@ class IgnoreRules:
 
     @classmethod
     def from_patterns(cls, patterns: Sequence[str], *, defaults: bool = True) -> IgnoreRules:
-        return cls((*DEFAULT_PATTERNS, *patterns) if defaults else tuple(patterns))
+        given = tuple(patterns)
+        if not defaults:
+            return cls(given)
+        # A client sends its full list, defaults first. The defaults are all
+        # plain (never "!") patterns, so repeating them right after the
+        # defaults changes no answer; it only doubles the cost of each match.
+        known = set(DEFAULT_PATTERNS)
+        skip = 0
+        while skip < len(given) and given[skip] in known:
+            skip += 1
+        return cls((*DEFAULT_PATTERNS, *given[skip:]))
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -1,5 +1,9 @@
-"""Hot reload: what to do after synced files land (the pure planner), and
-the reloader that does it (process I/O).
+"""Hot reload: what to do after a batch of synced files lands.
+
+The top half is pure: the configuration (command-line options and the YAML
+rules file, validated into a ``ReloadConfig``) and ``plan``, which says which
+steps run for a set of changed paths. The bottom half, ``ProcessReloader``,
+does process I/O (helpers in ``devstack.sidecar.process``).
 
 Strategies:
 
@@ -21,17 +25,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import os
+import re
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import pathspec
 import yaml
@@ -39,12 +43,14 @@ import yaml
 from devstack.core.errors import ConfigError
 from devstack.core.exits import describe
 from devstack.core.logging import get_logger
+from devstack.sidecar.process import ReadyLine, Tail, find_pid, kill_group, pump, wait_ready
 
 log = get_logger("sidecar.reload")
 
 STRATEGIES = ("none", "signal", "exec", "supervise")
-TAIL_LINES = 40
-TAIL_BYTES = 4096
+DEFAULT_DEBOUNCE_MS = 100
+DEFAULT_GRACE_SECONDS = 5.0
+DEFAULT_READY_TIMEOUT_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------- data
@@ -52,9 +58,15 @@ TAIL_BYTES = 4096
 
 @dataclass(frozen=True)
 class ReloadEvent:
-    """Something a reload did, for the laptop and the log."""
+    """Something a reload did, for the laptop and the log.
 
-    kind: str  # reload-started | reload-finished | reload-failed | process-exited
+    ``kind``: reload-started | reload-finished | reload-failed |
+    process-exited. ``reason`` (stable): user-command-failed,
+    command-not-found (127), not-executable (126), killed (137 / a signal),
+    crashed, exited (the app exited 0 on its own), signal-target-missing,
+    timeout."""
+
+    kind: str
     message: str
     paths: tuple[str, ...] = ()
     exit_code: int = 0
@@ -69,7 +81,8 @@ EventSink = Callable[[ReloadEvent], None]
 
 @dataclass(frozen=True)
 class Step:
-    """``exec`` runs ``command``; ``restart`` restarts or signals the app."""
+    """``exec`` runs ``command`` in the workspace; ``restart`` restarts the
+    supervised app or signals the target."""
 
     kind: str
     command: tuple[str, ...] = ()
@@ -80,6 +93,8 @@ RESTART = Step("restart")
 
 @dataclass(frozen=True)
 class Rule:
+    """Changed paths matching any of ``match`` (gitignore-style) run ``steps``."""
+
     match: tuple[str, ...]
     steps: tuple[Step, ...]
     _spec: pathspec.GitIgnoreSpec = field(init=False, repr=False, compare=False)
@@ -99,9 +114,11 @@ class ReloadConfig:
     pid_file: str | None = None
     process_name: str | None = None
     rules: tuple[Rule, ...] = ()
-    debounce_ms: int = 100
-    grace_seconds: float = 5.0
+    debounce_ms: int = DEFAULT_DEBOUNCE_MS
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
     ready_url: str | None = None
+    ready_line: str | None = None
+    ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -119,34 +136,54 @@ class ReloadPlan:
 
 
 def plan(config: ReloadConfig, paths: Sequence[str]) -> ReloadPlan:
-    """Which steps run for these changed paths (pure)."""
+    """Which steps run for these changed paths (pure). ``restart`` does
+    nothing under the ``none`` and ``exec`` strategies."""
     execs: list[tuple[str, ...]] = []
     restart = False
     hit: list[str] = []
-    for path in paths:
-        for rule in config.rules:
-            if not rule.matches(path):
-                continue
-            hit.append(path)
-            for step in rule.steps:
-                if step.kind == "exec" and step.command not in execs:
-                    execs.append(step.command)
-                elif step.kind == "restart":
-                    restart = True
-    if config.strategy in ("none", "exec"):
+    for rule in config.rules:
+        matched = [p for p in paths if rule.matches(p)]
+        if not matched:
+            continue
+        hit.extend(matched)
+        for step in rule.steps:
+            if step.kind == "exec" and step.command not in execs:
+                execs.append(step.command)
+            elif step.kind == "restart":
+                restart = True
+    if config.strategy not in ("signal", "supervise"):
         restart = False
-    return ReloadPlan(tuple(execs), restart, tuple(dict.fromkeys(hit)))
+    ordered = tuple(p for p in dict.fromkeys(paths) if p in set(hit))
+    return ReloadPlan(tuple(execs), restart, ordered)
 
 
 # ---------------------------------------------------------------- config
 
+#: Config file key -> (command-line flag, argparse attribute).
+_OPTIONS: dict[str, tuple[str, str]] = {
+    "strategy": ("--reload", "reload"),
+    "command": ("--command", "command"),
+    "exec": ("--exec", "exec_command"),
+    "signal": ("--signal", "signal"),
+    "pidFile": ("--pid-file", "pid_file"),
+    "processName": ("--process-name", "process_name"),
+    "reloadOn": ("--reload-on", "reload_on"),
+    "debounceMs": ("--reload-debounce-ms", "reload_debounce_ms"),
+    "graceSeconds": ("--grace-seconds", "grace_seconds"),
+    "readyUrl": ("--ready-url", "ready_url"),
+    "readyLine": ("--ready-line", "ready_line"),
+    "readyTimeoutSeconds": ("--ready-timeout", "ready_timeout"),
+}
+_FILE_KEYS = (*_OPTIONS, "rules")
+
 
 def _env(name: str) -> str | None:
-    return os.environ.get(name)
+    return os.environ.get(name) or None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("hot reload")
+    """The hot-reload options of ``devstack sidecar``."""
+    g = parser.add_argument_group("hot reload (see docs/reload.md)")
     g.add_argument(
         "--reload",
         choices=STRATEGIES,
@@ -156,26 +193,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--command",
         default=_env("DEVSTACK_COMMAND"),
-        help="supervise: the app command the sidecar runs and restarts (env DEVSTACK_COMMAND)",
+        metavar="CMD",
+        help="supervise: the app command the sidecar runs and restarts, in the workspace "
+        "(env DEVSTACK_COMMAND)",
     )
     g.add_argument(
         "--exec",
         dest="exec_command",
         default=_env("DEVSTACK_EXEC"),
-        help="exec: the command to run after a change (env DEVSTACK_EXEC)",
+        metavar="CMD",
+        help="a command run after a change, before any restart (env DEVSTACK_EXEC)",
     )
     g.add_argument(
         "--signal",
         default=_env("DEVSTACK_SIGNAL"),
-        help="signal: which signal to send (default HUP)",
+        metavar="NAME",
+        help="signal: which signal to send, e.g. HUP, USR1 (env DEVSTACK_SIGNAL; default HUP)",
     )
     g.add_argument(
-        "--pid-file", default=_env("DEVSTACK_PID_FILE"), help="signal: the target's pid file"
+        "--pid-file",
+        default=_env("DEVSTACK_PID_FILE"),
+        metavar="PATH",
+        help="signal: the target's pid file (env DEVSTACK_PID_FILE)",
     )
     g.add_argument(
         "--process-name",
         default=_env("DEVSTACK_PROCESS_NAME"),
-        help="signal: the target's process name (needs shareProcessNamespace)",
+        metavar="NAME",
+        help="signal: the target's process or script name; needs shareProcessNamespace "
+        "(env DEVSTACK_PROCESS_NAME)",
     )
     g.add_argument(
         "--reload-on",
@@ -188,33 +234,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reload-config",
         default=_env("DEVSTACK_RELOAD_CONFIG"),
         metavar="FILE",
-        help="YAML rules: globs -> chained steps (see docs/reload.md)",
+        help="YAML file with the options above and chained rules "
+        "(env DEVSTACK_RELOAD_CONFIG); command-line options win",
     )
     g.add_argument(
         "--reload-debounce-ms",
         type=int,
         default=None,
-        help="a burst of changes inside this window is one reload (default 100)",
-    )
-    g.add_argument(
-        "--ready-url",
-        default=_env("DEVSTACK_READY_URL"),
-        help="after a restart, the reload finishes when this URL answers",
+        metavar="N",
+        help=f"a burst of changes inside this window is one reload (default {DEFAULT_DEBOUNCE_MS})",
     )
     g.add_argument(
         "--grace-seconds",
         type=float,
         default=None,
-        help="supervise: SIGTERM, then SIGKILL after this long (default 5)",
+        metavar="S",
+        help="supervise: SIGTERM the app's process group, SIGKILL after this long "
+        f"(default {DEFAULT_GRACE_SECONDS:g})",
+    )
+    g.add_argument(
+        "--ready-url",
+        default=_env("DEVSTACK_READY_URL"),
+        metavar="URL",
+        help="supervise: a restart has finished once this http:// URL answers "
+        "(env DEVSTACK_READY_URL)",
+    )
+    g.add_argument(
+        "--ready-line",
+        default=_env("DEVSTACK_READY_LINE"),
+        metavar="REGEX",
+        help="supervise: a restart has finished once the app prints a line matching this "
+        "(env DEVSTACK_READY_LINE)",
+    )
+    g.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"supervise: how long a restart may take to become ready "
+        f"(default {DEFAULT_READY_TIMEOUT_SECONDS:g})",
     )
 
 
-def _signal(value: str | int | None, where: str) -> int:
-    if value is None:
-        return int(signal.SIGHUP)
-    if isinstance(value, int) or str(value).isdigit():
-        return int(value)
-    name = str(value).upper()
+def _signal(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a signal name such as HUP or USR1")
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        try:
+            return int(signal.Signals(int(value)))
+        except ValueError as e:
+            raise ConfigError(f"{where}: unknown signal {value!r}") from e
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a signal name such as HUP or USR1")
+    name = value.strip().upper()
     name = name if name.startswith("SIG") else "SIG" + name
     try:
         return int(signal.Signals[name])
@@ -232,13 +304,28 @@ def _command(value: Any, where: str) -> tuple[str, ...]:
         parts = list(value)
     else:
         raise ConfigError(f"{where}: expected a command string or a list of strings")
-    if not parts:
+    if not parts or not parts[0]:
         raise ConfigError(f"{where}: empty command")
     return tuple(parts)
 
 
+def _globs(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+        raise ConfigError(f"{where}: expected a glob or a list of globs")
+    return tuple(value)
+
+
+def _rule(match: tuple[str, ...], steps: tuple[Step, ...], where: str) -> Rule:
+    try:
+        return Rule(match, steps)
+    except Exception as e:  # pathspec raises several types for bad globs
+        raise ConfigError(f"{where}: bad glob: {e}") from e
+
+
 def _rules(raw: Any, where: str) -> tuple[Rule, ...]:
-    if not isinstance(raw, list):
+    if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: expected a list of rules")
     rules: list[Rule] = []
     for i, r in enumerate(raw):
@@ -248,11 +335,7 @@ def _rules(raw: Any, where: str) -> tuple[Rule, ...]:
         unknown = set(r) - {"match", "steps"}
         if unknown:
             raise ConfigError(f"{here}: unknown key {sorted(unknown)[0]!r}")
-        match = r.get("match")
-        if isinstance(match, str):
-            match = [match]
-        if not isinstance(match, list) or not match or not all(isinstance(m, str) for m in match):
-            raise ConfigError(f"{here}.match: expected a glob or a list of globs")
+        match = _globs(r.get("match"), f"{here}.match")
         steps_raw = r.get("steps", ["restart"])
         if not isinstance(steps_raw, list) or not steps_raw:
             raise ConfigError(f"{here}.steps: expected a list of steps")
@@ -264,86 +347,95 @@ def _rules(raw: Any, where: str) -> tuple[Rule, ...]:
                 steps.append(Step("exec", _command(s["exec"], f"{here}.steps[{j}].exec")))
             else:
                 raise ConfigError(f"{here}.steps[{j}]: expected 'restart' or {{exec: COMMAND}}")
-        try:
-            rules.append(Rule(tuple(match), tuple(steps)))
-        except Exception as e:  # pathspec raises several types for bad globs
-            raise ConfigError(f"{here}.match: bad glob: {e}") from e
+        rules.append(_rule(match, tuple(steps), f"{here}.match"))
     return tuple(rules)
 
 
-_FILE_KEYS = {
-    "strategy",
-    "command",
-    "signal",
-    "pidFile",
-    "processName",
-    "rules",
-    "debounceMs",
-    "readyUrl",
-    "graceSeconds",
-}
+def _number(value: Any, where: str, *, integer: bool, minimum: float) -> float:
+    ok_type = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or value < minimum:
+        what = "a whole number" if integer else "a number"
+        raise ConfigError(f"{where}: expected {what} >= {minimum:g}, got {value!r}")
+    return float(value)
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """The reload config file, validated (keys are checked, values parsed by
-    ``config_from_args``)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"--reload-config {path}: no such file") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--reload-config {path}: not valid YAML: {e}") from e
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--reload-config {path}: expected a mapping at the top")
-    unknown = set(raw) - _FILE_KEYS
-    if unknown:
-        raise ConfigError(f"--reload-config {path}: unknown key {sorted(unknown)[0]!r}")
-    return raw
+def _optional_str(values: Mapping[str, Any], key: str, where: str) -> str | None:
+    v = values.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{where}: expected a non-empty string")
+    return v
 
 
-def config_from_args(args: argparse.Namespace) -> ReloadConfig:
-    """Options on the command line win over the config file."""
-    f: dict[str, Any] = load_config(Path(args.reload_config)) if args.reload_config else {}
-    where = "--reload-config" if args.reload_config else "options"
-    strategy = args.reload or f.get("strategy") or "none"
+def _build(values: Mapping[str, Any], where: Mapping[str, str]) -> ReloadConfig:
+    """Validate merged option values (config-file keys) into a config.
+    ``where`` names each value's origin for error messages."""
+
+    def w(key: str) -> str:
+        return where.get(key, key)
+
+    strategy = values.get("strategy") or "none"
     if strategy not in STRATEGIES:
-        raise ConfigError(f"{where}: strategy must be one of {', '.join(STRATEGIES)}")
-    command_raw = args.command or f.get("command")
-    command = _command(command_raw, "--command") if command_raw else ()
+        raise ConfigError(f"{w('strategy')}: expected one of {', '.join(STRATEGIES)}")
+    command = _command(values["command"], w("command")) if values.get("command") else ()
+    exec_cmd = _command(values["exec"], w("exec")) if values.get("exec") else ()
+    pid_file = _optional_str(values, "pidFile", w("pidFile"))
+    process_name = _optional_str(values, "processName", w("processName"))
+    sig = _signal(values["signal"], w("signal")) if values.get("signal") else int(signal.SIGHUP)
     if strategy == "supervise" and not command:
         raise ConfigError("--reload supervise needs --command (the app to run)")
-    pid_file = args.pid_file or f.get("pidFile")
-    process_name = args.process_name or f.get("processName")
     if strategy == "signal" and not (pid_file or process_name):
         raise ConfigError("--reload signal needs --pid-file or --process-name")
-    sig = _signal(args.signal or f.get("signal"), "--signal")
-    if "rules" in f:
-        rules = _rules(f["rules"], f"{where}: rules")
+    if pid_file and process_name:
+        raise ConfigError("--pid-file and --process-name: give one of them, not both")
+
+    if "rules" in values:
+        if values.get("reloadOn"):
+            raise ConfigError(f"{w('reloadOn')}: give either --reload-on or rules, not both")
+        if exec_cmd:
+            raise ConfigError(f"{w('exec')}: with rules, put exec steps in the rules")
+        rules = _rules(values["rules"], w("rules"))
     else:
-        globs = tuple(args.reload_on or ["*"])
-        if strategy == "exec":
-            exec_raw = args.exec_command
-            if not exec_raw:
-                raise ConfigError("--reload exec needs --exec (the command to run)")
-            steps: tuple[Step, ...] = (Step("exec", _command(exec_raw, "--exec")),)
-        elif strategy in ("signal", "supervise"):
-            steps = (RESTART,)
-        else:
-            steps = ()
-        try:
-            rules = (Rule(globs, steps),) if steps else ()
-        except Exception as e:
-            raise ConfigError(f"--reload-on: bad glob: {e}") from e
-    debounce = (
-        args.reload_debounce_ms if args.reload_debounce_ms is not None else f.get("debounceMs", 100)
+        globs = _globs(values.get("reloadOn") or ["*"], w("reloadOn"))
+        steps: list[Step] = []
+        if exec_cmd:
+            steps.append(Step("exec", exec_cmd))
+        if strategy in ("signal", "supervise"):
+            steps.append(RESTART)
+        if strategy == "exec" and not exec_cmd:
+            raise ConfigError("--reload exec needs --exec (the command to run)")
+        rules = (_rule(globs, tuple(steps), w("reloadOn")),) if steps else ()
+
+    debounce = _number(
+        values.get("debounceMs", DEFAULT_DEBOUNCE_MS), w("debounceMs"), integer=True, minimum=0
     )
-    if not isinstance(debounce, int) or debounce < 0:
-        raise ConfigError(f"{where}: debounceMs must be a whole number of milliseconds >= 0")
-    grace = args.grace_seconds if args.grace_seconds is not None else f.get("graceSeconds", 5.0)
-    if not isinstance(grace, int | float) or grace < 0:
-        raise ConfigError(f"{where}: graceSeconds must be a number >= 0")
+    grace = _number(
+        values.get("graceSeconds", DEFAULT_GRACE_SECONDS),
+        w("graceSeconds"),
+        integer=False,
+        minimum=0,
+    )
+    ready_timeout = _number(
+        values.get("readyTimeoutSeconds", DEFAULT_READY_TIMEOUT_SECONDS),
+        w("readyTimeoutSeconds"),
+        integer=False,
+        minimum=0.1,
+    )
+    ready_url = _optional_str(values, "readyUrl", w("readyUrl"))
+    if ready_url is not None and not re.match(r"^http://[^/\s]+", ready_url):
+        raise ConfigError(
+            f"{w('readyUrl')}: expected an http:// URL such as http://127.0.0.1:8000/"
+        )
+    ready_line = _optional_str(values, "readyLine", w("readyLine"))
+    if ready_line is not None:
+        try:
+            re.compile(ready_line)
+        except re.error as e:
+            raise ConfigError(f"{w('readyLine')}: not a regular expression: {e}") from e
+    if (ready_url or ready_line) and strategy != "supervise":
+        key = "readyUrl" if ready_url else "readyLine"
+        raise ConfigError(f"{w(key)}: readiness probes only apply to --reload supervise")
     return ReloadConfig(
         strategy=strategy,
         command=command,
@@ -351,10 +443,57 @@ def config_from_args(args: argparse.Namespace) -> ReloadConfig:
         pid_file=pid_file,
         process_name=process_name,
         rules=rules,
-        debounce_ms=debounce,
-        grace_seconds=float(grace),
-        ready_url=args.ready_url or f.get("readyUrl"),
+        debounce_ms=int(debounce),
+        grace_seconds=grace,
+        ready_url=ready_url,
+        ready_line=ready_line,
+        ready_timeout_seconds=ready_timeout,
     )
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such reload config file") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the reload config: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        first = str(e).replace("\n", " ")
+        raise ConfigError(f"{path}: not valid YAML: {first}") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top")
+    unknown = sorted(str(k) for k in set(raw) - set(_FILE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_FILE_KEYS))})"
+        )
+    return dict(raw)
+
+
+def load_config(path: Path) -> ReloadConfig:
+    """The reload config file on its own, validated; errors name the field."""
+    raw = _read_file(path)
+    return _build(raw, {k: f"{path}: {k}" for k in _FILE_KEYS})
+
+
+def config_from_args(args: argparse.Namespace) -> ReloadConfig:
+    """The reload options, from the command line (or its env vars) over the
+    config file given by ``--reload-config``."""
+    values: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    file = getattr(args, "reload_config", None)
+    if file:
+        values = _read_file(Path(file))
+        where = {k: f"{file}: {k}" for k in _FILE_KEYS}
+    for key, (flag, attr) in _OPTIONS.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            values[key] = list(v) if isinstance(v, list) else v
+            where[key] = flag
+    return _build(values, where)
 
 
 # ---------------------------------------------------------------- runtime
@@ -368,62 +507,27 @@ class Reloader(Protocol):
     async def close(self) -> None: ...
 
 
-class _Tail:
-    """The last lines of an output stream."""
-
-    def __init__(self) -> None:
-        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-
-    def feed(self, data: bytes) -> None:
-        self.lines.extend(data.decode(errors="replace").splitlines())
-
-    def text(self) -> str:
-        return "\n".join(self.lines)[-TAIL_BYTES:]
+def _stream(name: str) -> BinaryIO | None:
+    s = getattr(sys, name, None)
+    b = getattr(s, "buffer", None)
+    return b if b is not None else None
 
 
-async def _pump(stream: asyncio.StreamReader | None, tail: _Tail, sink: Any) -> None:
-    """Copy a child's output to our own stdout (kubectl logs) and keep a tail."""
-    if stream is None:
-        return
-    while line := await stream.readline():
-        tail.feed(line)
-        with contextlib.suppress(Exception):
-            sink.write(line)
-            sink.flush()
+def _ms(since: float) -> int:
+    return int((time.monotonic() - since) * 1000)
 
 
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def find_pid(*, pid_file: str | None, process_name: str | None) -> int | None:
-    """The signal target, by pid file or by process name in /proc."""
-    if pid_file:
-        try:
-            pid = int(Path(pid_file).read_text().strip())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
-    if process_name:
-        me = os.getpid()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) == me:
-                continue
-            try:
-                comm = Path(entry.path, "comm").read_text().strip()
-                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            names = {comm, *(os.path.basename(a.decode(errors="replace")) for a in argv[:2] if a)}
-            if process_name in names:
-                return int(entry.name)
-    return None
+_LOG_NAMES = {
+    "reload-started": "reload.started",
+    "reload-finished": "reload.finished",
+    "reload-failed": "reload.failed",
+    "process-exited": "process.exited",
+}
 
 
 class ProcessReloader:
-    """Runs reload plans one at a time, coalescing bursts of changes."""
+    """Runs reload plans one at a time, coalescing bursts of changes, and
+    (supervise) owns the app process."""
 
     def __init__(self, config: ReloadConfig, *, workspace: Path, on_event: EventSink) -> None:
         self.config = config
@@ -433,20 +537,28 @@ class ProcessReloader:
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._child: asyncio.subprocess.Process | None = None
-        self._child_tail = _Tail()
+        self._child_tail = Tail()
         self._child_tasks: list[asyncio.Task[None]] = []
-        self._expected_exit = False
+        self._ready_line: ReadyLine | None = None
+        self._quiet: set[int] = set()  # pids whose exit is ours or already reported
+        self._readying: int | None = None  # pid whose readiness a restart awaits
         self._reload_id = 0
         self._closing = False
 
     # --------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self._worker = asyncio.create_task(self._work())
-        if self.config.strategy == "supervise":
-            await self._spawn()
+        """Start the worker and, under supervise, the app."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="devstack-reload")
+        if self.config.strategy == "supervise" and self._child is None:
+            problem = await self._spawn()
+            if problem is not None:
+                reason, message, code, tail = problem
+                self._emit(ReloadEvent("reload-failed", message, (), code, reason, tail))
 
     def notify(self, paths: Sequence[str]) -> None:
+        """Changed workspace-relative paths; returns at once."""
         if self._closing or not self.config.rules:
             return
         for p in paths:
@@ -454,6 +566,8 @@ class ProcessReloader:
         self._wake.set()
 
     async def close(self) -> None:
+        """Stop reloading; SIGTERM the app's process group, SIGKILL after the
+        grace period. Leaves no child behind."""
         self._closing = True
         if self._worker is not None:
             self._worker.cancel()
@@ -464,13 +578,21 @@ class ProcessReloader:
     # --------------------------------------------------------- events
 
     def _emit(self, ev: ReloadEvent) -> None:
-        fields = {"reload_id": ev.reload_id, "reason": ev.reason, "exit_code": ev.exit_code}
-        name = ev.kind.replace("-", ".").replace("reload.", "reload.", 1)
+        fields: dict[str, Any] = {"reload_id": ev.reload_id, "paths": len(ev.paths)}
         if ev.kind in ("reload-failed", "process-exited"):
-            log.warning(name, message=ev.message, **fields)
+            log.warning(
+                _LOG_NAMES[ev.kind],
+                message=ev.message,
+                reason=ev.reason,
+                exit_code=ev.exit_code,
+                **fields,
+            )
         else:
-            log.info(name, message=ev.message, duration_ms=ev.duration_ms, **fields)
-        self.on_event(ev)
+            log.info(_LOG_NAMES[ev.kind], message=ev.message, duration_ms=ev.duration_ms, **fields)
+        try:
+            self.on_event(ev)
+        except Exception:
+            log.exception("reload.sink_failed", kind=ev.kind)
 
     # --------------------------------------------------------- the worker
 
@@ -479,27 +601,41 @@ class ProcessReloader:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:  # quiet for `debounce` seconds
+            while debounce > 0:  # wait until the burst has been quiet for `debounce`
                 try:
                     await asyncio.wait_for(self._wake.wait(), debounce)
-                    self._wake.clear()
                 except TimeoutError:
                     break
+                self._wake.clear()
             paths = list(self._pending)
             self._pending.clear()
             p = plan(self.config, paths)
-            if not p.empty:
-                await self._run(p)
+            if p.empty:
+                continue
+            self._reload_id += 1
+            try:
+                await self._run(p, self._reload_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the sidecar's own failure: report, keep serving
+                log.exception("reload.crashed", reload_id=self._reload_id)
+                self._emit(
+                    ReloadEvent(
+                        "reload-failed",
+                        f"the sidecar failed during reload {self._reload_id}: {e}",
+                        p.paths[:20],
+                        reason="crashed",
+                        reload_id=self._reload_id,
+                    )
+                )
 
-    async def _run(self, p: ReloadPlan) -> None:
-        self._reload_id += 1
-        rid = self._reload_id
+    async def _run(self, p: ReloadPlan, rid: int) -> None:
         started = time.monotonic()
         shown = p.paths[:20]
         self._emit(
             ReloadEvent(
                 "reload-started",
-                f"reload {rid}: {len(p.paths)} path(s) changed",
+                f"reload {rid}: {len(p.paths)} changed path(s)",
                 shown,
                 reload_id=rid,
             )
@@ -517,7 +653,7 @@ class ProcessReloader:
                         exit_code=info.code,
                         reason=reason,
                         output_tail=tail,
-                        duration_ms=int((time.monotonic() - started) * 1000),
+                        duration_ms=_ms(started),
                         reload_id=rid,
                     )
                 )
@@ -525,176 +661,229 @@ class ProcessReloader:
         if p.restart:
             problem = await self._restart()
             if problem is not None:
-                reason, message, tail = problem
+                reason, message, code, tail = problem
                 self._emit(
                     ReloadEvent(
                         "reload-failed",
                         message,
                         shown,
+                        exit_code=code,
                         reason=reason,
                         output_tail=tail,
+                        duration_ms=_ms(started),
                         reload_id=rid,
-                        duration_ms=int((time.monotonic() - started) * 1000),
                     )
                 )
                 return
-        what = (
-            "restarted"
-            if p.restart and self.config.strategy == "supervise"
-            else ("signalled" if p.restart else "ran")
-        )
+        if p.restart and self.config.strategy == "supervise":
+            what = "restarted the app"
+            if self.config.ready_url or self.config.ready_line:
+                what += " and it is ready"
+        elif p.restart:
+            what = f"sent {signal.Signals(self.config.signal).name}"
+        else:
+            what = "ran the steps"
         self._emit(
             ReloadEvent(
                 "reload-finished",
-                f"reload {rid}: {what} in {int((time.monotonic() - started) * 1000)} ms",
+                f"reload {rid}: {what} in {_ms(started)} ms",
                 shown,
-                duration_ms=int((time.monotonic() - started) * 1000),
+                duration_ms=_ms(started),
                 reload_id=rid,
             )
         )
 
     async def _exec(self, cmd: tuple[str, ...]) -> tuple[int, str]:
-        tail = _Tail()
+        """Run one exec step in its own process group; (exit code, tail)."""
+        tail = Tail()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 cwd=self.workspace,
+                env=_child_env(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
         except FileNotFoundError:
             return 127, f"{cmd[0]}: command not found"
         except PermissionError:
             return 126, f"{cmd[0]}: permission denied"
+        except OSError as e:  # e.g. ENOEXEC: a script without a #! line
+            return 126, f"{cmd[0]}: cannot execute: {e.strerror}"
         try:
-            await _pump(proc.stdout, tail, sys.stdout.buffer)
+            await asyncio.gather(
+                pump(proc.stdout, tail, _stream("stdout")),
+                pump(proc.stderr, tail, _stream("stderr")),
+            )
             code = await proc.wait()
-        except asyncio.CancelledError:
-            _kill_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            raise
+        finally:
+            # Nothing a one-shot step started outlives it (and cancelling
+            # the reload kills the step).
+            kill_group(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
+                await proc.wait()
         return code, tail.text()
 
     # --------------------------------------------------------- restart
 
-    async def _restart(self) -> tuple[str, str, str] | None:
-        """Restart (supervise) or signal the app; a problem or None."""
+    async def _restart(self) -> tuple[str, str, int, str] | None:
+        """Restart (supervise) or signal the app: None, or (reason, message,
+        exit code, output tail)."""
         if self.config.strategy == "signal":
             pid = find_pid(pid_file=self.config.pid_file, process_name=self.config.process_name)
-            target = self.config.pid_file or self.config.process_name
+            target = (
+                f"pid file {self.config.pid_file}"
+                if self.config.pid_file
+                else f"process name {self.config.process_name!r}"
+            )
             if pid is None:
-                return ("signal-target-missing", f"no process found for {target}", "")
+                return ("signal-target-missing", f"no running process found by {target}", 0, "")
             try:
                 os.kill(pid, self.config.signal)
             except OSError as e:
-                return ("signal-target-missing", f"cannot signal {target} (pid {pid}): {e}", "")
+                return (
+                    "signal-target-missing",
+                    f"cannot signal pid {pid} ({target}): {e.strerror}",
+                    0,
+                    "",
+                )
             return None
         await self._stop_child()
         return await self._spawn()
 
-    async def _spawn(self) -> tuple[str, str, str] | None:
-        self._child_tail = _Tail()
-        self._expected_exit = False
-        env = {k: v for k, v in os.environ.items() if k != "DEVSTACK_TOKEN"}
+    async def _spawn(self) -> tuple[str, str, int, str] | None:
+        self._child_tail = Tail()
+        cfg = self.config
+        self._ready_line = ReadyLine(re.compile(cfg.ready_line)) if cfg.ready_line else None
         try:
             child = await asyncio.create_subprocess_exec(
-                *self.config.command,
+                *cfg.command,
                 cwd=self.workspace,
-                env=env,
+                env=_child_env(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
-        except (FileNotFoundError, PermissionError) as e:
+        except OSError as e:
             code = 127 if isinstance(e, FileNotFoundError) else 126
             info = describe(code)
-            return (info.reason, f"{self.config.command[0]}: {info.message}", "")
+            return (info.reason, f"{cfg.command[0]}: {info.message}", code, "")
         self._child = child
-        log.info("process.started", pid=child.pid)
-        self._child_tasks = [
-            asyncio.create_task(_pump(child.stdout, self._child_tail, sys.stdout.buffer)),
-            asyncio.create_task(self._watch_child(child)),
+        log.info("process.started", pid=child.pid, command=cfg.command[0])
+        pumps = [
+            asyncio.create_task(
+                pump(child.stdout, self._child_tail, _stream("stdout"), on_line=self._ready_line)
+            ),
+            asyncio.create_task(
+                pump(child.stderr, self._child_tail, _stream("stderr"), on_line=self._ready_line)
+            ),
         ]
-        if self.config.ready_url:
-            return await self._wait_ready(child)
-        return None
-
-    async def _wait_ready(self, child: asyncio.subprocess.Process) -> tuple[str, str, str] | None:
-        from urllib.parse import urlsplit
-
-        url = urlsplit(self.config.ready_url or "")
-        host, port = url.hostname or "127.0.0.1", url.port or 80
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if child.returncode is not None:
-                info = describe(child.returncode)
-                return (
-                    "crashed",
-                    f"the app exited before it was ready ({info.message})",
-                    self._child_tail.text(),
-                )
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
-                writer.write(f"GET {url.path or '/'} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-                await writer.drain()
-                first = await asyncio.wait_for(reader.readline(), 5)
-                writer.close()
-                if first.startswith(b"HTTP/"):
-                    return None
-            except (OSError, TimeoutError):
-                pass
-            await asyncio.sleep(0.01)
+        self._child_tasks = [*pumps, asyncio.create_task(self._watch_child(child, pumps))]
+        if not (cfg.ready_url or self._ready_line):
+            return None
+        self._readying = child.pid  # its exit is this reload's failure, not an event
+        try:
+            outcome = await wait_ready(
+                child,
+                url=cfg.ready_url,
+                line=self._ready_line,
+                timeout=cfg.ready_timeout_seconds,
+            )
+            if outcome == "timeout" and child.returncode is not None:
+                outcome = "exited"
+            if outcome == "exited":
+                self._quiet.add(child.pid)
+        finally:
+            self._readying = None
+        if outcome == "ready":
+            return None
+        if outcome == "timeout":
+            probe = cfg.ready_url or f"a line matching {cfg.ready_line!r}"
+            return (
+                "timeout",
+                f"the app did not become ready ({probe}) within "
+                f"{cfg.ready_timeout_seconds:g} s; it is still running",
+                0,
+                self._child_tail.text(),
+            )
+        # It exited before it was ready: report it once, as this reload's failure.
+        await _drain(self._child_tasks[:2])
+        info = describe(child.returncode or 0)
         return (
-            "not-ready",
-            f"{self.config.ready_url} did not answer within 60 s",
+            _exit_reason(info.reason, info.code),
+            f"the app exited before it was ready ({info.message}); "
+            "it starts again on the next change",
+            info.code,
             self._child_tail.text(),
         )
 
-    async def _watch_child(self, child: asyncio.subprocess.Process) -> None:
+    async def _watch_child(
+        self, child: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]
+    ) -> None:
         code = await child.wait()
-        if self._expected_exit or self._closing or child is not self._child:
+        await _drain(pumps)
+        if (
+            self._closing
+            or child.pid in self._quiet
+            or child.pid == self._readying
+            or child is not self._child
+        ):
             return
-        await asyncio.sleep(0.05)  # let the output pump catch the last lines
         info = describe(code)
-        reason = (
-            info.reason
-            if info.reason in ("killed", "command-not-found", "not-executable")
-            else "crashed"
-        )
         self._emit(
             ReloadEvent(
                 "process-exited",
                 f"the app exited on its own ({info.message}); it starts again on the next change",
                 exit_code=info.code,
-                reason=reason,
+                reason=_exit_reason(info.reason, info.code),
                 output_tail=self._child_tail.text(),
                 reload_id=self._reload_id,
             )
         )
-        self._child = None
+        # The process group may still hold children of the app.
+        kill_group(child.pid, signal.SIGKILL)
 
     async def _stop_child(self) -> None:
         child = self._child
         if child is None:
             return
-        self._expected_exit = True
+        self._quiet.add(child.pid)
         if child.returncode is None:
-            _kill_group(child.pid, signal.SIGTERM)
+            kill_group(child.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(child.wait(), self.config.grace_seconds)
             except TimeoutError:
-                _kill_group(child.pid, signal.SIGKILL)
+                kill_group(child.pid, signal.SIGKILL)
                 await child.wait()
         # Reap anything the app left in its process group.
-        _kill_group(child.pid, signal.SIGKILL)
+        kill_group(child.pid, signal.SIGKILL)
         for t in self._child_tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 1)
+                await asyncio.wait_for(t, 2)
+        self._child_tasks = []
         self._child = None
 
 
+async def _drain(pumps: Sequence[asyncio.Task[None]]) -> None:
+    """Let the output pumps of an exited child catch its last lines."""
+    if pumps:
+        await asyncio.wait(pumps, timeout=1)
+
+
+def _exit_reason(reason: str, code: int) -> str:
+    if reason in ("killed", "command-not-found", "not-executable"):
+        return reason
+    return "exited" if code == 0 else "crashed"
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment minus the sync token: the app never sees it."""
+    return {k: v for k, v in os.environ.items() if k != "DEVSTACK_TOKEN"}
+
+
 def build_reloader(config: ReloadConfig, *, workspace: Path, on_event: EventSink) -> Reloader:
+    """The reloader for this config (supervise starts the app in ``start``)."""
     return ProcessReloader(config, workspace=workspace, on_event=on_event)

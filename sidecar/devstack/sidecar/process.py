@@ -1,0 +1,171 @@
+"""Child processes for hot reload (process I/O): keeping the tail of a
+child's output while passing it through to our own stdout/stderr, killing a
+whole process group, finding a signal target in ``/proc``, and waiting for a
+restarted app to be ready (an HTTP answer or a line of output)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+TAIL_LINES = 40
+TAIL_BYTES = 4096
+
+
+class Tail:
+    """The last ``TAIL_LINES`` lines (at most ``TAIL_BYTES``) of some output."""
+
+    def __init__(self) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def feed(self, data: bytes) -> None:
+        self.lines.extend(data.decode(errors="replace").splitlines())
+
+    def text(self) -> str:
+        return "\n".join(self.lines)[-TAIL_BYTES:]
+
+
+async def pump(
+    stream: asyncio.StreamReader | None,
+    tail: Tail,
+    sink: BinaryIO | None,
+    *,
+    on_line: Callable[[bytes], None] | None = None,
+) -> None:
+    """Copy a child's output line by line to ``sink`` (our own stdout or
+    stderr, so ``kubectl logs`` shows it), keep a tail, and show each line to
+    ``on_line``. Lines longer than the stream limit are passed in pieces."""
+    if stream is None:
+        return
+    while True:
+        try:
+            line = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            line = e.partial
+        except asyncio.LimitOverrunError as e:
+            line = await stream.readexactly(e.consumed)
+        if not line:
+            return
+        tail.feed(line)
+        if on_line is not None:
+            on_line(line)
+        if sink is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sink.write(line)
+                sink.flush()
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group led by ``pid``, if it still exists."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _is_zombie(proc_dir: str) -> bool:
+    try:
+        stat = Path(proc_dir, "stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def find_pid(*, pid_file: str | None, process_name: str | None) -> int | None:
+    """The signal target: the pid in ``pid_file``, or the lowest pid whose
+    ``/proc/PID/comm``, program or script name is ``process_name`` (other
+    than ourselves). With ``shareProcessNamespace`` the app's processes are
+    visible here."""
+    if pid_file:
+        try:
+            pid = int(Path(pid_file).read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+    if not process_name:
+        return None
+    me = os.getpid()
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            comm = Path(entry.path, "comm").read_text().strip()
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        names = {comm, *(os.path.basename(a.decode(errors="replace")) for a in argv[:2] if a)}
+        if process_name in names and not _is_zombie(entry.path):
+            found.append(int(entry.name))
+    return min(found) if found else None
+
+
+class ReadyLine:
+    """Set once a line of the child's output matches a regular expression."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.seen = asyncio.Event()
+
+    def __call__(self, line: bytes) -> None:
+        if not self.seen.is_set() and self.pattern.search(line.decode(errors="replace")):
+            self.seen.set()
+
+
+async def http_answers(url: str, *, timeout: float = 2.0) -> bool:
+    """True if ``url`` (plain ``http://``, normally on 127.0.0.1) answers
+    with any HTTP status line."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readline(), timeout)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return first.startswith(b"HTTP/")
+
+
+async def wait_ready(
+    child: asyncio.subprocess.Process,
+    *,
+    url: str | None,
+    line: ReadyLine | None,
+    timeout: float,
+) -> str:
+    """Wait until the child is ready: ``"ready"``, ``"exited"`` (it died
+    first) or ``"timeout"``. Ready means every configured probe passed."""
+    deadline = time.monotonic() + timeout
+    url_ok = url is None
+    while time.monotonic() < deadline:
+        if child.returncode is not None:
+            return "exited"
+        if not url_ok and url is not None:
+            url_ok = await http_answers(url)
+        if url_ok and (line is None or line.seen.is_set()):
+            return "ready"
+        if line is not None and url_ok:
+            # Only the line is missing: wake as soon as it arrives.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(line.seen.wait(), min(0.1, timeout))
+        else:
+            await asyncio.sleep(0.005)
+    return "timeout"
