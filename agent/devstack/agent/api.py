@@ -1,0 +1,63 @@
+"""The agent's own HTTP API (aiohttp; does network I/O).
+
+``/healthz``  200 while the watch loops run.
+``/readyz``   200 once every cache has synced (leader or not), else 503.
+``/metrics``  Prometheus text format.
+``/v1/routes`` JSON: every service, its host, baseline, preview URL and
+              owners (with their preview URLs and TTLs), plus problems.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from devstack.agent.metrics import Metrics
+
+
+class Status(Protocol):
+    """What the API reads from the controller."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def healthy(self) -> bool: ...
+
+    def routes(self) -> dict[str, Any]: ...
+
+
+def make_app(status: Status, metrics: Metrics) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        ok = status.healthy()
+        return web.json_response({"ok": ok}, status=200 if ok else 503)
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = status.ready
+        return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(
+            text=metrics.render(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def routes(_: web.Request) -> web.Response:
+        return web.json_response(status.routes())
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/v1/routes", routes)
+    return app
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"0.0.0.0:8080"`` / ``"[::1]:8080"`` / ``":8080"`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen address {value!r}: use HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)

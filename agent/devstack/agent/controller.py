@@ -1,0 +1,442 @@
+"""The controller: caches in, writes out, one serial worker per route key
+(does I/O through the informers and the writer).
+
+Level-triggered: every event only says "look at this key again". A key is
+``(service, owner)`` (``owner`` is ``None`` for the baseline); its worker
+reads the cached Services and Traefik objects for that key, computes the
+desired state (:mod:`devstack.agent.desired`, pure), plans the difference
+(:mod:`devstack.agent.plan`, pure) and applies it. Workers for different
+keys run in parallel (bounded); the same key is never worked on twice at
+once, and events that arrive meanwhile coalesce into one more pass.
+
+Nothing is written before every cache has synced, nor by a replica that
+does not hold the Lease. Temporary errors (409, 410, 429, 5xx, no answer)
+retry with backoff, honouring ``Retry-After``; permanent ones are reported
+and retried much later. Expired personal copies lose their routes when
+their TTL passes (a timer re-enqueues the key) and are reported once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from devstack.agent.desired import (
+    INGRESS_ROUTE,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MIDDLEWARE,
+    AgentSettings,
+    Desired,
+    ObjectRef,
+    Problem,
+    desired_state,
+)
+from devstack.agent.informer import Backoff, Informer, ObjectKey, key_of, slim
+from devstack.agent.kube import SERVICES, KubeApi, RawObject, traefik_resources
+from devstack.agent.metrics import Metrics
+from devstack.agent.plan import Verb, plan
+from devstack.agent.writer import KubeWriter, Writer, kinds
+from devstack.core.errors import PermanentError, TemporaryError
+from devstack.core.logging import get_logger
+from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
+
+log = get_logger("agent.controller")
+
+RouteKey = tuple[str, str | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerSettings:
+    """Scope and timings. Empty ``namespaces``: all namespaces."""
+
+    namespaces: tuple[str, ...] = ()
+    backoff: Backoff = field(default_factory=Backoff)
+    permanent_retry: float = 60.0
+    resync_period: float = 300.0
+    watch_timeout: int = 300
+    concurrency: int = 32
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def route_key(obj: RawObject) -> RouteKey:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return (str(labels.get(SERVICE_LABEL, "")), labels.get(OWNER_LABEL))
+
+
+def slim_service(obj: RawObject) -> RawObject:
+    """A Service as the agent needs it: identity, labels, our annotations, ports."""
+    meta = obj.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "labels", "creationTimestamp", "resourceVersion")
+    out_meta: dict[str, Any] = {k: meta[k] for k in keep if k in meta}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("devstack.dev/")
+    }
+    if annotations:
+        out_meta["annotations"] = annotations
+    return {"metadata": out_meta, "spec": {"ports": (obj.get("spec") or {}).get("ports") or []}}
+
+
+class Controller:
+    """Keeps Traefik objects equal to the desired state of the Services."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        agent: AgentSettings,
+        settings: ControllerSettings = ControllerSettings(),
+        *,
+        writer: Writer | None = None,
+        metrics: Metrics | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
+        now: Callable[[], datetime.datetime] = utcnow,
+    ) -> None:
+        self.api = api
+        self.agent = agent
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.is_leader = is_leader
+        self.now = now
+        ir, mw = traefik_resources(agent.crd_group)
+        self.writer: Writer = writer or KubeWriter(api, kinds(ir, mw))
+        scopes: Iterable[str | None] = settings.namespaces or (None,)
+        self.service_informers: list[Informer] = []
+        self.object_informers: dict[tuple[str, str | None], Informer] = {}
+        for ns in scopes:
+            self.service_informers.append(
+                Informer(
+                    api,
+                    SERVICES,
+                    namespace=ns,
+                    label_selector=SERVICE_LABEL,
+                    on_change=self._on_service,
+                    transform=slim_service,
+                    backoff=settings.backoff,
+                    watch_timeout=settings.watch_timeout,
+                    metrics=self.metrics,
+                )
+            )
+            for kind, resource in ((INGRESS_ROUTE, ir), (MIDDLEWARE, mw)):
+                self.object_informers[(kind, ns)] = Informer(
+                    api,
+                    resource,
+                    namespace=ns,
+                    label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+                    on_change=self._object_handler(kind),
+                    transform=slim,
+                    backoff=settings.backoff,
+                    watch_timeout=settings.watch_timeout,
+                    metrics=self.metrics,
+                )
+        self._services: dict[ObjectKey, RawObject] = {}
+        self._services_by_key: dict[RouteKey, set[ObjectKey]] = {}
+        self._objects: dict[ObjectRef, RawObject] = {}
+        self._objects_by_key: dict[RouteKey, set[ObjectRef]] = {}
+        self._dirty: set[RouteKey] = set()
+        self._queue: asyncio.Queue[RouteKey] = asyncio.Queue()
+        self._queued: set[RouteKey] = set()
+        self._active: set[RouteKey] = set()
+        self._attempts: dict[RouteKey, int] = {}
+        self._quiet = False
+        self._timers: dict[RouteKey, asyncio.TimerHandle] = {}
+        self._problems: dict[RouteKey, tuple[Problem, ...]] = {}
+        self._expired_reported: set[str] = set()
+        self._synced = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.idle = asyncio.Event()
+        self.reconciles = 0
+
+    # -- indexes ---------------------------------------------------------------------
+
+    def _on_service(self, old: RawObject | None, new: RawObject | None) -> None:
+        for obj, present in ((old, False), (new, True)):
+            if obj is None:
+                continue
+            key, okey = route_key(obj), key_of(obj)
+            if present:
+                self._services[okey] = obj
+                self._services_by_key.setdefault(key, set()).add(okey)
+            else:
+                members = self._services_by_key.get(key)
+                if members is not None:
+                    members.discard(okey)
+                    if not members:
+                        del self._services_by_key[key]
+                if new is None:
+                    self._services.pop(okey, None)
+            self.enqueue(key)
+        self.metrics.set("devstack_agent_services", len(self._services))
+
+    def _object_handler(self, kind: str) -> Callable[[RawObject | None, RawObject | None], None]:
+        def handle(old: RawObject | None, new: RawObject | None) -> None:
+            for obj, present in ((old, False), (new, True)):
+                if obj is None:
+                    continue
+                ns, name = key_of(obj)
+                ref = ObjectRef(kind=kind, namespace=ns, name=name)
+                key = route_key(obj)
+                if present:
+                    self._objects[ref] = obj
+                    self._objects_by_key.setdefault(key, set()).add(ref)
+                else:
+                    members = self._objects_by_key.get(key)
+                    if members is not None:
+                        members.discard(ref)
+                        if not members:
+                            del self._objects_by_key[key]
+                    if new is None:
+                        self._objects.pop(ref, None)
+                self.enqueue(key)
+            self.metrics.set("devstack_agent_managed_objects", len(self._objects))
+
+        return handle
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._synced
+
+    def healthy(self) -> bool:
+        return not any(t.done() for t in self._tasks)
+
+    def _can_write(self) -> bool:
+        return self._synced and self.is_leader()
+
+    def enqueue(self, key: RouteKey) -> None:
+        """Mark ``key`` for another look. Keys being worked on are not queued
+        twice: their worker queues them again when it is done."""
+        if self._quiet:
+            return
+        self._dirty.add(key)
+        self.idle.clear()
+        if self._can_write() and key not in self._active and key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def resync_all(self) -> None:
+        """Look at every known key again (after sync, on leadership, periodically)."""
+        for key in sorted(
+            {*self._services_by_key, *self._objects_by_key, *self._dirty},
+            key=lambda k: (k[0], k[1] or ""),
+        ):
+            self.enqueue(key)
+        self._check_idle()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queued or self._active)
+
+    def _check_idle(self) -> None:
+        if not self._queued and not self._active:
+            self.idle.set()
+
+    async def _worker(self) -> None:
+        """One of ``concurrency`` workers: takes a key, works on it alone."""
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            if not self._can_write() or key not in self._dirty:
+                self._check_idle()
+                continue
+            self._active.add(key)
+            self._dirty.discard(key)
+            try:
+                await self._work(key)
+            finally:
+                self._active.discard(key)
+                if key in self._dirty:
+                    self.enqueue(key)
+                self._check_idle()
+
+    async def _work(self, key: RouteKey) -> None:
+        try:
+            await self.reconcile(key)
+            self._attempts.pop(key, None)
+            self.metrics.inc("devstack_agent_reconciles_total", result="ok")
+        except TemporaryError as e:
+            attempt = self._attempts.get(key, 0)
+            self._attempts[key] = attempt + 1
+            delay = self.settings.backoff.delay(attempt, hint=e.delay)
+            self.metrics.inc("devstack_agent_reconciles_total", result="retry")
+            log.warning(
+                "agent.reconcile_retry",
+                service=key[0],
+                owner=key[1],
+                error=str(e),
+                reason=e.reason,
+                delay=round(delay, 3),
+            )
+            self._schedule(key, delay)
+        except PermanentError as e:
+            self.metrics.inc("devstack_agent_reconciles_total", result="error")
+            log.error(
+                "agent.reconcile_failed",
+                service=key[0],
+                owner=key[1],
+                error=str(e),
+                reason=e.reason,
+            )
+            self._schedule(key, self.settings.permanent_retry)
+        except Exception as e:  # a bug must not kill the worker: report it, retry later
+            self.metrics.inc("devstack_agent_reconciles_total", result="crash")
+            log.exception("agent.reconcile_crashed", service=key[0], owner=key[1], error=repr(e))
+            self._schedule(key, self.settings.permanent_retry)
+
+    def _schedule(self, key: RouteKey, delay: float) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(max(0.0, delay), self._fire, key)
+
+    def _fire(self, key: RouteKey) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def desired_for(self, key: RouteKey) -> Desired:
+        services = [self._services[k] for k in sorted(self._services_by_key.get(key, ()))]
+        return desired_state(services, self.agent, self.now())
+
+    async def reconcile(self, key: RouteKey) -> None:
+        """Make the Traefik objects of ``key`` match its desired state."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.reconciles += 1
+        desired = self.desired_for(key)
+        actual = {ref: self._objects[ref] for ref in sorted(self._objects_by_key.get(key, ()))}
+        for copy in desired.expired:
+            if copy.uid not in self._expired_reported:
+                self._expired_reported.add(copy.uid)
+                log.info(
+                    "agent.copy_expired",
+                    service=copy.service,
+                    owner=copy.owner,
+                    namespace=copy.namespace,
+                    name=copy.name,
+                    expired_at=copy.expires_at.isoformat() if copy.expires_at else None,
+                )
+        self._report_problems(key, desired.problems)
+        for step in plan(desired.objects, actual):
+            if not self._can_write():
+                return
+            written = await self.writer.apply(step)
+            self.metrics.inc(
+                "devstack_agent_writes_total", verb=step.verb.value, kind=step.ref.kind
+            )
+            log.info(
+                "agent.write",
+                verb=step.verb.value,
+                kind=step.ref.kind,
+                namespace=step.ref.namespace,
+                name=step.ref.name,
+                service=key[0],
+                owner=key[1],
+            )
+            informer = self._informer_for(step.ref)
+            if informer is not None:
+                # Our own write: update the cache without queueing the key
+                # again (this pass already made it right).
+                self._quiet = True
+                try:
+                    if step.verb is Verb.DELETE:
+                        informer.forget(step.ref.namespace, step.ref.name)
+                    elif written is not None:
+                        informer.observe(written)
+                finally:
+                    self._quiet = False
+        if desired.next_expiry is not None:
+            delay = (desired.next_expiry - self.now()).total_seconds()
+            self._schedule(key, delay + 0.01)
+        self.metrics.inc("devstack_agent_reconcile_seconds_sum", loop.time() - started)
+        self.metrics.inc("devstack_agent_reconcile_seconds_count")
+        self.metrics.set("devstack_agent_expired_copies", float(len(self._expired_reported)))
+
+    def _report_problems(self, key: RouteKey, problems: tuple[Problem, ...]) -> None:
+        before = set(self._problems.get(key, ()))
+        for p in problems:
+            if p not in before:
+                log.warning(
+                    "agent.cannot_route",
+                    reason=p.reason,
+                    namespace=p.namespace,
+                    name=p.name,
+                    service=p.service,
+                    message=p.message,
+                )
+        if problems:
+            self._problems[key] = problems
+        else:
+            self._problems.pop(key, None)
+        self.metrics.set(
+            "devstack_agent_problems", float(sum(len(v) for v in self._problems.values()))
+        )
+
+    def _informer_for(self, ref: ObjectRef) -> Informer | None:
+        return self.object_informers.get((ref.kind, ref.namespace)) or self.object_informers.get(
+            (ref.kind, None)
+        )
+
+    # -- the view ---------------------------------------------------------------------------
+
+    def routes(self) -> dict[str, Any]:
+        """What ``/v1/routes`` shows: every service, owner, host and preview URL."""
+        desired = desired_state(list(self._services.values()), self.agent, self.now())
+        return {
+            "ready": self.ready,
+            "leader": self.is_leader(),
+            "domain": self.agent.domain,
+            "preview_domain": self.agent.preview_domain,
+            "services": [r.as_json() for r in desired.routes],
+            "problems": [
+                {
+                    "reason": p.reason,
+                    "service": p.service,
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "message": p.message,
+                }
+                for p in desired.problems
+            ],
+        }
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start the informers, wait for them to sync, then reconcile forever."""
+        informers = [*self.service_informers, *self.object_informers.values()]
+        self._tasks = [asyncio.create_task(i.run(), name=f"informer {i.name}") for i in informers]
+        workers = [
+            asyncio.create_task(self._worker(), name=f"worker {n}")
+            for n in range(self.settings.concurrency)
+        ]
+        try:
+            await asyncio.gather(*(i.synced.wait() for i in informers))
+            self._synced = True
+            self.metrics.set("devstack_agent_ready", 1)
+            log.info("agent.synced", services=len(self._services), objects=len(self._objects))
+            while True:
+                self.resync_all()
+                await asyncio.sleep(self.settings.resync_period)
+        finally:
+            for task in [*self._tasks, *workers]:
+                task.cancel()
+            for timer in self._timers.values():
+                timer.cancel()
+            await asyncio.gather(*self._tasks, *workers, return_exceptions=True)
+
+    def on_started_leading(self) -> None:
+        self.metrics.set("devstack_agent_is_leader", 1)
+        if self._synced:
+            self.resync_all()
+
+    def on_stopped_leading(self) -> None:
+        self.metrics.set("devstack_agent_is_leader", 0)

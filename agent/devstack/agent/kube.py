@@ -1,0 +1,571 @@
+"""The one module in devstack that talks to the Kubernetes API (does I/O).
+
+Everything else sees raw Kubernetes JSON (``dict``) and devstack's own
+errors. The client is kubernetes-asyncio's ``ApiClient``, used for
+authentication and transport only: requests go to explicit paths with
+``_preload_content=False`` and come back as JSON, so one code path serves
+core, discovery, coordination and Traefik's CRDs alike.
+
+Stable API (the provisioning engine imports these; keep the signatures):
+
+``kube_client(kubeconfig=None, context=None, *, user_agent=None)``
+    ``async with kube_client() as api:`` builds a :class:`KubeApi`. Inside a
+    pod (``KUBERNETES_SERVICE_HOST`` set, no kubeconfig or context asked for)
+    it uses the pod's service account; otherwise it reads the kubeconfig as
+    kubectl does: ``kubeconfig``, else ``$KUBECONFIG`` (colon-separated list),
+    else ``~/.kube/config``, with ``context`` or the current context.
+
+``await apply_config_map(api, *, namespace, name, data, labels)``
+``await apply_secret(api, *, namespace, name, data, labels)``
+    Create the object or make an existing one hold exactly ``data`` (secret
+    values are plain text here and stored base64-encoded); ``labels`` are
+    merged into the object's labels. Safe to repeat.
+
+``await delete_config_map(api, *, namespace, name)``
+``await delete_secret(api, *, namespace, name)``
+    Delete; an object that is already gone is not an error.
+
+Errors (all devstack errors, each wrapping the library error):
+
+- :class:`ConflictError` (409: already exists, or a stale ``resourceVersion``),
+- :class:`GoneError` (410: the watch's ``resourceVersion`` is too old; relist),
+- :class:`KubeTemporaryError` (429 and 5xx, with ``delay`` from ``Retry-After``),
+- :class:`NotFoundError` (404), :class:`KubeAuthError` (401/403),
+- :class:`KubeRequestError` (other 4xx: a bad object or request),
+- :class:`KubeUnreachableError` (no connection; a temporary error).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from devstack.core.errors import (
+    AuthError,
+    ConfigError,
+    DevstackError,
+    PermanentError,
+    TemporaryError,
+    UnreachableError,
+)
+
+RawObject = dict[str, Any]
+
+_SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class WatchEvent(TypedDict):
+    """One line of a watch stream."""
+
+    type: Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
+    object: RawObject
+
+
+# --- errors ------------------------------------------------------------------
+
+
+class KubeError(DevstackError):
+    """Mixin with the HTTP status of a Kubernetes API answer (0: no answer)."""
+
+    status: int = 0
+
+
+class ConflictError(TemporaryError, KubeError):
+    """409: the object exists already, or changed since we read it."""
+
+    reason = "conflict"
+    status = 409
+
+
+class GoneError(TemporaryError, KubeError):
+    """410: the ``resourceVersion`` is too old; list again."""
+
+    reason = "gone"
+    status = 410
+
+
+class KubeTemporaryError(TemporaryError, KubeError):
+    """429 or 5xx: try again after ``delay`` (``Retry-After``) if given."""
+
+    reason = "api-unavailable"
+
+
+class KubeUnreachableError(UnreachableError, KubeError):
+    """The API server did not answer at all."""
+
+
+class NotFoundError(PermanentError, KubeError):
+    """404: no such object (or resource)."""
+
+    reason = "not-found"
+    status = 404
+
+
+class KubeAuthError(AuthError, KubeError):
+    """401/403: the credentials are bad or lack a permission."""
+
+
+class KubeRequestError(PermanentError, KubeError):
+    """Another 4xx: the request or object is invalid."""
+
+    reason = "bad-request"
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    if not headers:
+        return None
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _message(body: Any, fallback: str) -> str:
+    if isinstance(body, dict):
+        msg = body.get("message") or body.get("reason")
+        if isinstance(msg, str) and msg:
+            return msg
+    return fallback
+
+
+def error_for_status(
+    status: int, *, what: str, body: Any = None, headers: Mapping[str, str] | None = None
+) -> KubeError:
+    """The devstack error for an HTTP status from the API (not raised)."""
+    msg = f"{what}: {status} {_message(body, '')}".rstrip()
+    err: KubeError
+    if status == 409:
+        err = ConflictError(msg)
+    elif status == 410:
+        err = GoneError(msg)
+    elif status == 429 or status >= 500:
+        err = KubeTemporaryError(msg, delay=_retry_after(headers))
+    elif status == 404:
+        err = NotFoundError(msg)
+    elif status in (401, 403):
+        err = KubeAuthError(msg)
+    else:
+        err = KubeRequestError(msg)
+    err.status = status
+    return err
+
+
+# --- resources -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resource:
+    """A Kubernetes resource: where its objects live in the API."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, *, namespace: str | None = None, name: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if namespace is not None and self.namespaced:
+            base += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{urllib.parse.quote(name, safe='')}"
+        return base
+
+
+SERVICES = Resource(group="", version="v1", plural="services", kind="Service")
+CONFIG_MAPS = Resource(group="", version="v1", plural="configmaps", kind="ConfigMap")
+SECRETS = Resource(group="", version="v1", plural="secrets", kind="Secret")
+LEASES = Resource(group="coordination.k8s.io", version="v1", plural="leases", kind="Lease")
+EVENTS = Resource(group="", version="v1", plural="events", kind="Event")
+
+
+def traefik_resources(group: str = "traefik.io") -> tuple[Resource, Resource]:
+    """IngressRoute and Middleware in Traefik's CRD group."""
+    return (
+        Resource(group=group, version="v1alpha1", plural="ingressroutes", kind="IngressRoute"),
+        Resource(group=group, version="v1alpha1", plural="middlewares", kind="Middleware"),
+    )
+
+
+# --- the client ----------------------------------------------------------------
+
+PatchType = Literal["merge", "json", "strategic"]
+_PATCH_CONTENT_TYPES: dict[str, str] = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+}
+
+
+class KubeApi:
+    """Raw-JSON access to one API server. Build it with :func:`kube_client`."""
+
+    def __init__(self, api_client: Any, *, request_timeout: float = 30.0) -> None:
+        self._client = api_client
+        self._timeout = request_timeout
+
+    @property
+    def host(self) -> str:
+        return str(self._client.configuration.host)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: aiohttp.ClientTimeout | float | None = None,
+    ) -> aiohttp.ClientResponse:
+        params = [(k, _query_value(v)) for k, v in (query or {}).items()]
+        try:
+            response = await self._client.call_api(
+                path,
+                method,
+                query_params=params,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout if timeout is not None else self._timeout,
+            )
+        except ApiException as e:  # only for bad arguments, the status is checked below
+            raise error_for_status(e.status or 0, what=f"{method} {path}") from e
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise KubeUnreachableError(f"{method} {path}: {e or type(e).__name__}") from e
+        return cast(aiohttp.ClientResponse, response)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> RawObject:
+        """One request; the JSON answer, or a devstack error for a non-2xx."""
+        response = await self._send(method, path, query=query, body=body, content_type=content_type)
+        async with response:
+            try:
+                raw = await response.read()
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                raise KubeUnreachableError(f"{method} {path}: {e}") from e
+            try:
+                data = json.loads(raw) if raw else {}
+            except ValueError:
+                data = {"message": raw[:200].decode("utf-8", "replace")}
+            if not 200 <= response.status < 300:
+                raise error_for_status(
+                    response.status, what=f"{method} {path}", body=data, headers=response.headers
+                )
+        return cast(RawObject, data)
+
+    async def get(self, resource: Resource, *, namespace: str | None, name: str) -> RawObject:
+        return await self.request("GET", resource.path(namespace=namespace, name=name))
+
+    async def get_or_none(
+        self, resource: Resource, *, namespace: str | None, name: str
+    ) -> RawObject | None:
+        try:
+            return await self.get(resource, namespace=namespace, name=name)
+        except NotFoundError:
+            return None
+
+    async def list(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+    ) -> tuple[list[RawObject], str]:
+        """All matching objects and the list's ``resourceVersion``."""
+        query: dict[str, str | int | bool] = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        data = await self.request("GET", resource.path(namespace=namespace), query=query)
+        items = data.get("items") or []
+        rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
+        return [cast(RawObject, i) for i in items], rv
+
+    async def create(self, resource: Resource, obj: RawObject) -> RawObject:
+        namespace = (obj.get("metadata") or {}).get("namespace")
+        return await self.request("POST", resource.path(namespace=namespace), body=obj)
+
+    async def replace(self, resource: Resource, obj: RawObject) -> RawObject:
+        """PUT; a ``metadata.resourceVersion`` in ``obj`` makes it conditional."""
+        meta = obj.get("metadata") or {}
+        path = resource.path(namespace=meta.get("namespace"), name=meta["name"])
+        return await self.request("PUT", path, body=obj)
+
+    async def patch(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        patch_type: PatchType = "merge",
+    ) -> RawObject:
+        return await self.request(
+            "PATCH",
+            resource.path(namespace=namespace, name=name),
+            body=patch,
+            content_type=_PATCH_CONTENT_TYPES[patch_type],
+        )
+
+    async def delete(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None,
+        name: str,
+        uid: str | None = None,
+        missing_ok: bool = True,
+    ) -> None:
+        """Delete; with ``uid``, only that incarnation of the object."""
+        body: RawObject = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            await self.request("DELETE", resource.path(namespace=namespace, name=name), body=body)
+        except NotFoundError:
+            if not missing_ok:
+                raise
+
+    async def watch(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[WatchEvent]:
+        """One watch call: events until the server ends the stream.
+
+        Raises :class:`GoneError` when the server says the
+        ``resource_version`` is too old (as an HTTP status or as an ``ERROR``
+        event), and the usual errors otherwise.
+        """
+        query: dict[str, str | int | bool] = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout_seconds,
+        }
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        if label_selector:
+            query["labelSelector"] = label_selector
+        path = resource.path(namespace=namespace)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=timeout_seconds + 30
+        )
+        response = await self._send("GET", path, query=query, timeout=timeout)
+        async with response:
+            if not 200 <= response.status < 300:
+                try:
+                    data = json.loads(await response.read())
+                except (TimeoutError, ValueError, aiohttp.ClientError, OSError):
+                    data = None
+                raise error_for_status(
+                    response.status, what=f"watch {path}", body=data, headers=response.headers
+                )
+            while True:
+                try:
+                    line = await response.content.readline()
+                except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                    raise KubeUnreachableError(f"watch {path}: {e or type(e).__name__}") from e
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError as e:
+                    raise KubeTemporaryError(f"watch {path}: a line is not JSON") from e
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    code = int(obj.get("code") or 500)
+                    raise error_for_status(code, what=f"watch {path}", body=obj)
+                if kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                    yield WatchEvent(type=kind, object=obj)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _query_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _kubeconfig_paths(value: str) -> list[str]:
+    """The files of a kubeconfig list (``a:b``) that exist, ``~`` expanded."""
+    paths = [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
+    return [p for p in paths if Path(p).is_file()]
+
+
+def in_cluster() -> bool:
+    """Whether this process runs in a pod with a service account."""
+    return (
+        bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        and (_SERVICE_ACCOUNT_DIR / "token").is_file()
+    )
+
+
+@contextlib.asynccontextmanager
+async def kube_client(
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    *,
+    user_agent: str | None = None,
+    request_timeout: float = 30.0,
+) -> AsyncIterator[KubeApi]:
+    """A :class:`KubeApi` for the service account (in a pod) or the kubeconfig
+    (``kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``; ``context``)."""
+    configuration = k8s_client.Configuration()
+    try:
+        if kubeconfig is None and context is None and in_cluster():
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        else:
+            path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            paths = _kubeconfig_paths(path)
+            if not paths:
+                raise ConfigError(
+                    f"no kubeconfig at {path} (set --kubeconfig or KUBECONFIG, "
+                    "or run inside a cluster)"
+                )
+            await k8s_config.load_kube_config(
+                config_file=os.pathsep.join(paths),
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+    except ConfigException as e:
+        raise ConfigError(f"kubeconfig: {e}") from e
+    api_client = k8s_client.ApiClient(configuration)
+    if user_agent:
+        api_client.user_agent = user_agent
+    api = KubeApi(api_client, request_timeout=request_timeout)
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+# --- provisioning outputs: ConfigMaps and Secrets -------------------------------
+
+
+async def _apply_data_object(
+    api: KubeApi,
+    resource: Resource,
+    *,
+    namespace: str,
+    name: str,
+    fields: RawObject,
+    labels: Mapping[str, str],
+) -> None:
+    obj: RawObject = {
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        **fields,
+    }
+    for _ in range(5):
+        current = await api.get_or_none(resource, namespace=namespace, name=name)
+        if current is None:
+            try:
+                await api.create(resource, obj)
+                return
+            except ConflictError:
+                continue
+        meta = current.get("metadata") or {}
+        merged_labels = {**(meta.get("labels") or {}), **labels}
+        same = merged_labels == (meta.get("labels") or {}) and all(
+            (current.get(k) or {}) == v for k, v in fields.items()
+        )
+        if same:
+            return
+        replacement = {
+            **current,
+            **fields,
+            "metadata": {**meta, "labels": merged_labels},
+        }
+        try:
+            await api.replace(resource, replacement)
+            return
+        except ConflictError:
+            continue
+    raise ConflictError(f"{resource.kind} {namespace}/{name} kept changing while we wrote it")
+
+
+async def apply_config_map(
+    api: KubeApi,
+    *,
+    namespace: str,
+    name: str,
+    data: dict[str, str],
+    labels: dict[str, str],
+) -> None:
+    """Create or update ConfigMap ``namespace/name`` to hold exactly ``data``."""
+    await _apply_data_object(
+        api, CONFIG_MAPS, namespace=namespace, name=name, fields={"data": dict(data)}, labels=labels
+    )
+
+
+async def apply_secret(
+    api: KubeApi,
+    *,
+    namespace: str,
+    name: str,
+    data: dict[str, str],
+    labels: dict[str, str],
+) -> None:
+    """Create or update Opaque Secret ``namespace/name`` to hold exactly
+    ``data`` (plain-text values; stored base64-encoded)."""
+    encoded = {k: base64.b64encode(v.encode()).decode("ascii") for k, v in data.items()}
+    await _apply_data_object(
+        api,
+        SECRETS,
+        namespace=namespace,
+        name=name,
+        fields={"data": encoded, "type": "Opaque"},
+        labels=labels,
+    )
+
+
+async def delete_config_map(api: KubeApi, *, namespace: str, name: str) -> None:
+    """Delete ConfigMap ``namespace/name``; gone already is fine."""
+    await api.delete(CONFIG_MAPS, namespace=namespace, name=name)
+
+
+async def delete_secret(api: KubeApi, *, namespace: str, name: str) -> None:
+    """Delete Secret ``namespace/name``; gone already is fine."""
+    await api.delete(SECRETS, namespace=namespace, name=name)

