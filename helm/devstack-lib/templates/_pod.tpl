@@ -1,0 +1,219 @@
+{{- /*
+Pod-level pieces an app chart includes in its Deployment. Each renders nothing when
+devstack is disabled, so the app chart renders exactly as it would without devstack.
+Use them with `with`, so that a key only appears when there is something under it:
+
+  {{- with include "devstack-lib.initContainers" (dict "root" $ "image" $appImage) }}
+  initContainers:
+    {{- . | nindent 8 }}
+  {{- end }}
+*/ -}}
+
+{{- /* Pod spec fields: `shareProcessNamespace: true` for the signal reload strategy. */ -}}
+{{- define "devstack-lib.podSpec" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- if and $cfg.enabled (eq $cfg.sidecar.reload "signal") -}}
+shareProcessNamespace: true
+{{- end -}}
+{{- end -}}
+
+{{- /*
+devstack-lib.initContainers: (dict "root" $ "image" APP_IMAGE). One init container,
+running the app image, that copies the app's files into the shared workspace so that
+the first sync is incremental. Exec form: no shell and no tar in the app image, only
+`cp` (override devstack.workspace.seed.command for images without it).
+*/ -}}
+{{- define "devstack-lib.initContainers" -}}
+{{- $root := .root -}}
+{{- $cfg := include "devstack-lib.config" $root | fromYaml -}}
+{{- if and $cfg.enabled $cfg.workspace.seed.enabled -}}
+{{- $source := $cfg.workspace.seed.source | default $cfg.workspace.path -}}
+{{- $command := $cfg.workspace.seed.command | default (list "cp" "-a" (printf "%s/." (trimSuffix "/" $source)) "/devstack-seed/") -}}
+- name: devstack-seed
+  image: {{ required "devstack-lib.initContainers needs the app image: (dict \"root\" $ \"image\" IMAGE)" .image | quote }}
+  command:
+    {{- toYaml $command | nindent 4 }}
+  volumeMounts:
+    - name: devstack-workspace
+      mountPath: /devstack-seed
+  {{- with $cfg.workspace.seed.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.workspace.seed.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- /* devstack-lib.sidecarArgs: the `devstack sidecar` command line, as a YAML list. */ -}}
+{{- define "devstack-lib.sidecarArgs" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- $s := $cfg.sidecar -}}
+{{- $args := list "sidecar" "--mode" $s.mode "--reload" $s.reload -}}
+{{- if eq $s.reload "supervise" -}}
+{{- $args = concat $args (list "--command" (required "devstack.sidecar.command is required when devstack.sidecar.reload is supervise" $s.command)) -}}
+{{- end -}}
+{{- if eq $s.reload "exec" -}}
+{{- $args = concat $args (list "--exec" (required "devstack.sidecar.exec is required when devstack.sidecar.reload is exec" $s.exec)) -}}
+{{- end -}}
+{{- if eq $s.reload "signal" -}}
+{{- $args = concat $args (list "--signal" $s.signal.name) -}}
+{{- if $s.signal.pidFile -}}
+{{- $args = concat $args (list "--pid-file" $s.signal.pidFile) -}}
+{{- else -}}
+{{- $args = concat $args (list "--process-name" (required "devstack.sidecar.signal.processName or .pidFile is required when devstack.sidecar.reload is signal" $s.signal.processName)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $s.reloadOn -}}
+{{- $args = concat $args (list "--reload-on" .) -}}
+{{- end -}}
+{{- $args = concat $args (list "--reload-debounce-ms" (toString (int $s.reloadDebounceMs))) -}}
+{{- if $s.reloadConfig -}}
+{{- $args = concat $args (list "--reload-config" "/etc/devstack/reload/rules.yaml") -}}
+{{- end -}}
+{{- if $s.owner -}}
+{{- $args = concat $args (list "--owner" (toString $s.owner)) -}}
+{{- end -}}
+{{- if $s.fileMode -}}
+{{- $args = concat $args (list "--file-mode" (toString $s.fileMode)) -}}
+{{- end -}}
+{{- if $s.dirMode -}}
+{{- $args = concat $args (list "--dir-mode" (toString $s.dirMode)) -}}
+{{- end -}}
+{{- $args = concat $args $s.extraArgs -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{- /*
+devstack-lib.containers: the sidecar container, as a list item to append to the
+pod's containers.
+*/ -}}
+{{- define "devstack-lib.containers" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- if $cfg.enabled -}}
+{{- $port := int $cfg.sidecar.port -}}
+- name: devstack-sidecar
+  image: {{ include "devstack-lib.image" . | quote }}
+  imagePullPolicy: {{ $cfg.image.pullPolicy }}
+  args:
+    {{- include "devstack-lib.sidecarArgs" . | nindent 4 }}
+  env:
+    - name: DEVSTACK_LISTEN
+      value: {{ printf "0.0.0.0:%d" $port | quote }}
+    - name: DEVSTACK_WORKSPACE
+      value: {{ $cfg.workspace.path | quote }}
+    - name: DEVSTACK_TOKEN_FILE
+      value: {{ printf "/etc/devstack/token/%s" $cfg.token.key | quote }}
+    - name: DEVSTACK_MODE
+      value: {{ $cfg.sidecar.mode | quote }}
+    - name: DEVSTACK_RELOAD
+      value: {{ $cfg.sidecar.reload | quote }}
+    - name: DEVSTACK_LOG_FORMAT
+      value: {{ $cfg.sidecar.logFormat | quote }}
+    - name: DEVSTACK_SERVICE
+      value: {{ include "devstack-lib.service" . | quote }}
+    - name: DEVSTACK_OWNER
+      value: {{ $cfg.owner | toString | quote }}
+    {{- with $cfg.sidecar.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: devstack-sync
+      containerPort: {{ $port }}
+      protocol: TCP
+  readinessProbe:
+    grpc:
+      port: {{ $port }}
+    periodSeconds: 5
+  livenessProbe:
+    grpc:
+      port: {{ $port }}
+    periodSeconds: 20
+    failureThreshold: 3
+  volumeMounts:
+    - name: devstack-workspace
+      mountPath: {{ $cfg.workspace.path | quote }}
+    - name: devstack-token
+      mountPath: /etc/devstack/token
+      readOnly: true
+    {{- if $cfg.sidecar.reloadConfig }}
+    - name: devstack-reload
+      mountPath: /etc/devstack/reload
+      readOnly: true
+    {{- end }}
+    - name: devstack-tmp
+      mountPath: /tmp
+  {{- with $cfg.sidecar.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.sidecar.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- /* devstack-lib.appVolumeMounts: list items for the APP container's volumeMounts. */ -}}
+{{- define "devstack-lib.appVolumeMounts" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- if $cfg.enabled -}}
+- name: devstack-workspace
+  mountPath: {{ $cfg.workspace.path | quote }}
+{{- end -}}
+{{- end -}}
+
+{{- /* devstack-lib.appEnv: list items for the APP container's env. */ -}}
+{{- define "devstack-lib.appEnv" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- if $cfg.enabled -}}
+- name: DEVSTACK_SERVICE
+  value: {{ include "devstack-lib.service" . | quote }}
+- name: DEVSTACK_OWNER
+  value: {{ $cfg.owner | toString | quote }}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+devstack-lib.appEnvFrom: list items for the APP container's envFrom: the outputs the
+provisioning hook wrote (queue URLs, ARNs, bucket names), as environment variables.
+*/ -}}
+{{- define "devstack-lib.appEnvFrom" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- if include "devstack-lib.provisioning" . -}}
+- configMapRef:
+    name: {{ include "devstack-lib.outputsConfigMapName" . | quote }}
+{{- if $cfg.provision.outputs.secret }}
+- secretRef:
+    name: {{ $cfg.provision.outputs.secret | quote }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- /* devstack-lib.volumes: list items for the pod's volumes. */ -}}
+{{- define "devstack-lib.volumes" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- $emptyDir := dict -}}
+{{- with $cfg.workspace.medium -}}{{- $_ := set $emptyDir "medium" . -}}{{- end -}}
+{{- with $cfg.workspace.sizeLimit -}}{{- $_ := set $emptyDir "sizeLimit" (toString .) -}}{{- end -}}
+{{- if $cfg.enabled -}}
+- name: devstack-workspace
+  emptyDir: {{ toJson $emptyDir }}
+- name: devstack-token
+  secret:
+    secretName: {{ include "devstack-lib.tokenSecretName" . | quote }}
+    defaultMode: 0444
+    items:
+      - key: {{ $cfg.token.key | quote }}
+        path: {{ $cfg.token.key | quote }}
+{{- if $cfg.sidecar.reloadConfig }}
+- name: devstack-reload
+  configMap:
+    name: {{ printf "%s-devstack-reload" (include "devstack-lib.base" .) | quote }}
+{{- end }}
+- name: devstack-tmp
+  emptyDir: {}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,308 @@
+"""The engine: observe, plan, apply, write outputs, run hooks; and teardown.
+
+It does no I/O of its own: AWS goes through an :class:`Applier` (the real one
+is :class:`devstack.provision.aws.BotoApplier`), hooks through a
+:class:`HookRunner`, outputs through an :class:`OutputsSink`. Its job is the
+order of things and the bookkeeping that makes a failure partway through say
+exactly what was done (:class:`ProvisionFailed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from devstack.core.errors import DevstackError
+from devstack.core.logging import get_logger
+from devstack.provision import desired as desired_mod
+from devstack.provision import names
+from devstack.provision import outputs as outputs_mod
+from devstack.provision.errors import HookError, ProvisionFailed
+from devstack.provision.hooks import HookResult
+from devstack.provision.outputs import Outputs, OutputsSink
+from devstack.provision.plan import (
+    Action,
+    ActionKind,
+    Desired,
+    Observed,
+    Plan,
+    ResourceId,
+    plan,
+    teardown_order,
+)
+from devstack.provision.plugins import AwsClients, PluginContext, PluginResult, Provisioner
+from devstack.provision.spec import Hook, Spec
+
+log = get_logger("provision.engine")
+
+
+class Applier(Protocol):
+    """What the engine needs from AWS."""
+
+    @property
+    def clients(self) -> AwsClients: ...
+
+    def check(self) -> str: ...
+
+    def observe(self, ids: Sequence[ResourceId]) -> dict[ResourceId, Observed]: ...
+
+    def owned(self, release: str, owner: str) -> list[Observed]: ...
+
+    def apply(self, action: Action) -> Observed: ...
+
+    def delete(self, o: Observed) -> None: ...
+
+
+class HookRunner(Protocol):
+    def __call__(
+        self, hook: Hook, payload: Mapping[str, Any], *, cwd: Path | None, env: Mapping[str, str]
+    ) -> HookResult: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """Who and where: one release and owner, one endpoint and region."""
+
+    release: str
+    owner: str
+    region: str
+    endpoint: str | None
+    #: Where hooks run (the spec file's folder).
+    workdir: Path | None = None
+    #: Extra environment for hooks (the fallback LocalStack credentials).
+    hook_env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    plan: Plan
+    plugins: tuple[tuple[str, str, PluginResult], ...] = ()
+    outputs: Outputs = field(default_factory=Outputs)
+    hooks: tuple[str, ...] = ()
+    #: ``verb kind name`` for everything created or changed.
+    done: tuple[str, ...] = ()
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        out = self.plan.describe()
+        for kind, declared, r in self.plugins:
+            line = f"{r.action:<13} {kind} {declared}"
+            if r.physical != declared:
+                line += f" ({r.physical})"
+            out.append(line + (f": {r.detail}" if r.detail else ""))
+        out += [f"{'hook':<13} {h}" for h in self.hooks]
+        return out
+
+    @property
+    def blocked(self) -> list[Action]:
+        return [a for a in self.plan.actions if a.kind is ActionKind.CANNOT_UPDATE]
+
+
+@dataclass(frozen=True)
+class TeardownReport:
+    deleted: tuple[str, ...] = ()
+    hooks: tuple[str, ...] = ()
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        verb = "would delete" if self.dry_run else "deleted"
+        return [f"{verb:<13} {d}" for d in self.deleted] + [f"{'hook':<13} {h}" for h in self.hooks]
+
+
+def _payload(phase: str, target: Target, spec: Spec, outputs: Outputs) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "release": target.release,
+        "owner": target.owner,
+        "region": target.region,
+        "endpoint": target.endpoint,
+        "spec": dict(spec.raw),
+        "outputs": dict(outputs.config),
+        "secretOutputs": dict(outputs.secret),
+    }
+
+
+def _hook_env(phase: str, target: Target) -> dict[str, str]:
+    env = {
+        **target.hook_env,
+        "DEVSTACK_RELEASE": target.release,
+        "DEVSTACK_OWNER": target.owner,
+        "DEVSTACK_PHASE": phase,
+        "AWS_REGION": target.region,
+        "AWS_DEFAULT_REGION": target.region,
+    }
+    if target.endpoint:
+        env["AWS_ENDPOINT_URL"] = target.endpoint
+    return env
+
+
+def provision(
+    spec: Spec,
+    *,
+    target: Target,
+    applier: Applier,
+    provisioners: Mapping[str, Provisioner],
+    sink: OutputsSink | None,
+    run_hook: HookRunner,
+    dry_run: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> Report:
+    """Make AWS match ``spec`` for ``target``; write the outputs; run the hooks."""
+    desired = desired_mod.desired_state(spec, owner=target.owner, release=target.release)
+    applier.check()
+    observed = applier.observe([d.id for d in desired])
+    owned = applier.owned(target.release, target.owner)
+    the_plan = plan(desired, observed, release=target.release, owner=target.owner, owned=owned)
+    for line in the_plan.describe():
+        log.info("provision.planned", action=line)
+    ctx = PluginContext(
+        release=target.release,
+        owner=target.owner,
+        region=target.region,
+        endpoint=target.endpoint,
+        clients=applier.clients,
+        tags=names.ownership_tags(target.release, target.owner),
+        dry_run=dry_run,
+    )
+    if dry_run:
+        planned = tuple(
+            (kind, str(item["name"]), provisioners[kind].apply(item, ctx))
+            for kind, items in spec.extra.items()
+            for item in items
+        )
+        return Report(the_plan, planned, dry_run=True)
+
+    done: list[str] = []
+    step = "provisioning"
+    try:
+        states: list[tuple[Desired, Observed]] = []
+        for action in the_plan.actions:
+            step = action.describe()
+            state = applier.apply(action)
+            states.append((action.desired, state))
+            if action.kind in (ActionKind.CREATE, ActionKind.UPDATE, ActionKind.CANNOT_UPDATE):
+                verb = "created" if action.kind is ActionKind.CREATE else "updated"
+                if action.kind is not ActionKind.CREATE and not action.changes:
+                    verb = ""
+                if verb:
+                    done.append(f"{verb} {action.desired.kind} {action.desired.physical}")
+                    log.info(
+                        "provision.applied",
+                        kind=action.desired.kind,
+                        name=action.desired.physical,
+                        action=verb,
+                    )
+                    if on_step:
+                        on_step(f"{verb} {action.desired.kind} {action.desired.physical}")
+        result = outputs_mod.compute(states, endpoint=target.endpoint, region=target.region)
+
+        plugin_results: list[tuple[str, str, PluginResult]] = []
+        for kind, items in spec.extra.items():
+            for item in items:
+                step = f"plugin {kind} {item['name']}"
+                try:
+                    r = provisioners[kind].apply(item, ctx)
+                except DevstackError:
+                    raise
+                except Exception as e:  # a third party's bug, reported as such
+                    raise HookError(f"{step}: {type(e).__name__}: {e}") from e
+                problems = outputs_mod.check_names(r.outputs, source=step)
+                if problems:
+                    raise HookError("; ".join(problems))
+                plugin_results.append((kind, str(item["name"]), r))
+                result = result.with_config(r.outputs)
+                if r.action in ("create", "update"):
+                    done.append(f"{r.action}d {kind} {r.physical}")
+
+        hooks_run: list[str] = []
+        for hook in spec.hooks:
+            if "provision" not in hook.on:
+                continue
+            step = f"hook {hook.name}"
+            hr = run_hook(
+                hook,
+                _payload("provision", target, spec, result),
+                cwd=target.workdir,
+                env=_hook_env("provision", target),
+            )
+            hooks_run.append(hook.name)
+            done.append(f"ran hook {hook.name}")
+            result = result.with_config(hr.outputs)
+
+        if sink is not None:
+            step = f"writing outputs to {sink.describe()}"
+            sink.write(result)
+    except DevstackError as e:
+        log.error("provision.failed", step=step, error=str(e), done=done)
+        raise ProvisionFailed(step, e, done) from e
+    return Report(the_plan, tuple(plugin_results), result, tuple(hooks_run), tuple(done))
+
+
+def teardown(
+    spec: Spec | None,
+    *,
+    target: Target,
+    applier: Applier,
+    provisioners: Mapping[str, Provisioner],
+    sink: OutputsSink | None,
+    run_hook: HookRunner,
+    dry_run: bool = False,
+) -> TeardownReport:
+    """Delete what belongs to ``target``'s release and owner, and nothing else.
+
+    Teardown hooks run first (the resources still exist), then plugin items
+    declared in ``spec``, then every resource tagged as this release's and
+    owner's, then the outputs.
+    """
+    applier.check()
+    owned = teardown_order(applier.owned(target.release, target.owner))
+    spec = spec or Spec()
+    if dry_run:
+        return TeardownReport(tuple(f"{o.kind} {o.physical}" for o in owned), dry_run=True)
+    ctx = PluginContext(
+        release=target.release,
+        owner=target.owner,
+        region=target.region,
+        endpoint=target.endpoint,
+        clients=applier.clients,
+        tags=names.ownership_tags(target.release, target.owner),
+    )
+    deleted: list[str] = []
+    hooks_run: list[str] = []
+    step = "teardown"
+    try:
+        for hook in spec.hooks:
+            if "teardown" not in hook.on:
+                continue
+            step = f"hook {hook.name}"
+            run_hook(
+                hook,
+                _payload("teardown", target, spec, Outputs()),
+                cwd=target.workdir,
+                env=_hook_env("teardown", target),
+            )
+            hooks_run.append(hook.name)
+        for kind, items in spec.extra.items():
+            for item in items:
+                step = f"plugin {kind} {item['name']}: teardown"
+                try:
+                    if provisioners[kind].teardown(item, ctx):
+                        deleted.append(f"{kind} {ctx.physical(str(item['name']))}")
+                except DevstackError:
+                    raise
+                except Exception as e:
+                    raise HookError(f"{step}: {type(e).__name__}: {e}") from e
+        for o in owned:
+            step = f"delete {o.kind} {o.physical}"
+            applier.delete(o)
+            deleted.append(f"{o.kind} {o.physical}")
+            log.info("provision.deleted", kind=o.kind, name=o.physical)
+        if sink is not None:
+            step = f"deleting outputs {sink.describe()}"
+            sink.delete()
+    except DevstackError as e:
+        log.error("provision.teardown_failed", step=step, error=str(e), deleted=deleted)
+        raise ProvisionFailed(step, e, [f"deleted {d}" for d in deleted]) from e
+    return TeardownReport(tuple(deleted), tuple(hooks_run))

@@ -1,0 +1,197 @@
+"""Sidecar injection through values: what devstack adds to an app chart's pod, and
+only when `devstack.enabled` is true."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helm.charts import Manifest, by_kind, documents, one, render
+
+ENABLED: dict[str, Any] = {"enabled": True}
+
+
+def _pod(docs: list[Manifest]) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, "Deployment", "hello")["spec"]["template"]["spec"]
+    return spec
+
+
+def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [c for c in pod["containers"] if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+@pytest.mark.parametrize(
+    ("devstack", "present"),
+    [
+        ({}, False),
+        ({"enabled": False, "owner": "alice", "sidecar": {"reload": "signal"}}, False),
+        ({"enabled": True}, True),
+        ({"enabled": True, "owner": "alice"}, True),
+    ],
+    ids=["absent", "disabled", "enabled", "enabled for alice"],
+)
+def test_sidecar_is_present_only_when_enabled(
+    example_chart: Path, devstack: dict[str, Any], present: bool
+) -> None:
+    docs = documents(render(example_chart, {"devstack": devstack}))
+    pod = _pod(docs)
+    names = [c["name"] for c in pod["containers"]]
+    assert names == (["app", "devstack-sidecar"] if present else ["app"])
+    assert ("initContainers" in pod) is present
+    assert bool(by_kind(docs, "IngressRoute")) is present
+    assert bool(by_kind(docs, "Secret")) is present
+    assert bool(by_kind(docs, "Job")) is present
+
+
+def test_shared_workspace_is_mounted_in_both_containers_and_seeded(example_chart: Path) -> None:
+    values = {"devstack": {**ENABLED, "workspace": {"path": "/srv/app"}}}
+    pod = _pod(documents(render(example_chart, values)))
+    volume = next(v for v in pod["volumes"] if v["name"] == "devstack-workspace")
+    assert volume == {"name": "devstack-workspace", "emptyDir": {}}
+    for name in ("app", "devstack-sidecar"):
+        mounts = {m["name"]: m["mountPath"] for m in _container(pod, name)["volumeMounts"]}
+        assert mounts["devstack-workspace"] == "/srv/app", name
+    sidecar_env = {e["name"]: e.get("value") for e in _container(pod, "devstack-sidecar")["env"]}
+    assert sidecar_env["DEVSTACK_WORKSPACE"] == "/srv/app"
+    (seed,) = pod["initContainers"]
+    # the app image seeds the volume with its own files: exec form, no shell, no tar
+    assert seed["image"] == _container(pod, "app")["image"]
+    assert seed["command"] == ["cp", "-a", "/srv/app/.", "/devstack-seed/"]
+    assert {m["name"]: m["mountPath"] for m in seed["volumeMounts"]} == {
+        "devstack-workspace": "/devstack-seed"
+    }
+    assert "args" not in seed
+
+
+def test_seed_command_is_configurable(example_chart: Path) -> None:
+    command = ["/busybox/cp", "-a", "/code/.", "/devstack-seed/"]
+    values = {"devstack": {**ENABLED, "workspace": {"seed": {"command": command}}}}
+    (seed,) = _pod(documents(render(example_chart, values)))["initContainers"]
+    assert seed["command"] == command
+
+
+def _all_strings(obj: Any) -> str:
+    return json.dumps(obj)
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["user-supplied", "generated"])
+def test_token_is_only_ever_in_a_secret(example_chart: Path, given: bool) -> None:
+    token = "s3cret-t0ken-value-for-the-test"
+    devstack: dict[str, Any] = {**ENABLED, "owner": "alice"}
+    if given:
+        devstack["token"] = {"value": token}
+    docs = documents(render(example_chart, {"devstack": devstack}))
+    secret = one(docs, "Secret", "hello-devstack-token")
+    if not given:
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        assert len(token) >= 32
+    assert base64.b64decode(secret["data"]["token"]).decode() == token
+    encoded = base64.b64encode(token.encode()).decode()
+    for doc in docs:
+        if doc is secret:
+            continue
+        text = _all_strings(doc)
+        assert token not in text, (doc["kind"], doc["metadata"]["name"])
+        assert encoded not in text, (doc["kind"], doc["metadata"]["name"])
+    # the sidecar reads it from a file, mounted from the Secret
+    pod = _pod(docs)
+    sidecar = _container(pod, "devstack-sidecar")
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["DEVSTACK_TOKEN_FILE"] == "/etc/devstack/token/token"
+    volume = next(v for v in pod["volumes"] if v["name"] == "devstack-token")
+    assert volume["secret"]["secretName"] == "hello-devstack-token"
+    assert not [e for e in sidecar["env"] if "valueFrom" in e]
+
+
+def test_existing_token_secret_is_used_and_not_created(example_chart: Path) -> None:
+    values = {"devstack": {**ENABLED, "token": {"existingSecret": "team-token", "key": "tok"}}}
+    docs = documents(render(example_chart, values))
+    assert [s["metadata"]["name"] for s in by_kind(docs, "Secret")] == ["hello-devstack-provision"]
+    volume = next(v for v in _pod(docs)["volumes"] if v["name"] == "devstack-token")
+    assert volume["secret"]["secretName"] == "team-token"
+    assert volume["secret"]["items"] == [{"key": "tok", "path": "tok"}]
+
+
+RELOAD_CASES: dict[str, tuple[dict[str, Any], list[str], bool]] = {
+    "none": ({}, ["--reload", "none"], False),
+    "signal by process name": (
+        {"reload": "signal", "signal": {"processName": "gunicorn"}},
+        ["--reload", "signal", "--signal", "HUP", "--process-name", "gunicorn"],
+        True,
+    ),
+    "signal by pid file": (
+        {"reload": "signal", "signal": {"name": "USR2", "pidFile": "/tmp/app.pid"}},
+        ["--reload", "signal", "--signal", "USR2", "--pid-file", "/tmp/app.pid"],
+        True,
+    ),
+    "exec": ({"reload": "exec", "exec": "npm run build"}, ["--exec", "npm run build"], False),
+    "supervise": (
+        {"reload": "supervise", "command": "python app.py"},
+        ["--command", "python app.py"],
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "expected", "shared_pids"), RELOAD_CASES.values(), ids=RELOAD_CASES.keys()
+)
+def test_reload_strategy_settings(
+    example_chart: Path, sidecar: dict[str, Any], expected: list[str], shared_pids: bool
+) -> None:
+    pod = _pod(documents(render(example_chart, {"devstack": {**ENABLED, "sidecar": sidecar}})))
+    args = _container(pod, "devstack-sidecar")["args"]
+    assert args[0] == "sidecar"
+    joined = " ".join(f"<{a}>" for a in args)
+    assert " ".join(f"<{a}>" for a in expected) in joined
+    assert pod.get("shareProcessNamespace", False) is shared_pids
+
+
+def test_labels_the_agent_routes_by(example_chart: Path) -> None:
+    baseline = documents(render(example_chart, {"devstack": ENABLED}))
+    alice = documents(render(example_chart, {"devstack": {**ENABLED, "owner": "alice"}}))
+    for docs, owner in ((baseline, None), (alice, "alice")):
+        for kind in ("Deployment", "Service"):
+            labels = one(docs, kind, "hello")["metadata"]["labels"]
+            assert labels["devstack.dev/service"] == "hello"
+            assert labels.get("devstack.dev/owner") == owner
+            assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels.get("devstack.dev/owner") == owner
+    # the sync Service is not a routable service: no devstack.dev/service label
+    sync = one(alice, "Service", "hello-devstack-sync")
+    assert "devstack.dev/service" not in sync["metadata"]["labels"]
+
+
+def test_ingress_route_carries_h2c_to_the_sidecar(example_chart: Path) -> None:
+    values = {"devstack": {**ENABLED, "owner": "alice", "route": {"host": "hello-alice.sync.test"}}}
+    docs = documents(render(example_chart, values))
+    route = one(docs, "IngressRoute")
+    (rule,) = route["spec"]["routes"]
+    assert rule["match"] == "Host(`hello-alice.sync.test`)"
+    (upstream,) = rule["services"]
+    assert upstream["scheme"] == "h2c"
+    service = one(docs, "Service", upstream["name"])
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == upstream["port"]
+    # the Service selects exactly this release's dev pod, on the sidecar's gRPC port
+    pod_template = one(docs, "Deployment")["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod_template["metadata"]["labels"].items()
+    sidecar = _container(pod_template["spec"], "devstack-sidecar")
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert ports[port["targetPort"]] == 7070
+    assert sidecar["readinessProbe"] == {"grpc": {"port": 7070}, "periodSeconds": 5}
+
+
+def test_sidecar_runs_unprivileged(example_chart: Path) -> None:
+    pod = _pod(documents(render(example_chart, {"devstack": ENABLED})))
+    security = _container(pod, "devstack-sidecar")["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}

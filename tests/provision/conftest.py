@@ -1,0 +1,17 @@
+"""Shared fixtures of the provisioning tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """`devstack provision` configures structlog to print to the sys.stderr of
+    the moment (pytest's capture, closed after the test): undo that after each
+    test so no later log line goes to a closed stream."""
+    yield
+    structlog.reset_defaults()
