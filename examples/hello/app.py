@@ -10,6 +10,7 @@ import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MESSAGE = "hello from the example service"
+RESOURCE_PREFIXES = ("DEVSTACK_S3_", "DEVSTACK_SQS_", "DEVSTACK_SNS_", "DEVSTACK_DYNAMODB_")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -22,8 +23,12 @@ class Handler(BaseHTTPRequestHandler):
                     "message": MESSAGE,
                     "routing_key": self.headers.get("x-devstack-route", ""),
                     "baggage": self.headers.get("baggage", ""),
+                    # What `devstack provision` created for this copy (names and
+                    # ARNs only: a secret's _VALUE never goes into a response).
                     "resources": {
-                        k: v for k, v in sorted(os.environ.items()) if k.startswith("DEVSTACK_AWS_")
+                        k: v
+                        for k, v in sorted(os.environ.items())
+                        if k.startswith(RESOURCE_PREFIXES) and not k.endswith("_VALUE")
                     },
                 },
                 indent=2,

