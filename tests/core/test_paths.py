@@ -1,7 +1,9 @@
+from collections.abc import Callable
+
 import pytest
 
 from devstack.core.errors import UnsafePathError
-from devstack.core.paths import check_link_target, check_relpath
+from devstack.core.paths import MAX_LINK_HOPS, check_link_target, check_relpath, resolve_link
 
 
 @pytest.mark.parametrize(
@@ -36,7 +38,14 @@ def test_unsafe_paths_rejected_with_reason(path: str, why: str) -> None:
 
 @pytest.mark.parametrize(
     ("path", "target"),
-    [("link", "a/b"), ("a/link", "../b"), ("a/b/link", "../../c"), ("l", "x/../y")],
+    [
+        ("link", "a/b"),
+        ("a/link", "../b"),
+        ("a/b/link", "../../c"),
+        ("a/b/link", "./../../c/"),
+        ("up", "."),
+        ("a/up", ".."),
+    ],
 )
 def test_links_inside_workspace_pass(path: str, target: str) -> None:
     assert check_link_target(path, target) == target
@@ -51,9 +60,57 @@ def test_links_inside_workspace_pass(path: str, target: str) -> None:
         ("a/link", "../../outside"),
         ("a/link", "b/../../../x"),
         ("link", ".devstack/ancestors.json"),
+        ("a/link", "../.devstack"),
         ("link", ""),
+        # '..' after a name: through `up -> .` it would climb out.
+        ("evil", "up/../secret"),
+        ("l", "x/../y"),
+        ("a/b/l", "../x/../y"),
     ],
 )
 def test_links_leaving_workspace_rejected(path: str, target: str) -> None:
     with pytest.raises(UnsafePathError):
         check_link_target(path, target)
+
+
+def _disk(links: dict[str, str]) -> Callable[[str], str | None]:
+    return links.get
+
+
+@pytest.mark.parametrize(
+    ("name", "links", "path", "target", "end"),
+    [
+        ("plain", {}, "a/l", "../b/c", "b/c"),
+        ("the root", {}, "up", ".", ""),
+        ("through a link", {"d": "real"}, "l", "d/f", "real/f"),
+        ("chained", {"a": "b", "b": "c/d"}, "l", "a/f", "c/d/f"),
+        ("link in a folder", {"x/y": "../z"}, "l", "x/y/f", "z/f"),
+        ("a loop is not an escape", {"a": "b", "b": "a"}, "l", "a", None),
+    ],
+)
+def test_resolve_link_inside(
+    name: str, links: dict[str, str], path: str, target: str, end: str | None
+) -> None:
+    assert resolve_link(path, target, _disk(links)) == end
+
+
+@pytest.mark.parametrize(
+    ("name", "links", "path", "target"),
+    [
+        ("'..' past the root", {}, "l", ".."),
+        ("'..' after a link to the root", {"up": "."}, "evil", "up/../secret"),
+        ("a link to a link that escapes", {"out": "../secret"}, "l", "out"),
+        ("chained, escaping at the end", {"a": "b", "b": "c/.."}, "l", "a/../x"),
+        ("an absolute link on the way", {"etc": "/etc"}, "l", "etc/passwd"),
+        ("into the sidecar's state", {"s": ".devstack"}, "l", "s/ancestors.json"),
+        ("deep link climbing too far", {"a/b/c": "../../.."}, "l", "a/b/c/x"),
+    ],
+)
+def test_resolve_link_escapes(name: str, links: dict[str, str], path: str, target: str) -> None:
+    with pytest.raises(UnsafePathError):
+        resolve_link(path, target, _disk(links))
+
+
+def test_resolve_link_follows_at_most_the_kernel_limit() -> None:
+    chain = {f"l{i}": f"l{i + 1}" for i in range(MAX_LINK_HOPS + 5)}
+    assert resolve_link("x", "l0", _disk(chain)) is None

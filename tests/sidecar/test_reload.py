@@ -231,6 +231,24 @@ async def test_exec_strategy_runs_the_command_in_the_workspace(ws: Path) -> None
     await r.close()
 
 
+async def test_reload_finished_carries_the_tail_of_the_output(ws: Path) -> None:
+    rec = Recorder()
+    steps = (
+        Step("exec", (PY, "-c", "print('compiling assets')")),
+        Step("exec", (PY, "-c", "import sys; print('2 warnings', file=sys.stderr)")),
+    )
+    r = rl.build_reloader(
+        cfg(strategy="exec", rules=(Rule(("*",), steps),), debounce_ms=10),
+        workspace=ws,
+        on_event=rec,
+    )
+    await r.start()
+    r.notify(["style.css"])
+    ev = await rec.wait_for("reload-finished")
+    assert ev.output_tail.splitlines() == ["compiling assets", "2 warnings"]
+    await r.close()
+
+
 async def test_crash_is_reported_then_restarted_on_next_change(
     ws: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -525,6 +543,8 @@ async def test_reload_finishes_once_the_new_app_is_ready(server_ws: Path, probe:
         r.notify(["message.txt"])
         ev = await rec.wait_for("reload-finished", int(version[1]) - 1)
         assert "ready" in ev.message
+        if probe == "line":  # the finished event shows what the new app printed
+            assert f"Listening on {port}" in ev.output_tail
         # The old process is gone and the new one has not bound yet for
         # ~0.3 s after it starts: an answer now proves we waited for it.
         assert await asyncio.to_thread(get, url) == version

@@ -26,6 +26,51 @@ def write_op(path: str, data: bytes, *, chunked: bool = False, mode: int = 0o644
     return op
 
 
+def symlink_op(path: str, target: str) -> pb.Op:
+    op = pb.Op(kind=pb.OP_SYMLINK, expected_absent=True)
+    op.entry.CopyFrom(entry_to_pb(Entry(path, Kind.SYMLINK, 0, 0o777, b"", target)))
+    return op
+
+
+def mkdir_op(path: str, mode: int = 0o755) -> pb.Op:
+    op = pb.Op(kind=pb.OP_MKDIR, expected_absent=True)
+    op.entry.CopyFrom(entry_to_pb(Entry(path, Kind.DIRECTORY, 0, mode)))
+    return op
+
+
+def rename_op(from_path: str, to: str, source: pb.Entry) -> pb.Op:
+    """Move ``from_path`` (which holds ``source``, from the manifest) to ``to``."""
+    op = pb.Op(kind=pb.OP_RENAME, from_path=from_path)
+    op.entry.CopyFrom(source)
+    op.entry.path = to
+    op.expected.CopyFrom(source)
+    return op
+
+
+def delete_op(path: str, expected: pb.Entry | None = None) -> pb.Op:
+    op = pb.Op(kind=pb.OP_DELETE)
+    op.entry.path = path
+    if expected is not None:
+        op.expected.CopyFrom(expected)
+    return op
+
+
+def delta_op(path: str, new: bytes, expected: pb.Entry) -> pb.Op:
+    """A delta write of ``new`` over the file the manifest shows as ``expected``;
+    its content follows as copy ranges and data chunks."""
+    op = write_op(path, new, chunked=True)
+    op.expected_absent = False
+    op.expected.CopyFrom(expected)
+    op.delta = True
+    return op
+
+
+def copy_chunk(seq: int, index: int, offset: int, length: int) -> pb.ClientMessage:
+    return pb.ClientMessage(
+        chunk=pb.Chunk(seq=seq, op_index=index, copy=pb.CopyRange(offset=offset, length=length))
+    )
+
+
 class RawSession:
     """A synchronous bidi session driven message by message."""
 
@@ -69,6 +114,15 @@ class RawSession:
     def commit(self, seq: int) -> pb.Ack:
         self.send(pb.ClientMessage(commit=pb.Commit(seq=seq)))
         return self.next_of("ack").ack
+
+    def refused(self) -> grpc.RpcError:
+        """The error that ends the session (after whatever comes before it)."""
+        try:
+            for _ in self.responses:
+                pass
+        except grpc.RpcError as e:
+            return e
+        raise AssertionError("the session ended without an error")
 
     def next_of(self, kind: str) -> pb.ServerMessage:
         for msg in self.responses:

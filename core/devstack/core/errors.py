@@ -62,3 +62,21 @@ class UnreachableError(TemporaryError):
     """The peer could not be reached."""
 
     reason = "unreachable"
+
+
+class WorkspaceIOError(TemporaryError):
+    """The sidecar's disk refused an operation (no free descriptors, a full
+    disk, a file size limit). The batch was discarded; retrying may work."""
+
+    reason = "io-error"
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class PeerFailedError(TemporaryError):
+    """The peer failed without saying why (gRPC ``INTERNAL`` or ``UNKNOWN``:
+    a bug or a crash on its side). Retrying may help, but only a few times."""
+
+    reason = "peer-failed"

@@ -1,8 +1,11 @@
 """What an exit status means, for a person (pure). One home for the readable
-reasons of 126, 127, 137 and death by signal, used by reloads and Exec."""
+reasons of 126, 127, 137 and death by signal, used by reloads and Exec,
+including a command that could not even start (it gets the code a shell
+would give it)."""
 
 from __future__ import annotations
 
+import errno
 import signal
 from dataclasses import dataclass
 
@@ -39,3 +42,18 @@ def describe(returncode: int) -> ExitInfo:
             name = f"signal {signum}"
         return ExitInfo(code, "killed", f"exit {code}: killed by {name}")
     return ExitInfo(code, "exit", f"exited {code}")
+
+
+def spawn_failure(error: OSError) -> ExitInfo:
+    """What it means that a program could not be started (``error`` from
+    exec): 127 if it does not exist, else 126, as a shell reports it, with
+    the kernel's reason in words."""
+    if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
+        return ExitInfo(127, "command-not-found", "exit 127: command not found")
+    if error.errno == errno.ENOEXEC:
+        why = "not a program the kernel can run (a script needs a #! line)"
+    elif isinstance(error, PermissionError):
+        why = "permission denied (is it an executable file?)"
+    else:
+        why = f"cannot execute: {error.strerror or error}"
+    return ExitInfo(126, "not-executable", f"exit 126: {why}")

@@ -9,6 +9,7 @@ reserved for the sidecar's own state.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 
 from devstack.core.errors import UnsafePathError
 
@@ -51,7 +52,17 @@ def parent(path: str) -> str:
 
 def check_link_target(path: str, target: str) -> str:
     """Return ``target`` if a symlink at ``path`` pointing there stays inside
-    the workspace, judged lexically; else raise."""
+    the workspace whatever the names along the way turn out to be; else raise.
+
+    The rule that makes this decidable without looking at the disk: ``..``
+    segments may only lead the target, and there may be no more of them than
+    folders above ``path``. A ``..`` after a name would climb out of wherever
+    that name points, which is only the lexical parent if the name is not a
+    symlink (``up -> .`` makes ``up/../x`` mean ``../x``).
+
+    >>> check_link_target("a/b/link", "../../c/d")
+    '../../c/d'
+    """
     if not target:
         raise UnsafePathError(f"{path!r}: empty symlink target")
     if "\x00" in target:
@@ -60,13 +71,82 @@ def check_link_target(path: str, target: str) -> str:
         raise UnsafePathError(
             f"{path!r} -> {target!r}: absolute symlink targets leave the workspace"
         )
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-    if resolved == ".." or resolved.startswith("../"):
+    ups, names = _split_target(path, target)
+    if ups > depth(path):
         raise UnsafePathError(f"{path!r} -> {target!r}: symlink target leaves the workspace")
-    if resolved.split("/")[0] == RESERVED_DIR:
+    if ups == depth(path) and names[:1] == [RESERVED_DIR]:
         raise UnsafePathError(f"{path!r} -> {target!r}: symlink into {RESERVED_DIR}/")
     return target
 
 
+def _split_target(path: str, target: str) -> tuple[int, list[str]]:
+    """(number of leading '..', the names after them); raises on a '..'
+    after a name."""
+    ups = 0
+    names: list[str] = []
+    for seg in target.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if names:
+                raise UnsafePathError(
+                    f"{path!r} -> {target!r}: '..' after a name in a symlink target "
+                    "(it could climb out through a symlink); use a target with leading "
+                    "'..' only"
+                )
+            ups += 1
+        else:
+            names.append(seg)
+    return ups, names
+
+
+#: Symlinks followed while resolving one target, as the kernel's limit.
+MAX_LINK_HOPS = 40
+
+
+def resolve_link(path: str, target: str, readlink: Callable[[str], str | None]) -> str | None:
+    """Where a symlink at ``path`` with ``target`` ends up, following the
+    symlinks along the way as the kernel would: the workspace-relative path
+    ('' for the root), or None for a loop. Raises ``UnsafePathError`` if the
+    resolution leaves the workspace or enters ``.devstack/``.
+
+    ``readlink(p)`` returns the target of the symlink at the (symlink-free)
+    workspace path ``p``, or None if ``p`` is not a symlink or does not
+    exist. Pure: the caller decides what the disk holds.
+    """
+    where: list[str] = path.split("/")[:-1]
+    pending = target.split("/")
+    hops = 0
+    while pending:
+        seg = pending.pop(0)
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if not where:
+                raise UnsafePathError(
+                    f"{path!r} -> {target!r}: resolves outside the workspace "
+                    "through the symlinks along its way"
+                )
+            where.pop()
+            continue
+        if not where and seg == RESERVED_DIR:
+            raise UnsafePathError(f"{path!r} -> {target!r}: resolves into {RESERVED_DIR}/")
+        link = readlink("/".join([*where, seg]))
+        if link is None:
+            where.append(seg)
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS:
+            return None
+        if link.startswith("/"):
+            raise UnsafePathError(
+                f"{path!r} -> {target!r}: resolves outside the workspace "
+                f"through the absolute symlink {'/'.join([*where, seg])!r}"
+            )
+        pending = link.split("/") + pending
+    return "/".join(where)
+
+
 def depth(path: str) -> int:
+    """Folders above ``path``: 0 for a top-level entry."""
     return path.count("/")

@@ -1,13 +1,15 @@
 """Protocol helpers shared by ``devstack connect`` and the sidecar (pure):
 version and limits, conversion between core entries and protobuf messages,
-content encoding, token handling.
+content encoding, the op kinds, token handling.
 """
 
 from __future__ import annotations
 
 import hmac
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from devstack.core.errors import ConfigError, ProtocolError
 from devstack.core.manifest import Entry, Kind, SyncState
@@ -23,6 +25,25 @@ MAX_MESSAGE_BYTES = 4 * MAX_CHUNK_BYTES
 #: Entries per ManifestPage.
 MANIFEST_PAGE = 2000
 TOKEN_METADATA = "authorization"  # noqa: S105 (a header name, not a secret)
+#: Where ``devstack connect`` and the sidecar look for the token file.
+TOKEN_FILE_ENV = "DEVSTACK_TOKEN_FILE"  # noqa: S105 (a variable name)
+#: Environment variables that lead to the token: never passed to the app,
+#: reload steps or ``Exec`` commands.
+TOKEN_ENV_VARS: Final = (TOKEN_FILE_ENV, "DEVSTACK_TOKEN")
+
+#: Wire op kind -> its name, which is also ``devstack.core.plan.Action``'s
+#: value and the sidecar applier's op kind.
+OP_NAMES: Final[Mapping[int, str]] = {
+    pb.OP_WRITE: "write",
+    pb.OP_MKDIR: "mkdir",
+    pb.OP_SYMLINK: "symlink",
+    pb.OP_DELETE: "delete",
+    pb.OP_RENAME: "rename",
+    pb.OP_CHMOD: "chmod",
+    pb.OP_ADOPT: "adopt",
+}
+#: Op name (``Action.value``) -> wire op kind.
+OP_CODES: Final[Mapping[str, int]] = {name: code for code, name in OP_NAMES.items()}
 
 #: Extensions whose content is already compressed: never worth zlib.
 _COMPRESSED = frozenset(
@@ -93,11 +114,13 @@ def encode(data: bytes, *, compress: bool) -> tuple[bytes, int]:
 
 
 def decode(payload: bytes, compression: int, *, limit: int) -> bytes:
-    """Decode a payload, refusing output longer than ``limit`` bytes (so a
-    small compressed frame cannot inflate into memory exhaustion)."""
+    """Decode a payload, refusing one longer than ``limit`` bytes on the
+    wire or once inflated (so a small compressed frame cannot inflate into
+    memory exhaustion). ``encode`` only compresses when it shrinks the data,
+    so a well-formed payload is never longer than its content."""
+    if len(payload) > limit:
+        raise ProtocolError(f"chunk of {len(payload)} bytes exceeds the limit of {limit}")
     if compression == pb.COMPRESSION_NONE:
-        if len(payload) > limit:
-            raise ProtocolError(f"chunk of {len(payload)} bytes exceeds the limit of {limit}")
         return payload
     if compression != pb.COMPRESSION_ZLIB:
         raise ProtocolError(f"unknown compression {compression}")
@@ -109,6 +132,11 @@ def decode(payload: bytes, compression: int, *, limit: int) -> bytes:
     if len(out) > limit or d.unconsumed_tail:
         raise ProtocolError(f"compressed chunk inflates past the limit of {limit} bytes")
     return out
+
+
+def decode_chunk(payload: bytes, compression: int) -> bytes:
+    """Decode one ``Chunk``'s data: at most ``MAX_CHUNK_BYTES`` either way."""
+    return decode(payload, compression, limit=MAX_CHUNK_BYTES)
 
 
 def read_token(path: Path) -> str:

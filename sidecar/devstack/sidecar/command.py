@@ -12,7 +12,7 @@ from pathlib import Path
 
 from devstack.core import logging as dlog
 from devstack.core.errors import ConfigError
-from devstack.core.protocol import read_token
+from devstack.core.protocol import TOKEN_FILE_ENV, read_token
 from devstack.sidecar import reload as reload_mod
 from devstack.sidecar.server import SyncService, start_server
 from devstack.sidecar.workspace import Workspace, WriteOptions
@@ -38,9 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token-file",
-        default=_env("DEVSTACK_TOKEN_FILE"),
-        required=_env("DEVSTACK_TOKEN_FILE") is None,
-        help="file holding the session token (env DEVSTACK_TOKEN_FILE)",
+        default=_env(TOKEN_FILE_ENV),
+        required=_env(TOKEN_FILE_ENV) is None,
+        help=f"file holding the session token (env {TOKEN_FILE_ENV}); the app, reload steps "
+        "and Exec never see this variable",
     )
     parser.add_argument(
         "--mode",
@@ -53,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--owner",
         default=_env("DEVSTACK_OWNER_ID"),
         metavar="UID[:GID]",
-        help="chown what the sidecar writes (env DEVSTACK_OWNER_ID)",
+        help="chown what the sidecar writes (env DEVSTACK_OWNER_ID); needs root or CAP_CHOWN "
+        "unless it is the sidecar's own uid/gid, checked at startup",
     )
     parser.add_argument(
         "--file-mode",

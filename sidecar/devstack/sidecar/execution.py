@@ -1,62 +1,45 @@
 """``Exec``: run a command in the workspace and stream its output (process
 I/O). No shell is involved unless argv names one. The command runs in its
 own process group, which is killed if the caller goes away or the timeout
-passes."""
+passes. Its environment never holds the sync token, and only the program
+name is logged (never the arguments or the environment)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from devstack.core.errors import ConfigError
-from devstack.core.exits import describe
+from devstack.core.exits import ExitInfo, describe
 from devstack.core.logging import get_logger
 from devstack.core.paths import check_relpath
+from devstack.sidecar.process import kill_group, spawn
 from devstack.sync.v1 import sync_pb2 as pb
 
 log = get_logger("sidecar.exec")
 _READ = 64 * 1024
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def _working_dir(workspace: Path, rel: str) -> Path:
+    """``rel`` as a folder inside the workspace (not through a symlink out)."""
+    cwd = workspace / check_relpath(rel) if rel else workspace
+    if not cwd.is_dir() or not cwd.resolve().is_relative_to(workspace.resolve()):
+        raise ConfigError(f"working directory {rel!r} is not a folder in the workspace")
+    return cwd
 
 
 async def run_exec(workspace: Path, req: pb.ExecRequest) -> AsyncIterator[pb.ExecEvent]:
     if not req.argv:
         raise ConfigError("exec needs a command")
-    cwd = workspace / check_relpath(req.cwd) if req.cwd else workspace
-    if not cwd.is_dir() or cwd.is_symlink():
-        raise ConfigError(f"working directory {req.cwd!r} is not a folder in the workspace")
-    env = {**os.environ, **dict(req.env)}
-    env.pop("DEVSTACK_TOKEN", None)
-    log.info("exec.start", argv=list(req.argv)[:1], cwd=req.cwd or ".")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *req.argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        info = describe(127)
-        yield pb.ExecEvent(
-            exit=pb.ExecExit(code=127, reason=info.reason, message=f"{req.argv[0]}: {info.message}")
-        )
-        return
-    except PermissionError:
-        info = describe(126)
-        yield pb.ExecEvent(
-            exit=pb.ExecExit(code=126, reason=info.reason, message=f"{req.argv[0]}: {info.message}")
-        )
+    cwd = _working_dir(workspace, req.cwd)
+    log.info("exec.start", program=req.argv[0], cwd=req.cwd or ".")
+    proc = await spawn(list(req.argv), cwd=cwd, env=dict(req.env))
+    if isinstance(proc, ExitInfo):
+        log.info("exec.exit", code=proc.code, reason=proc.reason)
+        message = f"{req.argv[0]}: {proc.message}"
+        yield pb.ExecEvent(exit=pb.ExecExit(code=proc.code, reason=proc.reason, message=message))
         return
     queue: asyncio.Queue[pb.ExecEvent | None] = asyncio.Queue(maxsize=64)
 
@@ -86,7 +69,7 @@ async def run_exec(workspace: Path, req: pb.ExecRequest) -> AsyncIterator[pb.Exe
                 item = await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
                 timed_out = True
-                _kill_group(proc)
+                kill_group(proc.pid, signal.SIGKILL)
                 break
             if item is None:
                 open_streams -= 1
@@ -95,7 +78,7 @@ async def run_exec(workspace: Path, req: pb.ExecRequest) -> AsyncIterator[pb.Exe
         code = await proc.wait()
     finally:
         if proc.returncode is None:
-            _kill_group(proc)
+            kill_group(proc.pid, signal.SIGKILL)
             await proc.wait()
         for t in pumps:
             t.cancel()

@@ -1,7 +1,10 @@
-"""Child processes for hot reload (process I/O): keeping the tail of a
-child's output while passing it through to our own stdout/stderr, killing a
-whole process group, finding a signal target in ``/proc``, and waiting for a
-restarted app to be ready (an HTTP answer or a line of output)."""
+"""Child processes of the sidecar (process I/O), for hot reload and
+``Exec``: the one way to start a command (its own session and process group,
+no token in its environment, 126/127 when it cannot start), keeping the tail
+of a child's output while passing it through to our own stdout/stderr,
+killing a whole process group, finding a signal target in ``/proc``, and
+waiting for a restarted app to be ready (an HTTP answer or a line of
+output)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,48 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+from devstack.core.exits import ExitInfo, spawn_failure
+from devstack.core.protocol import TOKEN_ENV_VARS
+
 TAIL_LINES = 40
 TAIL_BYTES = 4096
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment plus ``extra``, minus every variable that leads to
+    the sync token: no child ever sees it."""
+    env = {**os.environ, **(extra or {})}
+    for name in TOKEN_ENV_VARS:
+        env.pop(name, None)
+    return env
+
+
+async def spawn(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process | ExitInfo:
+    """Start ``argv`` (no shell) in ``cwd``, in its own session and process
+    group, stdin from /dev/null, stdout and stderr piped, with
+    ``child_env(env)``. If it cannot start, the ``ExitInfo`` a shell would
+    report (its message does not name the program): 127 for a missing
+    program, 126 for one that is not executable (including a script without
+    a ``#!`` line)."""
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=child_env(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return spawn_failure(e)
 
 
 class Tail:

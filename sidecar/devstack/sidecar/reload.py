@@ -41,9 +41,17 @@ import pathspec
 import yaml
 
 from devstack.core.errors import ConfigError
-from devstack.core.exits import describe
+from devstack.core.exits import ExitInfo, describe
 from devstack.core.logging import get_logger
-from devstack.sidecar.process import ReadyLine, Tail, find_pid, kill_group, pump, wait_ready
+from devstack.sidecar.process import (
+    ReadyLine,
+    Tail,
+    find_pid,
+    kill_group,
+    pump,
+    spawn,
+    wait_ready,
+)
 
 log = get_logger("sidecar.reload")
 
@@ -640,10 +648,10 @@ class ProcessReloader:
                 reload_id=rid,
             )
         )
+        output = Tail()  # what this reload's steps printed, for its events
         for cmd in p.execs:
-            code, tail = await self._exec(cmd)
-            if code != 0:
-                info = describe(code)
+            info = await self._exec(cmd, output)
+            if info.code != 0:
                 reason = "user-command-failed" if info.reason in ("exit", "") else info.reason
                 self._emit(
                     ReloadEvent(
@@ -652,7 +660,7 @@ class ProcessReloader:
                         shown,
                         exit_code=info.code,
                         reason=reason,
-                        output_tail=tail,
+                        output_tail=output.text(),
                         duration_ms=_ms(started),
                         reload_id=rid,
                     )
@@ -662,6 +670,7 @@ class ProcessReloader:
             problem = await self._restart()
             if problem is not None:
                 reason, message, code, tail = problem
+                output.feed(tail.encode())
                 self._emit(
                     ReloadEvent(
                         "reload-failed",
@@ -669,7 +678,7 @@ class ProcessReloader:
                         shown,
                         exit_code=code,
                         reason=reason,
-                        output_tail=tail,
+                        output_tail=output.text(),
                         duration_ms=_ms(started),
                         reload_id=rid,
                     )
@@ -679,6 +688,8 @@ class ProcessReloader:
             what = "restarted the app"
             if self.config.ready_url or self.config.ready_line:
                 what += " and it is ready"
+            # What the new app printed so far (up to readiness, if probed).
+            output.feed(self._child_tail.text().encode())
         elif p.restart:
             what = f"sent {signal.Signals(self.config.signal).name}"
         else:
@@ -688,34 +699,23 @@ class ProcessReloader:
                 "reload-finished",
                 f"reload {rid}: {what} in {_ms(started)} ms",
                 shown,
+                output_tail=output.text(),
                 duration_ms=_ms(started),
                 reload_id=rid,
             )
         )
 
-    async def _exec(self, cmd: tuple[str, ...]) -> tuple[int, str]:
-        """Run one exec step in its own process group; (exit code, tail)."""
-        tail = Tail()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                cwd=self.workspace,
-                env=_child_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            return 127, f"{cmd[0]}: command not found"
-        except PermissionError:
-            return 126, f"{cmd[0]}: permission denied"
-        except OSError as e:  # e.g. ENOEXEC: a script without a #! line
-            return 126, f"{cmd[0]}: cannot execute: {e.strerror}"
+    async def _exec(self, cmd: tuple[str, ...], output: Tail) -> ExitInfo:
+        """Run one exec step in its own process group, feeding its output to
+        ``output``; how it ended."""
+        proc = await spawn(cmd, cwd=self.workspace)
+        if isinstance(proc, ExitInfo):
+            output.feed(f"{cmd[0]}: {proc.message}\n".encode())
+            return proc
         try:
             await asyncio.gather(
-                pump(proc.stdout, tail, _stream("stdout")),
-                pump(proc.stderr, tail, _stream("stderr")),
+                pump(proc.stdout, output, _stream("stdout")),
+                pump(proc.stderr, output, _stream("stderr")),
             )
             code = await proc.wait()
         finally:
@@ -724,7 +724,7 @@ class ProcessReloader:
             kill_group(proc.pid, signal.SIGKILL)
             if proc.returncode is None:
                 await proc.wait()
-        return code, tail.text()
+        return describe(code)
 
     # --------------------------------------------------------- restart
 
@@ -757,20 +757,9 @@ class ProcessReloader:
         self._child_tail = Tail()
         cfg = self.config
         self._ready_line = ReadyLine(re.compile(cfg.ready_line)) if cfg.ready_line else None
-        try:
-            child = await asyncio.create_subprocess_exec(
-                *cfg.command,
-                cwd=self.workspace,
-                env=_child_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as e:
-            code = 127 if isinstance(e, FileNotFoundError) else 126
-            info = describe(code)
-            return (info.reason, f"{cfg.command[0]}: {info.message}", code, "")
+        child = await spawn(cfg.command, cwd=self.workspace)
+        if isinstance(child, ExitInfo):
+            return (child.reason, f"{cfg.command[0]}: {child.message}", child.code, "")
         self._child = child
         log.info("process.started", pid=child.pid, command=cfg.command[0])
         pumps = [
@@ -877,11 +866,6 @@ def _exit_reason(reason: str, code: int) -> str:
     if reason in ("killed", "command-not-found", "not-executable"):
         return reason
     return "exited" if code == 0 else "crashed"
-
-
-def _child_env() -> dict[str, str]:
-    """Our environment minus the sync token: the app never sees it."""
-    return {k: v for k, v in os.environ.items() if k != "DEVSTACK_TOKEN"}
 
 
 def build_reloader(config: ReloadConfig, *, workspace: Path, on_event: EventSink) -> Reloader:

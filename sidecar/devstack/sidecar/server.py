@@ -10,6 +10,7 @@ constant time. The standard health service is unauthenticated.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import time
@@ -23,22 +24,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from devstack.core.delta import signature
-from devstack.core.errors import DevstackError, ProtocolError
+from devstack.core.errors import DevstackError, ProtocolError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
 from devstack.core.logging import get_logger
 from devstack.core.protocol import (
     MANIFEST_PAGE,
     MAX_CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
+    OP_NAMES,
     PROTOCOL_VERSION,
     TOKEN_METADATA,
     decode,
+    decode_chunk,
     entry_from_pb,
     entry_to_pb,
     token_matches,
 )
 from devstack.sidecar.execution import run_exec
-from devstack.sidecar.workspace import Batch, Outcome, StagedOp, Workspace
+from devstack.sidecar.workspace import RESOURCE_ERRNOS, Batch, Outcome, StagedOp, Workspace
 from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
 
@@ -51,15 +54,28 @@ T = TypeVar("T")
 SERVICE_NAME = "devstack.sync.v1.Sync"
 MAX_SESSIONS = 16
 
-_OP_KINDS = {
-    pb.OP_WRITE: "write",
-    pb.OP_MKDIR: "mkdir",
-    pb.OP_SYMLINK: "symlink",
-    pb.OP_DELETE: "delete",
-    pb.OP_RENAME: "rename",
-    pb.OP_CHMOD: "chmod",
-    pb.OP_ADOPT: "adopt",
-}
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status that ends a session because of ``error``: a bad
+    frame is the client's fault; the sidecar's disk running out of
+    descriptors or space is RESOURCE_EXHAUSTED (the client retries later);
+    anything else is INTERNAL. Each with one readable line."""
+    if isinstance(error, WorkspaceIOError | OSError):
+        code = error.errno
+        if isinstance(error, OSError):
+            name = errno.errorcode.get(code or 0, "")
+            text = f"{error.strerror or error}" + (f" ({name})" if name else "")
+        else:
+            text = str(error)
+        status = (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+            if code in RESOURCE_ERRNOS
+            else grpc.StatusCode.INTERNAL
+        )
+        return status, f"sidecar I/O error: {text}"
+    if isinstance(error, DevstackError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    return grpc.StatusCode.INTERNAL, f"sidecar error: {type(error).__name__}: {error}"
 
 
 def event_to_pb(ev: ReloadEvent) -> pb.Event:
@@ -220,7 +236,14 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         except Exception as e:  # pathspec raises several error types
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ignore pattern: {e}")
             return
-        manifest = await run(self.ws.manifest, rules)
+        try:
+            manifest = await run(self.ws.manifest, rules)
+        except (OSError, DevstackError) as e:
+            bound.warning("session.manifest_failed", error=str(e))
+            code, message = status_for(e)
+            io.shutdown(wait=False)
+            await context.abort(code, message)
+            return
         bound.info("session.open", entries=len(manifest))
         yield pb.ServerMessage(
             welcome=pb.Welcome(
@@ -247,12 +270,9 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                 if item is None:
                     break
                 if isinstance(item, BaseException):
-                    if isinstance(item, ProtocolError):
-                        bound.warning("session.bad_frame", error=str(item))
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
-                    await context.abort(
-                        grpc.StatusCode.INTERNAL, f"sidecar error: {type(item).__name__}: {item}"
-                    )
+                    code, message = status_for(item)
+                    bound.warning("session.failed", status=code.name, error=message)
+                    await context.abort(code, message)
                 yield item
         finally:
             self.sessions.pop(session.id, None)
@@ -296,13 +316,7 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                     if ch.WhichOneof("body") == "copy":
                         await run(batch.copy, ch.op_index, ch.copy.offset, ch.copy.length)
                     else:
-                        if len(ch.data) > MAX_CHUNK_BYTES:
-                            raise ProtocolError(
-                                f"chunk of {len(ch.data)} bytes exceeds "
-                                f"the limit of {MAX_CHUNK_BYTES}"
-                            )
-                        data = decode(ch.data, ch.compression, limit=MAX_CHUNK_BYTES)
-                        await run(batch.write, ch.op_index, data)
+                        await run(batch.write, ch.op_index, decode_chunk(ch.data, ch.compression))
                 elif which == "commit":
                     done = session.batch
                     if done is None or msg.commit.seq != done.seq:
@@ -321,13 +335,13 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             session.out.put_nowait(None)
         except asyncio.CancelledError:
             raise
-        except (ProtocolError, DevstackError) as e:
-            session.out.put_nowait(ProtocolError(str(e)))
+        except (DevstackError, OSError) as e:
+            session.out.put_nowait(e)
         except grpc.RpcError as e:  # the peer went away
             bound.info("session.ended", cause=type(e).__name__)
             session.out.put_nowait(None)
         except Exception as e:
-            bound.exception("session.failed")
+            bound.exception("session.crashed")
             session.out.put_nowait(e)
 
     def _after_commit(
@@ -366,7 +380,7 @@ class SyncService(sync_pb2_grpc.SyncServicer):
     def _open_batch(self, msg: pb.Batch) -> Batch:
         ops: list[StagedOp] = []
         for i, o in enumerate(msg.ops):
-            kind = _OP_KINDS.get(o.kind)
+            kind = OP_NAMES.get(o.kind)
             entry = entry_from_pb(o.entry) if o.HasField("entry") and o.entry.kind else None
             path = o.entry.path
             staged = StagedOp(
@@ -392,7 +406,8 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             if op.kind == "write" and not op.chunked and op.problem is None:
                 assert op.entry is not None
                 try:
-                    batch.inline(i, decode(o.content, o.compression, limit=op.entry.size))
+                    limit = min(op.entry.size, MAX_CHUNK_BYTES)
+                    batch.inline(i, decode(o.content, o.compression, limit=limit))
                 except ProtocolError as e:
                     op.problem = Outcome(False, op.path, e.reason, str(e))
         return batch

@@ -6,9 +6,21 @@ Safety rules, each enforced here and nowhere else:
 - Every path is checked by ``devstack.core.paths`` and every parent folder
   is opened with ``O_NOFOLLOW`` relative to the workspace's own descriptor,
   so no write goes through a symlink or outside the workspace.
+- No symlink sync creates or moves resolves outside the workspace: its
+  target passes ``check_link_target`` at its (new) place, and then
+  ``resolve_link`` follows the symlinks already on disk along its way. A
+  folder moved up the tree takes its symlinks along only if they still pass.
 - Content is staged in ``.devstack/staging`` (same filesystem) and renamed
   into place when the batch commits: a reader sees the old file or the new
   one, never half of one, and a batch that never commits changes nothing.
+  A batch holds at most two staging descriptors open at a time, whatever
+  its size; if the disk refuses anything while staging, the whole batch is
+  discarded and ``WorkspaceIOError`` says why.
+- What sync wrote (the "ancestors") is appended to
+  ``.devstack/ancestors.journal`` before a batch is acknowledged, so a
+  sidecar killed right after an Ack still knows, once restarted, which
+  files the app changed since. The journal is folded into
+  ``ancestors.json`` when it grows past the snapshot and on shutdown.
 - A change applies only if the path holds what the laptop expected and,
   unless the sidecar is a replica or the person forced it, nothing changed
   it since sync last wrote it (the "ancestor"); otherwise it is a conflict.
@@ -31,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack.core.errors import ConfigError, ProtocolError, UnsafePathError
+from devstack.core.errors import ConfigError, ProtocolError, UnsafePathError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
 from devstack.core.logging import get_logger
 from devstack.core.manifest import (
@@ -45,13 +57,38 @@ from devstack.core.manifest import (
     scan,
     stat_key,
 )
-from devstack.core.paths import RESERVED_DIR, check_link_target, check_relpath
+from devstack.core.paths import (
+    RESERVED_DIR,
+    check_link_target,
+    check_relpath,
+    resolve_link,
+)
 
 log = get_logger("sidecar.workspace")
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: (kind, digest, symlink target) that sync last wrote at a path.
 Ancestor = tuple[int, bytes, str]
+#: Folder descriptors a batch keeps open between ops.
+DIR_CACHE_LIMIT = 32
+#: Folder descriptors kept while following symlinks.
+SCRATCH_LIMIT = 8
+#: The journal is folded into the snapshot once it is larger than this and
+#: larger than the snapshot (so folding costs O(1) per record, amortised).
+JOURNAL_MIN_BYTES = 256 * 1024
+#: Seconds between saves of the digest cache (a cache: losing it costs a rehash).
+CACHE_SAVE_SECONDS = 5.0
+#: errnos that mean the sidecar itself ran out of something.
+RESOURCE_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EFBIG}
+)
+
+
+def _io_error(what: str, e: OSError) -> WorkspaceIOError:
+    name = errno.errorcode.get(e.errno or 0, "")
+    why = f"{e.strerror or e}" + (f" ({name})" if name else "")
+    return WorkspaceIOError(f"{what}: {why}", errno=e.errno)
 
 
 @dataclass(frozen=True)
@@ -103,9 +140,11 @@ class StagedOp:
     from_path: str = ""
     force: bool = False
     problem: Outcome | None = None
-    # write only
+    # write only; descriptors are opened on demand and closed once the
+    # content is complete (or another op's content arrives)
     fd: int = -1
     staged_name: str = ""
+    staged: bool = False  # the staged file exists
     written: int = 0
     hasher: Any = None  # a hashlib.blake2b while staging
     old_fd: int = -1
@@ -124,38 +163,88 @@ class Counters:
 
 @dataclass
 class _DirCache:
-    """Open descriptors of folders, resolved without following symlinks."""
+    """Open descriptors of folders, resolved without following symlinks.
+
+    Only the folders asked for are kept (never their ancestors), most
+    recently used last; ``trim`` closes the oldest beyond ``limit`` and is
+    called between ops, when no descriptor from ``get`` is in use."""
 
     root_fd: int
+    limit: int = DIR_CACHE_LIMIT
     fds: dict[str, int] = field(default_factory=dict)
+    #: Folders looked into by ``readlink``: used only inside it, so they
+    #: may be closed as soon as the next one is opened.
+    scratch: dict[str, int] = field(default_factory=dict)
 
-    def get(self, folder: str, *, create_mode: int | None = None) -> int:
+    def get(self, folder: str, *, transient: bool = False) -> int:
+        """The folder's descriptor, opened with ``O_NOFOLLOW`` at every
+        level. ``transient``: only valid until the next transient ``get``."""
         if not folder:
             return self.root_fd
-        hit = self.fds.get(folder)
-        if hit is not None:
-            return hit
-        head, _, name = folder.rpartition("/")
-        parent = self.get(head)
+        for cache in (self.fds, self.scratch):
+            hit = cache.pop(folder, None)
+            if hit is not None:
+                cache[folder] = hit  # most recently used
+                return hit
+        # Walk down from the deepest cached ancestor, closing intermediates.
+        parts = folder.split("/")
+        start, fd = 0, self.root_fd
+        for i in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:i])
+            cached = self.fds.get(prefix) or self.scratch.get(prefix)
+            if cached is not None:
+                start, fd = i, cached
+                break
+        owned = False
         try:
-            fd = os.open(name, _O_DIR, dir_fd=parent)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(
-                    f"{folder!r} is a symlink or not a folder: nothing is written through it"
-                ) from e
+            for i in range(start, len(parts)):
+                try:
+                    child = os.open(parts[i], _O_DIR, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise UnsafePathError(
+                            f"{'/'.join(parts[: i + 1])!r} is a symlink or not a folder: "
+                            "nothing is written through it"
+                        ) from e
+                    raise
+                if owned:
+                    os.close(fd)
+                fd, owned = child, True
+        except BaseException:
+            if owned:
+                os.close(fd)
             raise
-        self.fds[folder] = fd
+        if transient:
+            while len(self.scratch) >= SCRATCH_LIMIT:
+                os.close(self.scratch.pop(next(iter(self.scratch))))
+            self.scratch[folder] = fd
+        else:
+            self.fds[folder] = fd
         return fd
 
+    def trim(self) -> None:
+        while len(self.fds) > self.limit:
+            os.close(self.fds.pop(next(iter(self.fds))))
+
     def forget(self, folder: str) -> None:
-        for key in [k for k in self.fds if k == folder or k.startswith(folder + "/")]:
-            os.close(self.fds.pop(key))
+        for cache in (self.fds, self.scratch):
+            for key in [k for k in cache if k == folder or k.startswith(folder + "/")]:
+                os.close(cache.pop(key))
 
     def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
+        for cache in (self.fds, self.scratch):
+            for fd in cache.values():
+                os.close(fd)
+            cache.clear()
+
+    def readlink(self, path: str) -> str | None:
+        """The target of the symlink at ``path``, or None (not a symlink,
+        missing, or under something that is not a folder)."""
+        head, name = _split(path)
+        try:
+            return os.readlink(name, dir_fd=self.get(head, transient=True))
+        except (OSError, UnsafePathError):
+            return None
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -181,64 +270,189 @@ class Workspace:
         if not self.root.is_dir():
             raise ConfigError(f"workspace {root} is not a directory")
         self.replica = replica
-        self.options = options or WriteOptions()
         self.lock = threading.RLock()
         self.counters = Counters()
         self.root_fd = os.open(self.root, _O_DIR)
-        self.state_dir = self.root / RESERVED_DIR
-        self.state_dir.mkdir(mode=0o700, exist_ok=True)
-        if self.state_dir.is_symlink() or not self.state_dir.is_dir():
-            raise ConfigError(f"{self.state_dir} must be a real directory")
-        self.staging = self.state_dir / "staging"
-        self.staging.mkdir(mode=0o700, exist_ok=True)
-        self.staging_fd = os.open(self.staging, _O_DIR)
-        for leftover in os.listdir(self.staging_fd):  # batches that never committed
+        self.staging_fd = -1
+        self._journal_fd = -1
+        try:
+            self.state_dir = self.root / RESERVED_DIR
+            self.state_dir.mkdir(mode=0o700, exist_ok=True)
+            if self.state_dir.is_symlink() or not self.state_dir.is_dir():
+                raise ConfigError(f"{self.state_dir} must be a real directory")
+            self.staging = self.state_dir / "staging"
+            self.staging.mkdir(mode=0o700, exist_ok=True)
+            self.staging_fd = os.open(self.staging, _O_DIR)
+            for leftover in os.listdir(self.staging_fd):  # batches that never committed
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover, dir_fd=self.staging_fd)
+            self.options = self._check_owner(options or WriteOptions())
+            self.cache = DigestCache.load(self.state_dir / "digests.json")
+            self._snapshot = self.state_dir / "ancestors.json"
+            self._journal = self.state_dir / "ancestors.journal"
+            self.ancestors = self._load_ancestors()
+            #: Ancestor changes not yet in the journal.
+            self._unjournaled: dict[str, Ancestor | None] = {}
+            self._snapshot_bytes = 0
+            self._journal_bytes = 0
+            self._journal_fd = os.open(
+                self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
             with contextlib.suppress(OSError):
-                os.unlink(leftover, dir_fd=self.staging_fd)
-        self.cache = DigestCache.load(self.state_dir / "digests.json")
-        self.ancestors = self._load_ancestors()
-        self._ancestors_dirty = False
-        self._last_save = time.monotonic()
+                self._snapshot_bytes = self._snapshot.stat().st_size
+            if os.fstat(self._journal_fd).st_size:
+                self._compact()  # a fresh journal: nothing torn to append after
+            self._last_cache_save = time.monotonic()
+        except BaseException:
+            self._close_fds()
+            raise
+
+    def _close_fds(self) -> None:
+        for fd in (self._journal_fd, self.staging_fd, self.root_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._journal_fd = self.staging_fd = self.root_fd = -1
+
+    def _check_owner(self, options: WriteOptions) -> WriteOptions:
+        """``--owner`` as given, minus what equals our own ids; one clear
+        error if we may not chown to it (a non-root sidecar without
+        CAP_CHOWN), found by trying it on a scratch file."""
+        uid = None if options.uid == os.geteuid() else options.uid
+        gid = None if options.gid == os.getegid() else options.gid
+        options = WriteOptions(uid, gid, options.file_mode, options.dir_mode)
+        if uid is None and gid is None:
+            return options
+        probe = f"owner-probe-{secrets.token_hex(4)}"
+        fd = os.open(
+            probe,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+            0o600,
+            dir_fd=self.staging_fd,
+        )
+        try:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        except PermissionError as e:
+            owner = f"{options.uid if options.uid is not None else ''}" + (
+                f":{options.gid}" if options.gid is not None else ""
+            )
+            raise ConfigError(
+                f"--owner {owner}: this sidecar runs as uid {os.geteuid()} gid {os.getegid()} "
+                "and may not give files to another owner (that needs root or CAP_CHOWN); "
+                "run the sidecar as that user instead, or drop --owner"
+            ) from e
+        finally:
+            os.close(fd)
+            os.unlink(probe, dir_fd=self.staging_fd)
+        return options
 
     # ------------------------------------------------------------- state
 
     def _load_ancestors(self) -> dict[str, Ancestor]:
+        """The snapshot, then every complete journal line over it (a torn
+        last line, from a crash mid-write, is left out)."""
         try:
-            raw = json.loads((self.state_dir / "ancestors.json").read_text())
-            return {p: (int(k), bytes.fromhex(d), t) for p, (k, d, t) in raw["paths"].items()}
+            raw = json.loads(self._snapshot.read_text())
+            out = {p: (int(k), bytes.fromhex(d), t) for p, (k, d, t) in raw["paths"].items()}
         except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return {}
+            out = {}
+        try:
+            lines = self._journal.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                changes = json.loads(line)
+                for p, v in changes.items():
+                    if v is None:
+                        out.pop(p, None)
+                    else:
+                        k, d, t = v
+                        out[p] = (int(k), bytes.fromhex(d), t)
+            except (ValueError, TypeError, AttributeError):
+                break
+        return out
+
+    def _journal_flush(self) -> None:
+        """Append the ancestor changes since the last flush as one line (a
+        single write: a crash leaves the line whole or torn, and a torn one
+        is ignored). Called before a batch is acknowledged."""
+        if not self._unjournaled:
+            return
+        line = (
+            json.dumps(
+                {
+                    p: None if a is None else [a[0], a[1].hex(), a[2]]
+                    for p, a in self._unjournaled.items()
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+        )
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._journal_fd, view) :]
+        except OSError as e:
+            raise _io_error("cannot record what sync wrote (.devstack/ancestors.journal)", e) from e
+        self._unjournaled.clear()
+        self._journal_bytes += len(line)
+        if self._journal_bytes > max(JOURNAL_MIN_BYTES, self._snapshot_bytes):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Write the whole ancestor map as the snapshot (write and rename),
+        then empty the journal. A crash in between replays a journal the
+        snapshot already holds, which changes nothing."""
+        data = json.dumps(
+            {
+                "version": 1,
+                "paths": {p: [k, d.hex(), t] for p, (k, d, t) in self.ancestors.items()},
+            },
+            separators=(",", ":"),
+        )
+        tmp = self.state_dir / f"ancestors.json.tmp{os.getpid()}"
+        try:
+            tmp.write_text(data)
+            os.replace(tmp, self._snapshot)
+            os.ftruncate(self._journal_fd, 0)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _io_error("cannot save what sync wrote (.devstack/ancestors.json)", e) from e
+        self._unjournaled.clear()
+        self._snapshot_bytes = len(data)
+        self._journal_bytes = 0
 
     def save_state(self, *, force: bool = True) -> None:
-        """Persist ancestors and the digest cache (atomically). Without
-        ``force`` it saves at most every few seconds."""
+        """Journal the ancestors and persist the digest cache (atomically).
+        With ``force`` the journal is folded into the snapshot too; without
+        it the cache is saved at most every few seconds."""
         with self.lock:
-            if not force and time.monotonic() - self._last_save < 5.0:
-                return
-            if self._ancestors_dirty:
-                data = {
-                    "version": 1,
-                    "paths": {p: [k, d.hex(), t] for p, (k, d, t) in self.ancestors.items()},
-                }
-                tmp = self.state_dir / f"ancestors.json.tmp{os.getpid()}"
-                tmp.write_text(json.dumps(data, separators=(",", ":")))
-                os.replace(tmp, self.state_dir / "ancestors.json")
-                self._ancestors_dirty = False
-            if self.cache.dirty:
+            if force:
+                self._compact()
+            else:
+                self._journal_flush()
+            if self.cache.dirty and (
+                force or time.monotonic() - self._last_cache_save >= CACHE_SAVE_SECONDS
+            ):
                 self.cache.save(self.state_dir / "digests.json")
-            self._last_save = time.monotonic()
+                self._last_cache_save = time.monotonic()
 
     def close(self) -> None:
-        self.save_state()
-        os.close(self.staging_fd)
-        os.close(self.root_fd)
+        try:
+            self.save_state()
+        finally:
+            self._close_fds()
 
     def _record(self, path: str, entry: Entry | None) -> None:
         if entry is None:
-            self.ancestors.pop(path, None)
+            if self.ancestors.pop(path, None) is None:
+                return  # the journal has nothing for it either
+            self._unjournaled[path] = None
         else:
-            self.ancestors[path] = (int(entry.kind), entry.digest, entry.target)
-        self._ancestors_dirty = True
+            anc = (int(entry.kind), entry.digest, entry.target)
+            self.ancestors[path] = anc
+            self._unjournaled[path] = anc
 
     def _state(self, e: Entry) -> SyncState:
         anc = self.ancestors.get(e.path)
@@ -264,6 +478,10 @@ class Workspace:
             # Forget ancestors of paths that are gone (the app deleted them).
             for p in [p for p in self.ancestors if p not in found and not rules.ignored(p)]:
                 self._record(p, None)
+            try:
+                self._journal_flush()
+            except WorkspaceIOError as e:  # forgetting can wait for the next flush
+                log.warning("state.journal_failed", error=str(e))
             return out
 
     # ------------------------------------------------------------- reading
@@ -326,7 +544,13 @@ class Workspace:
 
 
 class Batch:
-    """A batch being staged. ``commit`` applies it; ``abort`` discards it."""
+    """A batch being staged. ``commit`` applies it; ``abort`` discards it.
+
+    Staging holds at most one staging file and one delta base open at a
+    time: a file's descriptor is opened when its content starts arriving and
+    closed once it is complete or another file's content arrives. Any
+    ``OSError`` while staging discards the whole batch and raises
+    ``WorkspaceIOError``."""
 
     def __init__(self, ws: Workspace, seq: int, ops: list[StagedOp]) -> None:
         self.ws = ws
@@ -334,12 +558,20 @@ class Batch:
         self.ops = ops
         self.bytes = 0
         self._dirs = _DirCache(ws.root_fd)
-        for op in ops:
-            if op.problem is None:
-                try:
-                    self._prepare(op)
-                except (UnsafePathError, ProtocolError) as e:
-                    op.problem = Outcome(False, op.path, e.reason, str(e))
+        self._writing: StagedOp | None = None  # whose staging fd is open
+        self._reading: StagedOp | None = None  # whose delta base fd is open
+        self._done = False
+        try:
+            for op in ops:
+                if op.problem is None:
+                    try:
+                        self._prepare(op)
+                    except (UnsafePathError, ProtocolError, WorkspaceIOError) as e:
+                        op.problem = Outcome(False, op.path, e.reason, str(e))
+                    self._dirs.trim()
+        except OSError as e:
+            self.abort()
+            raise _io_error(f"batch {seq} was discarded, staging failed", e) from e
 
     def _prepare(self, op: StagedOp) -> None:
         check_relpath(op.path)
@@ -359,29 +591,38 @@ class Batch:
         if op.entry.kind != Kind.FILE or len(op.entry.digest) != DIGEST_SIZE:
             raise ProtocolError(f"{op.path!r}: a write needs a file entry with a digest")
         op.staged_name = f"{self.seq}-{op.index}-{secrets.token_hex(6)}"
-        op.fd = os.open(
-            op.staged_name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=self.ws.staging_fd,
-        )
         op.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
         if op.delta:
-            head, name = _split(op.path)
-            try:
-                op.old_fd = os.open(
-                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dirs.get(head)
-                )
-            except FileNotFoundError as e:
-                raise ProtocolError(f"{op.path!r}: delta against a file that does not exist") from e
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise UnsafePathError(f"{op.path!r} is a symlink: no delta through it") from e
+            # Only look now (a soft problem if it is not there); the base is
+            # opened when the first copy range arrives.
+            op.old_size = self._delta_base(op, keep=False)
+
+    def _delta_base(self, op: StagedOp, *, keep: bool) -> int:
+        """Open the regular file a delta copies from; its size. With
+        ``keep`` the descriptor stays in ``op.old_fd``."""
+        head, name = _split(op.path)
+        try:
+            fd = os.open(name, _O_READ, dir_fd=self._dirs.get(head))
+        except FileNotFoundError as e:
+            raise ProtocolError(f"{op.path!r}: delta against a file that does not exist") from e
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafePathError(f"{op.path!r} is a symlink: no delta through it") from e
+            if e.errno in RESOURCE_ERRNOS:
                 raise
-            st = os.fstat(op.old_fd)
+            raise _io_error(f"{op.path!r}: cannot read the delta base", e) from e
+        try:
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ProtocolError(f"{op.path!r}: delta base is not a regular file")
-            op.old_size = st.st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        if keep:
+            op.old_fd = fd
+        else:
+            os.close(fd)
+        return st.st_size
 
     def op(self, index: int) -> StagedOp:
         if not 0 <= index < len(self.ops):
@@ -391,25 +632,65 @@ class Batch:
             raise ProtocolError(f"batch {self.seq}: chunk for op {index}, which takes no chunks")
         return op
 
+    def _open_staged(self, op: StagedOp) -> None:
+        """Make ``op``'s staging file the one open for writing."""
+        if op.fd >= 0:
+            return
+        if self._writing is not None and self._writing is not op:
+            self._close_fd(self._writing)
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags |= os.O_APPEND if op.staged else os.O_CREAT | os.O_EXCL
+        op.fd = os.open(op.staged_name, flags, 0o600, dir_fd=self.ws.staging_fd)
+        op.staged = True
+        self._writing = op
+
+    def _close_fd(self, op: StagedOp) -> None:
+        if op.fd >= 0:
+            fd, op.fd = op.fd, -1
+            os.close(fd)
+        if self._writing is op:
+            self._writing = None
+
+    def _close_base(self, op: StagedOp) -> None:
+        if op.old_fd >= 0:
+            fd, op.old_fd = op.old_fd, -1
+            os.close(fd)
+        if self._reading is op:
+            self._reading = None
+
     def _append(self, op: StagedOp, data: bytes) -> None:
         assert op.entry is not None and op.hasher is not None
         if op.written + len(data) > op.entry.size:
             raise ProtocolError(
                 f"{op.path!r}: more content than the declared {op.entry.size} bytes"
             )
+        if not data:
+            return
+        self._open_staged(op)
         view = memoryview(data)
         while view:
             n = os.write(op.fd, view)
             view = view[n:]
         op.hasher.update(data)
         op.written += len(data)
+        if op.written == op.entry.size:  # complete: nothing more will come
+            self._close_fd(op)
+            self._close_base(op)
+
+    def _staging(self, what: str, fn: Any, *args: Any) -> None:
+        """Run a staging step; an OSError discards the whole batch."""
+        try:
+            fn(*args)
+        except OSError as e:
+            self.abort()
+            raise _io_error(f"batch {self.seq} was discarded, {what}", e) from e
 
     def write(self, index: int, data: bytes) -> None:
         """Append literal content to a staged write."""
         op = self.op(index)
         if op.problem is not None:
             return
-        self._append(op, data)
+        self._staging(f"cannot stage {op.path!r}", self._append, op, data)
         self.bytes += len(data)
 
     def copy(self, index: int, offset: int, length: int) -> None:
@@ -417,10 +698,29 @@ class Batch:
         op = self.op(index)
         if op.problem is not None:
             return
-        if not op.delta or op.old_fd < 0:
+        if not op.delta:
             raise ProtocolError(f"{op.path!r}: copy range in an op that is not a delta")
         if offset + length > op.old_size:
             raise ProtocolError(f"{op.path!r}: copy range past the end of the current content")
+        self._staging(f"cannot stage {op.path!r}", self._copy, op, offset, length)
+
+    def _copy(self, op: StagedOp, offset: int, length: int) -> None:
+        if op.old_fd < 0:
+            if self._reading is not None:
+                self._close_base(self._reading)
+            try:
+                size = self._delta_base(op, keep=True)
+            except (ProtocolError, UnsafePathError, WorkspaceIOError) as e:  # gone meanwhile
+                op.problem = Outcome(False, op.path, e.reason, str(e))
+                self._release(op, unlink=True)
+                return
+            self._reading = op
+            if size < offset + length:
+                op.problem = Outcome(
+                    False, op.path, "conflict", f"{op.path!r}: changed during the delta"
+                )
+                self._release(op, unlink=True)
+                return
         pos = offset
         end = offset + length
         while pos < end:
@@ -433,55 +733,65 @@ class Batch:
     def inline(self, index: int, data: bytes) -> None:
         op = self.ops[index]
         if op.problem is None:
-            self._append(op, data)
+            self._staging(f"cannot stage {op.path!r}", self._append, op, data)
             self.bytes += len(data)
 
     # ------------------------------------------------------------- commit
 
     def abort(self) -> None:
+        """Discard everything staged (idempotent)."""
+        if self._done:
+            return
+        self._done = True
         for op in self.ops:
-            self._release(op, unlink=True)
+            with contextlib.suppress(OSError):
+                self._release(op, unlink=True)
         self._dirs.close()
 
     def _release(self, op: StagedOp, *, unlink: bool) -> None:
-        if op.fd >= 0:
-            os.close(op.fd)
-            op.fd = -1
-        if op.old_fd >= 0:
-            os.close(op.old_fd)
-            op.old_fd = -1
+        self._close_fd(op)
+        self._close_base(op)
         if unlink and op.staged_name:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(op.staged_name, dir_fd=self.ws.staging_fd)
-            op.staged_name = ""
+            name, op.staged_name = op.staged_name, ""
+            if op.staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self.ws.staging_fd)
 
     def commit(self) -> list[Outcome]:
-        """Apply every op in order; each either applies or reports why not."""
+        """Apply every op in order; each either applies or reports why not.
+        What sync wrote is journaled before this returns (and so before the
+        batch is acknowledged)."""
         ws = self.ws
         outcomes: list[Outcome] = []
+        if self._done:
+            raise ProtocolError(f"batch {self.seq} was already committed or discarded")
         with ws.lock:
             try:
                 for op in self.ops:
+                    self._dirs.trim()
                     if op.problem is not None:
                         outcomes.append(op.problem)
                         self._release(op, unlink=True)
                         continue
                     try:
                         outcome = self._apply(op)
-                    except UnsafePathError as e:
-                        outcome = Outcome(False, op.path, e.reason, str(e))
-                    except ProtocolError as e:
+                    except (UnsafePathError, ProtocolError) as e:
                         outcome = Outcome(False, op.path, e.reason, str(e))
                     except OSError as e:
                         outcome = Outcome(
                             False, op.path, "io-error", f"{op.path!r}: {e.strerror or e}"
                         )
                     finally:
-                        self._release(op, unlink=True)
+                        with contextlib.suppress(OSError):
+                            self._release(op, unlink=True)
                     outcomes.append(outcome)
                     if outcome.reason == "conflict":
                         ws.counters.conflicts += 1
             finally:
+                self._done = True
+                for op in self.ops:  # only if something unexpected broke the loop
+                    with contextlib.suppress(OSError):
+                        self._release(op, unlink=True)
                 self._dirs.close()
             ws.counters.batches_applied += 1
             ws.counters.bytes_received += self.bytes
@@ -535,8 +845,13 @@ class Batch:
             target_now = ws._current(dirs, path)
             if target_now is not None and not ws.replica:
                 return self._conflict(op, target_now, "rename target exists in the workspace")
+            if current.kind == Kind.SYMLINK:
+                self._check_moved_links(op.from_path, path, [("", current.target)])
+            elif current.kind == Kind.DIRECTORY:
+                self._check_moved_links(op.from_path, path, self._links_below(op.from_path))
             src_head, src_name = _split(op.from_path)
             os.rename(src_name, name, src_dir_fd=dirs.get(src_head), dst_dir_fd=dirs.get(head))
+            dirs.forget(path)
             if current.kind == Kind.DIRECTORY:
                 dirs.forget(op.from_path)
             ws.cache.forget(op.from_path)
@@ -610,6 +925,8 @@ class Batch:
             return Outcome(True, path)
 
         if kind == "symlink":
+            target = op.entry.target
+            resolve_link(path, target, lambda p: target if p == path else dirs.readlink(p))
             tmp = f"{self.seq}-{op.index}-{secrets.token_hex(6)}.link"
             os.symlink(op.entry.target, tmp, dir_fd=ws.staging_fd)
             if opts.uid is not None or opts.gid is not None:
@@ -622,6 +939,7 @@ class Batch:
                 )
             if current is not None and current.kind == Kind.DIRECTORY:
                 self._remove(parent, name, current)
+                dirs.forget(path)
             os.rename(tmp, name, src_dir_fd=ws.staging_fd, dst_dir_fd=parent)
             ws._record(path, op.entry)
             return Outcome(True, path)
@@ -639,6 +957,7 @@ class Batch:
                 return Outcome(
                     False, path, "digest-mismatch", f"{path!r}: content does not match its digest"
                 )
+            self._open_staged(op)  # creates it for an empty file
             os.fchmod(op.fd, opts.file_perm(op.entry.mode))
             if opts.uid is not None or opts.gid is not None:
                 os.fchown(
@@ -646,12 +965,13 @@ class Batch:
                     opts.uid if opts.uid is not None else -1,
                     opts.gid if opts.gid is not None else -1,
                 )
-            os.close(op.fd)
-            op.fd = -1
+            self._close_fd(op)
             if current is not None and current.kind == Kind.DIRECTORY:
                 self._remove(parent, name, current)
+                dirs.forget(path)
             os.rename(op.staged_name, name, src_dir_fd=ws.staging_fd, dst_dir_fd=parent)
             op.staged_name = ""
+            op.staged = False
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             ws.cache.put(path, stat_key(st), op.entry.digest)
             ws._record(path, op.entry)
@@ -659,6 +979,41 @@ class Batch:
             return Outcome(True, path)
 
         raise ProtocolError(f"{path!r}: unknown op {kind!r}")
+
+    def _links_below(self, folder: str) -> list[tuple[str, str]]:
+        """(path relative to ``folder``, target) of every symlink under it."""
+        out: list[tuple[str, str]] = []
+        walk = os.fwalk(".", dir_fd=self._dirs.get(folder), follow_symlinks=False)
+        for dirpath, dirnames, filenames, dfd in walk:
+            rel = "" if dirpath == "." else dirpath.removeprefix("./")
+            for n in (*dirnames, *filenames):
+                try:
+                    target = os.readlink(n, dir_fd=dfd)
+                except OSError:  # not a symlink
+                    continue
+                out.append((f"{rel}/{n}" if rel else n, target))
+        return out
+
+    def _check_moved_links(self, src: str, dst: str, links: list[tuple[str, str]]) -> None:
+        """Raise ``UnsafePathError`` unless every symlink in ``links`` (paths
+        relative to ``src``) still resolves inside the workspace once ``src``
+        is renamed to ``dst``: judged before the rename, as if it had
+        happened."""
+        dirs = self._dirs
+
+        def readlink(p: str) -> str | None:
+            if p == dst or p.startswith(dst + "/"):
+                return dirs.readlink(src + p[len(dst) :])
+            if p == src or p.startswith(src + "/"):
+                return None  # gone once moved
+            return dirs.readlink(p)
+
+        for rel, target in links:
+            new = f"{dst}/{rel}" if rel else dst
+            try:
+                resolve_link(new, target, readlink)
+            except UnsafePathError as e:
+                raise UnsafePathError(f"rename {src!r} -> {dst!r}: {e}") from e
 
     def _remove(self, parent: int, name: str, current: Entry) -> None:
         """Remove what stands where a different kind must go (an empty folder

@@ -689,8 +689,11 @@ class Problem(_message.Message):
     path: _builtins.str
     """The op's path."""
     reason: _builtins.str
-    """A stable reason: "conflict", "unsafe-path", "bad-op", "io-error",
-    "digest-mismatch".
+    """A stable reason: "conflict" (the workspace holds something else than
+    expected), "unsafe-path", "bad-op" (unknown op kind), "bad-frame" (an op
+    that breaks the protocol), "io-error", "incomplete" (less content than
+    declared), "digest-mismatch", "not-empty" (a folder holding files sync
+    did not create is kept).
     """
     message: _builtins.str
     """A sentence for a person."""
@@ -769,11 +772,18 @@ class Event(_message.Message):
     exit_code: _builtins.int
     """For reloads: the exit code of the command or process (0 if none)."""
     reason: _builtins.str
-    """Stable reason for failures: "user-command-failed", "command-not-found",
-    "not-executable", "killed", "crashed", "signal-target-missing".
+    """Stable reason, for "reload-failed" and "process-exited" (empty
+    otherwise): "user-command-failed" (an exec step exited non-zero),
+    "command-not-found" (127), "not-executable" (126), "killed" (137 or
+    another signal), "crashed" (the app exited non-zero, or before it was
+    ready), "exited" (the app exited 0 on its own), "signal-target-missing",
+    "timeout" (the restarted app did not become ready in time).
     """
     output_tail: _builtins.str
-    """The tail of the command's output."""
+    """The tail of the output (at most 40 lines, 4 KiB): for "reload-finished"
+    and "reload-failed", what the reload's steps and the restarted app
+    printed; for "process-exited", what the app printed.
+    """
     duration_ms: _builtins.int
     """Wall-clock milliseconds the reload took."""
     reload_id: _builtins.int
@@ -1033,8 +1043,9 @@ class ExecExit(_message.Message):
     code: _builtins.int
     """Exit code; 128+N when killed by signal N."""
     reason: _builtins.str
-    """A stable reason for a non-zero code: "exit", "command-not-found",
-    "not-executable", "killed", "timeout".
+    """A stable reason for a non-zero code: "exit", "command-not-found"
+    (127), "not-executable" (126, including a script without a #! line),
+    "killed" (137 or another signal), "timeout" (124).
     """
     message: _builtins.str
     """A sentence for a person."""
