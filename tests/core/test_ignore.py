@@ -17,6 +17,8 @@ from devstack.core.ignore import IgnoreRules
         (".venv", True, True),
         ("notes.txt~", False, True),
         (".#lock", False, True),
+        ("#notes.txt#", False, True),
+        ("src/#app.py#", False, True),
         ("src/app.py", False, False),
         ("gitlike", False, False),
         ("requirements.txt", False, False),
@@ -59,3 +61,69 @@ def test_ignore_files_are_recognised() -> None:
     assert ignore.is_ignore_file("a/.gitignore")
     assert ignore.is_ignore_file(".devstackignore")
     assert not ignore.is_ignore_file("gitignore.py")
+
+
+def test_from_patterns_drops_only_the_leading_copy_of_the_defaults() -> None:
+    sent = [*ignore.DEFAULT_PATTERNS, "*.log", "!keep.log"]
+    rules = IgnoreRules.from_patterns(sent)
+    # The client's list starts with the defaults: they are not doubled.
+    assert rules.patterns == (*ignore.DEFAULT_PATTERNS, "*.log", "!keep.log")
+    # A list without them still gets them, first.
+    assert IgnoreRules.from_patterns(["*.log"]).patterns == (*ignore.DEFAULT_PATTERNS, "*.log")
+    # A default repeated after a negation changes answers: it stays.
+    later = ["!node_modules/", "node_modules/"]
+    assert IgnoreRules.from_patterns(later).patterns == (*ignore.DEFAULT_PATTERNS, *later)
+    assert (
+        IgnoreRules.from_patterns(["!node_modules/"]).ignored("node_modules", is_dir=True) is False
+    )
+    assert IgnoreRules.from_patterns(later).ignored("node_modules", is_dir=True) is True
+    # defaults=False takes the list as it is.
+    assert IgnoreRules.from_patterns(["a", "a"], defaults=False).patterns == ("a", "a")
+
+
+@pytest.mark.parametrize(
+    ("path", "is_dir"),
+    [
+        ("web/dist", True),
+        ("web/dist/bundle.js", False),
+        ("web/sub/dist/x.js", False),
+        ("web/local.txt", False),
+        ("api/cache", True),
+        ("api/cache/a/b.bin", False),
+        ("web/app.js", False),
+        ("web/sub/local.txt", False),
+        ("dist/x.js", False),
+        ("api/web/dist/x.js", False),
+        ("api/main.py", False),
+    ],
+)
+def test_nested_rules_in_one_list_answer_like_the_scan(
+    tmp_path: Path, path: str, is_dir: bool
+) -> None:
+    (tmp_path / "web" / "sub").mkdir(parents=True)
+    (tmp_path / "api").mkdir()
+    (tmp_path / "web" / ".gitignore").write_text("dist/\n/local.txt\n")
+    (tmp_path / "api" / ".gitignore").write_text("cache/\n")
+    root = ignore.load(tmp_path)
+    nested = ignore.read_nested(tmp_path, ["web", "web/sub", "api"])
+    assert set(nested) == {"web", "api"}
+    flat = ignore.with_nested(root, nested)
+    folder = path.rpartition("/")[0]
+    scan_rules = ignore.for_folder(tmp_path, root, folder)
+    assert flat.excludes(path, is_dir=is_dir) is scan_rules.excludes(path, is_dir=is_dir)
+    # The sidecar reads the list back as it was sent.
+    sent = IgnoreRules.from_patterns(list(flat.patterns))
+    assert sent.patterns == flat.patterns
+    assert sent.excludes(path, is_dir=is_dir) is flat.excludes(path, is_dir=is_dir)
+
+
+def test_excludes_sees_through_an_ignored_folder() -> None:
+    rules = IgnoreRules.from_patterns(["build/", "!build/keep.txt"])
+    memo: dict[str, bool] = {}
+    # gitignore: a file inside an excluded folder cannot be re-included; the
+    # scan never enters build/, so build/keep.txt is never on the laptop.
+    assert rules.ignored("build/keep.txt") is False
+    assert rules.excludes("build/keep.txt", memo=memo) is True
+    assert memo == {"build": True}
+    assert rules.excludes("src/keep.txt", memo=memo) is False
+    assert ignore.with_nested(rules, {}) is rules

@@ -3,21 +3,33 @@ processes on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devstack.cli.syncer import EXIT_UNSETTLED, ONCE_ROUNDS, Stats, Syncer, Target
+from devstack.core.plan import Plan
+from devstack.sync.v1 import sync_pb2 as pb
 from tests.support.rawclient import status
 from tests.support.sync import (
+    ConnectProcess,
     Sidecar,
     connect_follow,
     connect_once,
     tree_state,
     wait_until,
 )
+from tests.support.tcpproxy import TcpProxy
+
+#: Watching tests must not be rescued by the periodic full rescan: a dead
+#: watcher has to fail them.
+NO_RESCAN = ("--rescan-interval", "100000")
 
 
 @pytest.fixture
@@ -76,7 +88,7 @@ def test_initial_sync_then_noop(env: tuple[Path, Sidecar]) -> None:
 def test_every_kind_of_change_while_watching(env: tuple[Path, Sidecar]) -> None:
     src, sc = env
     make_tree(src)
-    proc = connect_follow(src, sc)
+    proc = connect_follow(src, sc, *NO_RESCAN)
     try:
         wait_until(lambda: (sc.workspace / "large.dat").exists(), 60, "initial sync")
         steps = [
@@ -149,7 +161,7 @@ def test_unreachable_and_bad_path_are_one_clear_line(
 def test_sidecar_restart_converges_without_resending(env: tuple[Path, Sidecar]) -> None:
     src, sc = env
     make_tree(src)
-    proc = connect_follow(src, sc)
+    proc = connect_follow(src, sc, *NO_RESCAN)
     try:
         wait_same_filtered(src, sc.workspace)
         sc.restart()  # same port; the connection drops
@@ -162,23 +174,197 @@ def test_sidecar_restart_converges_without_resending(env: tuple[Path, Sidecar]) 
         proc.communicate(timeout=20)
 
 
+def landed(ws: Path, src: Path, pattern: str) -> list[Path]:
+    """The files of ``pattern`` in the workspace, each checked whole."""
+    found = sorted(ws.glob(pattern))
+    for p in found:
+        assert p.read_bytes() == (src / p.name).read_bytes(), f"{p.name} is half-written"
+    return found
+
+
 def test_killed_client_mid_sync_leaves_no_half_file_and_converges(
     env: tuple[Path, Sidecar],
 ) -> None:
     src, sc = env
     for i in range(40):
         (src / f"f{i:02}.bin").write_bytes(os.urandom(512 * 1024))
-    proc = connect_follow(src, sc)
-    wait_until(lambda: any(p.name.startswith("f") for p in sc.workspace.iterdir()), 60, "progress")
-    proc.kill()
-    proc.wait()
-    for p in sc.workspace.glob("f*.bin"):
-        assert p.read_bytes() == (src / p.name).read_bytes(), f"{p.name} is half-written"
+    # The proxy stops forwarding half-way through, inside a file's chunks:
+    # the kill lands mid-sync, not after it.
+    proxy = TcpProxy(sc.port).start()
+    try:
+        proxy.stall_after(10 * 1024 * 1024 + 100_000)
+        proc = ConnectProcess(src, proxy.address, sc.token_file, *NO_RESCAN)
+        assert proxy.tripped.wait(120), "the sync never got half-way"
+        proc.proc.kill()
+        proc.proc.wait()
+        assert len(landed(sc.workspace, src, "f*.bin")) < 40
+    finally:
+        proxy.stop()
     r = connect_once(src, sc)
     assert r.returncode == 0, r.stderr
     synced(src, sc.workspace)
     staging = sc.workspace / ".devstack" / "staging"
     wait_until(lambda: os.listdir(staging) == [], 10, "staging to be empty")
+
+
+@pytest.mark.parametrize("once", [True, False], ids=["once", "watch"])
+def test_ctrl_c_during_the_initial_sync_stops_it_there(
+    env: tuple[Path, Sidecar], once: bool
+) -> None:
+    src, sc = env
+    n = 50
+    for i in range(n):  # 200 MB that does not compress: seconds to send
+        (src / f"big{i:02}.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    proc = ConnectProcess(src, sc.address, sc.token_file, *(("--once",) if once else NO_RESCAN))
+    wait_until(lambda: any(sc.workspace.glob("big*.bin")), 120, "the first file to land")
+    code = proc.stop(signal.SIGINT, timeout=120)
+    # --once did not reach matching trees: 130. Watching, Ctrl-C is how it ends: 0.
+    assert code == (130 if once else 0), proc.stderr
+    assert "Traceback" not in proc.stderr
+    # It stopped where it was: the rest of the tree never went.
+    assert len(landed(sc.workspace, src, "big*.bin")) < n
+    # The sidecar dropped the uncommitted batch, and the next run converges.
+    staging = sc.workspace / ".devstack" / "staging"
+    wait_until(lambda: os.listdir(staging) == [], 30, "staging to be empty")
+    r = connect_once(src, sc)
+    assert r.returncode == 0, r.stderr
+    synced(src, sc.workspace)
+
+
+def test_a_connection_dropped_mid_batch_reconnects_and_resends_nothing_unchanged(
+    env: tuple[Path, Sidecar],
+) -> None:
+    src, sc = env
+    n = 30
+    for i in range(n):
+        (src / f"part{i:02}.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    proxy = TcpProxy(sc.port).start()
+    proc: ConnectProcess | None = None
+    try:
+        proxy.cut_after(25 * 1024 * 1024)  # inside the 12th file
+        proc = ConnectProcess(src, proxy.address, sc.token_file, *NO_RESCAN)
+        assert proxy.tripped.wait(120), "the sync never got half-way"
+        assert len(landed(sc.workspace, src, "part*.bin")) < n
+        wait_until(lambda: bool(proc and proc.events("connect.retry")), 60, "a retry")
+        proxy.restore()
+        wait_same_filtered(src, sc.workspace)
+        assert proc.proc.poll() is None  # the same process reconnected
+        assert any(line.startswith("disconnected (") for line in proc.lines)
+        # Every file was written exactly once: what landed before the cut
+        # was not sent again.
+        assert status(sc.address, "tok-123").files_written == n
+        assert proc.stop() == 0
+    finally:
+        if proc is not None and proc.proc.poll() is None:
+            proc.proc.kill()
+        proxy.stop()
+
+
+def test_once_exits_4_when_the_tree_keeps_changing(env: tuple[Path, Sidecar]) -> None:
+    src, sc = env
+    log = src / "build.log"
+    log.write_text("x")
+
+    class Churn:
+        """A build that appends to its log after every round."""
+
+        def __init__(self) -> None:
+            self.rounds = 0
+            self.notes: list[str] = []
+
+        def round_started(self, plan: Plan, *, initial: bool) -> None: ...
+        def progress(self, files: int, nbytes: int) -> None: ...
+        def event(self, event: pb.Event) -> None: ...
+
+        def round_finished(self, stats: Stats) -> None:
+            self.rounds += 1
+            log.write_text("x" * (self.rounds + 1))
+
+        def note(self, text: str) -> None:
+            self.notes.append(text)
+
+    churn = Churn()
+    syncer = Syncer(
+        src, Target(sc.address, "tok-123"), reporter=churn, cache_path=src.parent / "c.json"
+    )
+    assert asyncio.run(syncer.run(once=True)) == EXIT_UNSETTLED
+    assert churn.rounds == ONCE_ROUNDS
+    assert any("still changing" in n for n in churn.notes)
+    # Once it holds still, --once gets there.
+    r = connect_once(src, sc)
+    assert r.returncode == 0, r.stderr
+    assert (sc.workspace / "build.log").read_text() == log.read_text()
+
+
+def test_a_wrong_workspace_name_is_refused_in_one_line(env: tuple[Path, Sidecar]) -> None:
+    src, sc = env
+    (src / "a").write_text("a")
+    r = connect_once(src, sc, None, "--workspace", "billing")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("devstack connect: ")
+    assert "serves workspace 'ws', not 'billing'" in r.stderr
+    assert not (sc.workspace / "a").exists()
+    r = connect_once(src, sc, None, env={"DEVSTACK_WORKSPACE_NAME": "ws"})
+    assert r.returncode == 0, r.stderr
+    assert (sc.workspace / "a").read_text() == "a"
+
+
+def test_the_token_never_reaches_the_output(env: tuple[Path, Sidecar], tmp_path: Path) -> None:
+    src, sc = env
+    make_tree(src)
+    debug = {"DEVSTACK_LOG_LEVEL": "debug"}
+    r = connect_once(src, sc, env=debug)
+    assert r.returncode == 0, r.stderr
+    assert '"event": "connect.session"' in r.stderr  # the debug log did run
+    assert "tok-123" not in r.stderr + r.stdout
+    bad = tmp_path / "bad-token"
+    bad.write_text("wr0ng-s3cret\n")
+    r = connect_once(src, sc, bad, env=debug)
+    assert r.returncode == 2
+    assert "wr0ng-s3cret" not in r.stderr + r.stdout
+
+
+def test_the_digest_cache_is_saved_while_running(env: tuple[Path, Sidecar]) -> None:
+    src, sc = env
+    make_tree(src)
+    proc = ConnectProcess(src, sc.address, sc.token_file, *NO_RESCAN)
+    cache_dir = src.parent / ".cache" / "devstack"
+
+    def cached() -> set[str]:
+        for f in cache_dir.glob("manifest-*.json"):
+            try:
+                return set(json.loads(f.read_text())["entries"])
+            except (ValueError, KeyError):
+                return set()
+        return set()
+
+    try:
+        wait_same_filtered(src, sc.workspace)
+        wait_until(lambda: {"large.dat", "app/main.py"} <= cached(), 60, "the cache on disk")
+    finally:
+        proc.proc.kill()  # no chance to save at exit
+        proc.proc.wait()
+    assert {"large.dat", "app/main.py", "run.sh", "app/static/logo.bin"} <= cached()
+
+
+def test_a_path_ignored_by_a_nested_gitignore_stays_in_the_pod(
+    env: tuple[Path, Sidecar],
+) -> None:
+    src, sc = env
+    (src / "web" / "dist").mkdir(parents=True)
+    (src / "web" / "app.js").write_text("app\n")
+    (src / "web" / "dist" / "bundle.js").write_text("built\n")
+    assert connect_once(src, sc).returncode == 0
+    assert (sc.workspace / "web" / "dist" / "bundle.js").exists()
+    # From now on the team ignores the build output, and a clean removes it here.
+    (src / "web" / ".gitignore").write_text("dist/\n")
+    shutil.rmtree(src / "web" / "dist")
+    (src / "web" / "app.js").write_text("app v2\n")
+    r = connect_once(src, sc)
+    assert r.returncode == 0, r.stderr
+    assert (sc.workspace / "web" / "app.js").read_text() == "app v2\n"
+    assert (sc.workspace / "web" / ".gitignore").read_text() == "dist/\n"
+    assert (sc.workspace / "web" / "dist" / "bundle.js").read_text() == "built\n"
 
 
 def test_app_change_is_reported_as_conflict_not_overwritten(env: tuple[Path, Sidecar]) -> None:

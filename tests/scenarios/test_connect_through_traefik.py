@@ -61,3 +61,4 @@ def test_connect_through_traefik_by_host(
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 2
     assert r.stderr.startswith("devstack connect: ") and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr  # one line, even if it took a retry

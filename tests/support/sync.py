@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -137,7 +138,12 @@ class Sidecar:
 
 
 def connect_once(
-    src: Path, sidecar: Sidecar, token_file: Path | None = None, *extra: str, timeout: float = 120
+    src: Path,
+    sidecar: Sidecar,
+    token_file: Path | None = None,
+    *extra: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         devstack_cmd(
@@ -153,7 +159,7 @@ def connect_once(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "XDG_CACHE_HOME": str(src.parent / ".cache")},
+        env={**os.environ, "XDG_CACHE_HOME": str(src.parent / ".cache"), **(env or {})},
     )
 
 
@@ -173,3 +179,64 @@ def connect_follow(src: Path, sidecar: Sidecar, *extra: str) -> subprocess.Popen
         text=True,
         env={**os.environ, "XDG_CACHE_HOME": str(src.parent / ".cache")},
     )
+
+
+class ConnectProcess:
+    """``devstack connect`` (watching) as a real process whose stderr is
+    read as it comes: plain reporter lines in ``lines``, JSON log events
+    (``DEVSTACK_LOG_LEVEL=info``) in ``log``."""
+
+    def __init__(
+        self, src: Path, address: str, token_file: Path, *extra: str, level: str = "info"
+    ) -> None:
+        env = {
+            **os.environ,
+            "XDG_CACHE_HOME": str(src.parent / ".cache"),
+            "DEVSTACK_LOG_LEVEL": level,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.proc = subprocess.Popen(
+            devstack_cmd(
+                "connect", str(src), "--to", address, "--token-file", str(token_file), *extra
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.log: list[dict[str, object]] = []
+        self._drained = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    self.log.append(json.loads(line))
+        self._drained.set()
+
+    def events(self, name: str, **match: object) -> list[dict[str, object]]:
+        return [
+            e
+            for e in list(self.log)
+            if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"connect ignored signal {sig} for {timeout}s") from None
+        self._drained.wait(10)
+        return code

@@ -10,7 +10,13 @@ from typing import Any
 
 import grpc
 
-from devstack.core.errors import AuthError, DevstackError, PermanentError, UnreachableError
+from devstack.core.errors import (
+    AuthError,
+    DevstackError,
+    PeerFailedError,
+    PermanentError,
+    UnreachableError,
+)
 from devstack.core.protocol import MAX_MESSAGE_BYTES, read_token
 
 CLIENT_OPTIONS = [
@@ -46,22 +52,41 @@ def load_token(path: str | None) -> str:
     return read_token(Path(path))
 
 
+#: Worth retrying with backoff: the network, a restarting pod, a full server.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+#: The sidecar failed without saying why: retried a bounded number of times.
+FAILED = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
+
+
 def translate(e: grpc.RpcError, target: str) -> DevstackError:
-    """One clear error for a failed call."""
+    """One clear error for a failed call, classified: ``UnreachableError``
+    (retry with backoff), ``PeerFailedError`` (retry a few times), or a
+    ``PermanentError`` (``AuthError`` for a refused token) for everything
+    that retrying cannot fix: ``PERMISSION_DENIED``, ``INVALID_ARGUMENT``,
+    ``FAILED_PRECONDITION``, ``UNIMPLEMENTED`` (no such route), ..."""
     code = e.code() if hasattr(e, "code") else None
     details = e.details() if hasattr(e, "details") else str(e)
+    return classify(code, details or "", target)
+
+
+def classify(code: grpc.StatusCode | None, details: str, target: str) -> DevstackError:
+    """``translate`` for a status already at hand (e.g. a finished call's)."""
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthError(f"the sidecar at {target} refused the token: {details}")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in RETRYABLE:
         return UnreachableError(f"cannot reach the sidecar at {target}: {details}")
-    if code in (
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.PERMISSION_DENIED,
-    ):
-        return PermanentError(f"the sidecar at {target} refused the session: {details}")
-    return UnreachableError(f"the session with {target} failed ({code}): {details}")
+    if code is None or code in FAILED:
+        name = code.name if code is not None else "no status"
+        return PeerFailedError(f"the sidecar at {target} failed ({name}): {details}")
+    return PermanentError(f"the sidecar at {target} refused the session ({code.name}): {details}")
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,12 @@
 """``devstack connect [PATH] --to ADDR --token-file FILE [--once]``: sync a
 source tree to a sidecar, then keep it in sync; the terminal UI (progress
-bar, live status line) lives here."""
+bar, live status line) lives here.
+
+Exit codes: 0 in sync (or, while watching, stopped by Ctrl-C/SIGTERM); 2 a
+clear error (bad input, a refused token or workspace, an unreachable or
+failing sidecar); under ``--once`` 3 conflicts or rejected paths remain,
+4 the tree kept changing, 130 stopped by Ctrl-C/SIGTERM before the trees
+matched."""
 
 from __future__ import annotations
 
@@ -10,11 +16,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 from devstack.cli.channel import add_target_arguments, load_token
-from devstack.cli.syncer import Stats, Syncer, Target
+from devstack.cli.syncer import EXIT_INTERRUPTED, Stats, Syncer, Target
 from devstack.core import logging as dlog
 from devstack.core.errors import PermanentError
 from devstack.core.plan import Plan
@@ -25,7 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", default=".", help="source tree to sync (default: .)")
     add_target_arguments(parser)
     parser.add_argument(
-        "--once", action="store_true", help="sync until the trees match, then exit 0"
+        "--workspace",
+        default=os.environ.get("DEVSTACK_WORKSPACE_NAME", ""),
+        metavar="NAME",
+        help="the workspace the sidecar must serve (its --name); refused if it serves another "
+        "(env DEVSTACK_WORKSPACE_NAME; default: any)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="sync until the trees match, then exit 0 (3: conflicts or rejected paths remain; "
+        "4: the tree kept changing; 130: interrupted)",
     )
     parser.add_argument(
         "--force",
@@ -47,14 +64,17 @@ class TerminalReporter:
     """A progress bar for the initial sync, then one live status line on a
     terminal; plain lines otherwise."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, stream: TextIO = sys.stderr, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.out = stream
+        self.clock = clock
         self.tty = stream.isatty()
         self.total_bytes = 0
         self.total_files = 0
         self.sent_bytes = 0
         self.initial = False
-        self._last_draw = 0.0
+        self._last_draw: float | None = None
         self._stats = Stats()
 
     def _line(self, text: str, *, final: bool = False) -> None:
@@ -81,8 +101,8 @@ class TerminalReporter:
         self.sent_bytes += nbytes
         if not (self.tty and self.initial and self.total_bytes):
             return
-        now = time.monotonic()
-        if now - self._last_draw < 0.1:
+        now = self.clock()
+        if self._last_draw is not None and now - self._last_draw < 0.1:
             return
         self._last_draw = now
         frac = min(1.0, self.sent_bytes / self.total_bytes)
@@ -130,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise PermanentError(f"{root} is not a directory")
     token = load_token(args.token_file)
-    target = Target(args.to, token, authority=args.authority, tls=args.tls)
+    target = Target(
+        args.to, token, authority=args.authority, tls=args.tls, workspace=args.workspace
+    )
     reporter = TerminalReporter()
     syncer = Syncer(
         root,
@@ -148,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         return await syncer.run(once=args.once)
 
     code = asyncio.run(main())
-    if not args.once:
+    if code == EXIT_INTERRUPTED:
+        reporter.note("interrupted before the trees matched")
+    elif not args.once:
         reporter.note("disconnected")
     return int(code)

@@ -26,12 +26,12 @@ from typing import Any, Protocol
 
 import grpc
 
-from devstack.cli.channel import open_channel, translate
+from devstack.cli.channel import classify, open_channel, translate
 from devstack.core import delta as deltas
 from devstack.core import ignore as ignore_mod
 from devstack.core.errors import (
-    AuthError,
     DevstackError,
+    PeerFailedError,
     PermanentError,
     TemporaryError,
     UnreachableError,
@@ -49,6 +49,7 @@ from devstack.core.plan import Action, Change, Plan, apply_to, plan
 from devstack.core.protocol import (
     INLINE_MAX,
     MAX_CHUNK_BYTES,
+    OP_CODES,
     PROTOCOL_VERSION,
     encode,
     entry_from_pb,
@@ -68,16 +69,23 @@ BATCH_BYTES = 2 * 1024 * 1024
 BATCH_OPS = 2000
 #: Batches in flight before waiting for an acknowledgement.
 WINDOW = 4
+#: ``--once``: full rounds (scan, plan, send) before giving up on a tree that
+#: keeps changing.
+ONCE_ROUNDS = 5
+#: Seconds between saves of the digest cache while connected (it is also
+#: saved after the first round of each session and at exit).
+CACHE_SAVE_SECONDS = 10.0
 
-_OP = {
-    Action.WRITE: pb.OP_WRITE,
-    Action.MKDIR: pb.OP_MKDIR,
-    Action.SYMLINK: pb.OP_SYMLINK,
-    Action.DELETE: pb.OP_DELETE,
-    Action.RENAME: pb.OP_RENAME,
-    Action.CHMOD: pb.OP_CHMOD,
-    Action.ADOPT: pb.OP_ADOPT,
-}
+#: Exit codes of ``devstack connect`` (2, a clear error, comes from the CLI edge).
+EXIT_OK = 0
+#: ``--once``: conflicts or rejected paths remain.
+EXIT_NOT_SYNCED = 3
+#: ``--once``: the tree was still changing after ``ONCE_ROUNDS`` rounds.
+EXIT_UNSETTLED = 4
+#: ``--once`` stopped by Ctrl-C or SIGTERM before the trees matched.
+EXIT_INTERRUPTED = 130
+
+_OP = {a: pb.OpKind.ValueType(OP_CODES[a.value]) for a in Action}
 
 
 class Reporter(Protocol):
@@ -107,10 +115,37 @@ class Stats:
 
 @dataclass(frozen=True)
 class Target:
+    """Where the sidecar is. ``workspace``: the name the sidecar must serve
+    (empty: any). The token never shows in a repr or a log."""
+
     address: str
-    token: str
+    token: str = field(repr=False)
     authority: str | None = None
     tls: bool = False
+    workspace: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How ``connect`` retries a failed session.
+
+    - unreachable (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...): backoff from
+      ``first_delay`` doubling to ``max_delay``; forever while watching,
+      ``once_attempts`` failed attempts in all under ``--once``. Before any
+      session got through its handshake, an unreachable sidecar is a bad
+      address: that fails at once.
+    - the sidecar failed (``INTERNAL``, ``UNKNOWN``): ``failure_attempts`` in
+      a row, then a clear error; a session that stayed up ``healthy_seconds``
+      resets the count.
+    - everything else (a refused token, ``PERMISSION_DENIED``,
+      ``INVALID_ARGUMENT``, ``FAILED_PRECONDITION``, ...): never retried.
+    """
+
+    first_delay: float = 0.2
+    max_delay: float = 10.0
+    once_attempts: int = 8
+    failure_attempts: int = 3
+    healthy_seconds: float = 60.0
 
 
 @dataclass
@@ -162,8 +197,9 @@ def _read_inline(root: Path, entry: Entry) -> tuple[Entry, bytes] | None:
 class _Session:
     """One open Session stream."""
 
-    def __init__(self, call: Any, reporter: Reporter, stats: Stats) -> None:
+    def __init__(self, call: Any, reporter: Reporter, stats: Stats, target: str) -> None:
         self.call = call
+        self.target = target
         self.reporter = reporter
         self.stats = stats
         self.acks: dict[int, asyncio.Future[pb.Ack]] = {}
@@ -191,28 +227,72 @@ class _Session:
                 elif which == "event":
                     ev = msg.event
                     if ev.kind.startswith("reload") or ev.kind == "process-exited":
-                        self.stats.last_reload = _describe_reload(ev)
+                        self.stats.last_reload = describe_reload(ev)
+                    log.info(
+                        "connect.event",
+                        kind=ev.kind,
+                        message=ev.message,
+                        paths=list(ev.paths),
+                        reason=ev.reason,
+                        exit_code=ev.exit_code,
+                        output_tail=ev.output_tail,
+                        reload_id=ev.reload_id,
+                    )
                     self.reporter.event(ev)
         except BaseException as e:
             self.failed = e
-            for f in list(self.acks.values()):
-                if not f.done():
-                    f.set_exception(_as_devstack(e))
+            waiting: list[asyncio.Future[Any]] = [*self.acks.values()]
             for waiters in self.sigs.values():
-                for w in waiters:
-                    if not w.done():
-                        w.set_exception(_as_devstack(e))
+                waiting.extend(waiters)
+            for f in waiting:
+                if not f.done():
+                    f.set_exception(_as_devstack(e, self.target))
+                    f.exception()  # whoever waits raises it; nobody else must log it
             if isinstance(e, asyncio.CancelledError):
                 raise
 
     async def signature(self, path: str) -> pb.Signature:
         fut: asyncio.Future[pb.Signature] = asyncio.get_running_loop().create_future()
         self.sigs.setdefault(path, []).append(fut)
-        await self.call.write(pb.ClientMessage(signature_request=pb.SignatureRequest(path=path)))
+        await self.send(pb.ClientMessage(signature_request=pb.SignatureRequest(path=path)))
         return await fut
 
+    async def send(self, msg: pb.ClientMessage) -> None:
+        """Write to the stream; if it has ended, raise why."""
+        try:
+            await self.call.write(msg)
+        except (asyncio.InvalidStateError, grpc.RpcError) as e:
+            # A failed write only knows the stream is gone ("RPC already
+            # finished", "Internal error from Core"); the reader gets the
+            # sidecar's own status from the trailers.
+            raise await self.why_ended(e) from e
 
-def _describe_reload(ev: pb.Event) -> str:
+    async def why_ended(self, e: BaseException) -> BaseException:
+        if self.reader is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self.reader), 5)
+            if self.failed is not None and not isinstance(self.failed, asyncio.CancelledError):
+                return _as_devstack(self.failed, self.target)
+        return await _ended(self.call, e, self.target)
+
+
+async def _ended(call: Any, e: BaseException, target: str) -> BaseException:
+    """The error for a call that failed with ``e``: its final status."""
+    if isinstance(e, grpc.RpcError):
+        return translate(e, target)
+    return classify(await call.code(), await call.details() or "", target)
+
+
+async def _write(call: Any, msg: pb.ClientMessage, target: str) -> None:
+    """Write outside a session (the Hello)."""
+    try:
+        await call.write(msg)
+    except asyncio.InvalidStateError as e:  # grpc.aio: "RPC already finished"
+        raise await _ended(call, e, target) from e
+
+
+def describe_reload(ev: pb.Event) -> str:
+    """The status line's "last reload" for a reload event."""
     if ev.kind == "reload-finished":
         return f"ok in {ev.duration_ms} ms"
     if ev.kind == "reload-started":
@@ -220,9 +300,9 @@ def _describe_reload(ev: pb.Event) -> str:
     return f"{ev.reason or 'failed'} (exit {ev.exit_code})"
 
 
-def _as_devstack(e: BaseException) -> BaseException:
+def _as_devstack(e: BaseException, target: str) -> BaseException:
     if isinstance(e, grpc.RpcError):
-        return translate(e, "sidecar")
+        return translate(e, target)
     if isinstance(e, DevstackError | asyncio.CancelledError):
         return e
     return UnreachableError(f"session failed: {e}")
@@ -243,6 +323,7 @@ class Syncer:
         step_ms: int = 2,
         rescan_interval: float = 30.0,
         connect_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not root.is_dir():
             raise PermanentError(f"{root} is not a directory")
@@ -252,7 +333,12 @@ class Syncer:
         self.force = force
         self.cache_path = cache_path or default_cache_path(self.root, target.address)
         self.cache = DigestCache.load(self.cache_path)
+        #: The root's rules (defaults, .gitignore, .devstackignore): sent in Hello.
         self.rules = ignore_mod.load(self.root)
+        #: ``rules`` plus every nested .gitignore, scoped: what the scan left
+        #: out, so the plan never touches it in the workspace either.
+        self.view = self.rules
+        self._view_key: tuple[ignore_mod.IgnoreRules, dict[str, tuple[str, ...]]] | None = None
         self.local: Manifest = {}
         self.remote: Manifest = {}
         self.held: dict[str, tuple[Entry | None, Entry | None]] = {}
@@ -261,49 +347,91 @@ class Syncer:
         self.step_ms = step_ms
         self.rescan_interval = rescan_interval
         self.connect_timeout = connect_timeout
+        self.retry = retry or RetryPolicy()
         self.replica = False
         self.modes = True
+        #: Largest chunk payload and inline file: ours, or the sidecar's if smaller.
+        self.chunk_bytes = MAX_CHUNK_BYTES
+        self.inline_max = INLINE_MAX
         self._hints: asyncio.Queue[set[str] | None] = asyncio.Queue()
         self._stop = asyncio.Event()
+        self._session_task: asyncio.Task[int] | None = None
+        #: Whether the current session completed a round (the trees matched).
+        self._round_done = False
+        self._cache_saved_at: float | None = None
 
     def stop(self) -> None:
+        """Stop now: the session in flight is cancelled and its channel
+        closed; the sidecar discards a batch that was not committed."""
         self._stop.set()
         self._hints.put_nowait(None)
+        task = self._session_task
+        if task is not None and not task.done():
+            task.cancel()
 
     # ------------------------------------------------------------ top level
 
     async def run(self, *, once: bool) -> int:
         """Sync until stopped (or, with ``once``, until the trees match).
-        Returns the exit code."""
+        Returns the exit code: ``EXIT_OK``, ``EXIT_NOT_SYNCED``,
+        ``EXIT_UNSETTLED``, or when stopped, ``EXIT_OK`` while watching and
+        ``EXIT_INTERRUPTED`` under ``once``. Raises ``PermanentError`` for what
+        retrying cannot fix, and per ``RetryPolicy`` gives up on the rest."""
         watcher = None if once else asyncio.create_task(self._watch())
-        delay = 0.2
+        policy = self.retry
+        delay = policy.first_delay
         ever_connected = False
+        attempts = 0  # failed attempts in all (bounded under --once)
+        failures = 0  # unexplained sidecar failures in a row
         try:
             while not self._stop.is_set():
+                self._round_done = False
+                started = time.monotonic()
+                task = asyncio.create_task(self._connected(once=once))
+                self._session_task = task
                 try:
-                    code = await self._connected(once=once)
-                    return code
-                except AuthError:
-                    raise
-                except PermanentError:
+                    return await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if self._stop.is_set() and (current is None or not current.cancelling()):
+                        break
                     raise
                 except (TemporaryError, grpc.RpcError, OSError) as e:
                     err = translate(e, self.target.address) if isinstance(e, grpc.RpcError) else e
-                    if isinstance(err, AuthError | PermanentError):
+                    if isinstance(err, PermanentError):
                         raise err from e
-                    was_connected = self.stats.connected
-                    ever_connected = ever_connected or was_connected
+                    connected = self.stats.connected
+                    ever_connected = ever_connected or connected
                     self.stats.connected = False
-                    if was_connected:
-                        delay = 0.2
-                    if not ever_connected and (once or self._first_attempt_failed(err)):
-                        raise UnreachableError(str(err)) from e
-                    self.reporter.note(f"disconnected ({err}); retrying in {delay:.1f}s")
-                    log.info("connect.retry", delay=delay, error=str(err))
+                    if self._round_done:
+                        delay = policy.first_delay
+                    attempts += 1
+                    if isinstance(err, PeerFailedError):
+                        healthy = time.monotonic() - started >= policy.healthy_seconds
+                        failures = 1 if healthy else failures + 1
+                        if failures >= policy.failure_attempts:
+                            raise PermanentError(
+                                f"{err} (giving up after {failures} failures in a row)"
+                            ) from e
+                    else:
+                        failures = 0
+                        if not ever_connected:
+                            # Before any session got through, an unreachable
+                            # sidecar is a bad address, not a flaky network.
+                            raise UnreachableError(str(err)) from e
+                    if once and attempts >= policy.once_attempts:
+                        raise UnreachableError(
+                            f"{err} (giving up after {attempts} attempts)"
+                        ) from e
+                    if ever_connected:  # before that, the one line is the final error
+                        self.reporter.note(f"disconnected ({err}); retrying in {delay:.1f}s")
+                    log.info("connect.retry", delay=delay, error=str(err), attempt=attempts)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), delay)
-                    delay = min(delay * 2, 10.0)
-            return 0
+                    delay = min(delay * 2, policy.max_delay)
+                finally:
+                    self._session_task = None
+            return EXIT_INTERRUPTED if once else EXIT_OK
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -311,15 +439,22 @@ class Syncer:
                     await watcher
             self._save_cache()
 
-    def _first_attempt_failed(self, err: BaseException) -> bool:
-        """Before any session succeeded, an unreachable sidecar is a bad
-        address, not a flaky network: say so instead of retrying forever."""
-        return isinstance(err, UnreachableError)
-
     def _save_cache(self) -> None:
         with contextlib.suppress(OSError):
             if self.cache.dirty:
                 self.cache.save(self.cache_path)
+                self._cache_saved_at = time.monotonic()
+
+    async def _save_cache_now_and_then(self) -> None:
+        """Save the digest cache (atomically: temp file + rename) after the
+        first round of a session and then every ``CACHE_SAVE_SECONDS``, so a
+        killed ``connect`` does not hash the tree again."""
+        if not self.cache.dirty:
+            return
+        last = self._cache_saved_at
+        if last is not None and time.monotonic() - last < CACHE_SAVE_SECONDS:
+            return
+        await asyncio.to_thread(self._save_cache)
 
     async def _connected(self, *, once: bool) -> int:
         t = self.target
@@ -333,9 +468,10 @@ class Syncer:
                 ) from e
             stub: Any = sync_pb2_grpc.SyncStub(channel)
             call = stub.Session()
-            session = _Session(call, self.reporter, self.stats)
+            session = _Session(call, self.reporter, self.stats, t.address)
             # Scan the local tree while the sidecar scans its workspace.
             prescan = asyncio.create_task(asyncio.to_thread(self._rescan, None))
+            self._cache_saved_at = None
             try:
                 await self._handshake(call)
                 await prescan
@@ -343,13 +479,15 @@ class Syncer:
                 session.reader = asyncio.create_task(session.read_loop())
                 first = await self._round(session, initial=True, scope=None, scanned=True)
                 if once:
-                    return await self._finish_once(session, first if first.empty else None)
+                    return await self._finish_once(session, first)
                 await self._follow(session)
-                return 0
+                return EXIT_OK
             except grpc.RpcError as e:
                 raise translate(e, t.address) from e
             finally:
                 if not prescan.done():
+                    # The scan thread cannot be interrupted; let it finish so
+                    # nothing else touches the manifest meanwhile.
                     with contextlib.suppress(BaseException):
                         await prescan
                 if session.reader is not None:
@@ -359,16 +497,19 @@ class Syncer:
                 call.cancel()
 
     async def _handshake(self, call: Any) -> None:
-        await call.write(
+        await _write(
+            call,
             pb.ClientMessage(
                 hello=pb.Hello(
                     protocol_version=PROTOCOL_VERSION,
                     client_id=client_id(),
+                    workspace=self.target.workspace,
                     token=self.target.token,
                     max_chunk_bytes=MAX_CHUNK_BYTES,
                     ignore=list(self.rules.patterns),
                 )
-            )
+            ),
+            self.target.address,
         )
         first = await call.read()
         if first is _EOF or first.WhichOneof("msg") != "welcome":
@@ -376,6 +517,9 @@ class Syncer:
         welcome = first.welcome
         self.replica = welcome.replica
         self.modes = not welcome.forces_modes
+        # Never send a chunk larger than the sidecar accepts (0: it did not say).
+        self.chunk_bytes = min(MAX_CHUNK_BYTES, welcome.max_chunk_bytes or MAX_CHUNK_BYTES)
+        self.inline_max = min(INLINE_MAX, self.chunk_bytes)
         remote: Manifest = {}
         while True:
             msg = await call.read()
@@ -386,27 +530,34 @@ class Syncer:
             if msg.manifest.last:
                 break
         self.remote = remote
-        log.info("connect.session", session=welcome.session_id, remote_entries=len(remote))
+        log.info(
+            "connect.session",
+            session=welcome.session_id,
+            workspace=welcome.workspace,
+            remote_entries=len(remote),
+            max_chunk_bytes=self.chunk_bytes,
+        )
 
-    async def _finish_once(self, session: _Session, settled: Plan | None = None) -> int:
-        """``settled``: the last round's plan when it sent nothing, so nothing
-        changed since and planning again (100k paths: ~0.3 s) would repeat it."""
-        p = settled
-        for _ in range(5):
-            if p is None:
-                p = self._plan(None)
-            if p.empty:
-                break
-            await self._round(session, initial=False, scope=None)
-            p = None
-        if p is None:
-            p = self._plan(None)
-        self.stats.conflicts = {c.path: c.reason for c in p.conflicts}
-        if p.conflicts or self.stats.problems:
+    async def _finish_once(self, session: _Session, last: Plan) -> int:
+        """Round after round until one finds nothing to send: only a round
+        that scanned afresh and planned nothing shows the trees match (the
+        tree may change while it is sent). ``last``: the first round's plan;
+        when it sent nothing, nothing changed since its scan."""
+        p, rounds = last, 1
+        while not p.empty:
+            if rounds >= ONCE_ROUNDS:
+                self.reporter.note(
+                    f"not in sync: the tree was still changing after {rounds} rounds "
+                    f"({len(p.changes)} change(s) pending)"
+                )
+                return EXIT_UNSETTLED
+            p = await self._round(session, initial=False, scope=None)
+            rounds += 1
+        if self.stats.conflicts or self.stats.problems:
             for path, why in sorted({**self.stats.problems, **self.stats.conflicts}.items()):
                 self.reporter.note(f"not synced: {path}: {why}")
-            return 3
-        return 0
+            return EXIT_NOT_SYNCED
+        return EXIT_OK
 
     # ------------------------------------------------------------ watching
 
@@ -428,7 +579,7 @@ class Syncer:
                 if not abspath.startswith(prefix):
                     continue
                 rel = abspath[len(prefix) :].replace(os.sep, "/")
-                if self.rules.ignored(rel) and not ignore_mod.is_ignore_file(rel):
+                if self.view.ignored(rel) and not ignore_mod.is_ignore_file(rel):
                     continue
                 hints.add(rel)
             if hints:
@@ -448,7 +599,9 @@ class Syncer:
             if get not in done:
                 get.cancel()
                 if session.reader in done:  # the sidecar went away while idle
-                    raise _as_devstack(session.failed or UnreachableError("session closed"))
+                    raise _as_devstack(
+                        session.failed or UnreachableError("session closed"), self.target.address
+                    )
                 await self._round(session, initial=False, scope=None)
                 continue
             hints = get.result()
@@ -461,7 +614,7 @@ class Syncer:
                     break
                 hints |= more
             if session.failed is not None:
-                raise _as_devstack(session.failed)
+                raise _as_devstack(session.failed, self.target.address)
             await self._round(session, initial=False, scope=hints)
 
     # ------------------------------------------------------------ scanning
@@ -473,6 +626,7 @@ class Syncer:
             self.rules = ignore_mod.load(self.root)
             self.local = scan(self.root, rules=self.rules, cache=self.cache)
             self.cache.retain(self.local)
+            self._refresh_view()
             return None
         affected: set[str] = set()
         for hint in sorted(scope):
@@ -487,6 +641,8 @@ class Syncer:
                 del self.local[p]
             fresh = scan(self.root, rules=self.rules, cache=self.cache, under=hint)
             self.local.update(fresh)
+            if any(ignore_mod.is_ignore_file(p) for p in fresh):
+                self._refresh_view()  # e.g. a folder with a .gitignore moved in
             affected.update(old)
             affected.update(fresh)
             affected.add(hint)
@@ -500,20 +656,51 @@ class Syncer:
         except (FileNotFoundError, NotADirectoryError):
             self.local.pop(path, None)
             return
-        if stat.S_ISDIR(st.st_mode) and not self.rules.ignored(path, is_dir=True):
+        if stat.S_ISDIR(st.st_mode) and not self.view.excludes(path, is_dir=True):
             self.local[path] = Entry(path, Kind.DIRECTORY, 0, stat.S_IMODE(st.st_mode))
 
+    def _refresh_view(self) -> None:
+        """``view``: the root's rules plus every nested .gitignore the scan
+        applied (found next to the scanned folders), compiled once."""
+        # A .gitignore that is itself ignored is not in the manifest, but the
+        # scan still applied it: then look in every folder.
+        probe = self.rules.ignored("x/.gitignore")
+        folders = [
+            p
+            for p, e in self.local.items()
+            if e.kind == Kind.DIRECTORY and (probe or f"{p}/.gitignore" in self.local)
+        ]
+        key = (self.rules, ignore_mod.read_nested(self.root, folders))
+        if key != self._view_key:
+            self._view_key = key
+            self.view = ignore_mod.with_nested(*key)
+
+    def _hidden(self, paths: Iterable[str]) -> set[str]:
+        """The workspace entries among ``paths`` that the local scan leaves
+        out (ignored here, by any .gitignore): never deleted or replaced."""
+        memo: dict[str, bool] = {}
+        remote, view = self.remote, self.view
+        hidden: set[str] = set()
+        for p in paths:
+            e = remote.get(p)
+            if e is not None and view.excludes(p, is_dir=e.kind == Kind.DIRECTORY, memo=memo):
+                hidden.add(p)
+        return hidden
+
     def _plan(self, scope: frozenset[str] | None) -> Plan:
-        remote = self.remote
+        # Entries the sidecar listed although they are ignored here (its
+        # workspace lacks a nested .gitignore, or holds an older one) stay
+        # out of the plan; the whole remote still goes in, so a folder that
+        # holds them is not deleted either.
         if scope is None:
-            remote = {
-                p: e
-                for p, e in remote.items()
-                if not self.rules.ignored(p, is_dir=e.kind == Kind.DIRECTORY)
-            }
+            hidden = self._hidden(self.remote)
+            if hidden:
+                scope = frozenset((self.local.keys() | self.remote.keys()) - hidden)
+        else:
+            scope = scope - self._hidden(scope)
         return plan(
             self.local,
-            remote,
+            self.remote,
             replica=self.replica,
             force=self.force,
             modes=self.modes,
@@ -541,7 +728,9 @@ class Syncer:
         self.stats.conflicts = {c.path: c.reason for c in p.conflicts} | {
             k: v for k, v in self.stats.conflicts.items() if k in self.held
         }
+        self._round_done = True
         self.reporter.round_finished(self.stats)
+        await self._save_cache_now_and_then()
         log.debug(
             "connect.round",
             changes=len(p.changes),
@@ -555,7 +744,7 @@ class Syncer:
         i = 0
         while i < len(changes):
             if session.failed is not None:
-                raise _as_devstack(session.failed)
+                raise _as_devstack(session.failed, self.target.address)
             outgoing, i = await self._prepare_batch(session, changes, i)
             if not outgoing:
                 continue
@@ -565,7 +754,7 @@ class Syncer:
             fut: asyncio.Future[pb.Ack] = asyncio.get_running_loop().create_future()
             session.acks[seq] = fut
             fut.add_done_callback(lambda _f: session.window.release())
-            await session.call.write(
+            await session.send(
                 pb.ClientMessage(batch=pb.Batch(seq=seq, ops=[o.op for o in outgoing]))
             )
             for index, out in enumerate(outgoing):
@@ -577,7 +766,7 @@ class Syncer:
                 if o.change.action == Action.WRITE and o.change.entry and not o.op.chunked
             )
             self.reporter.progress(len(outgoing), inline)
-            await session.call.write(pb.ClientMessage(commit=pb.Commit(seq=seq)))
+            await session.send(pb.ClientMessage(commit=pb.Commit(seq=seq)))
             pending.append((fut, outgoing))
         for fut, outgoing in pending:
             ack = await fut
@@ -631,7 +820,7 @@ class Syncer:
             ch = changes[i]
             if ch.action == Action.WRITE and ch.entry is not None:
                 size = ch.entry.size
-                if size <= INLINE_MAX:
+                if size <= self.inline_max:
                     if inline_bytes + size > BATCH_BYTES and outgoing:
                         break
                     inline_bytes += size
@@ -726,7 +915,7 @@ class Syncer:
             ]
             for step in steps:
                 if isinstance(step, deltas.Copy):
-                    await session.call.write(
+                    await session.send(
                         pb.ClientMessage(
                             chunk=pb.Chunk(
                                 seq=seq,
@@ -739,13 +928,13 @@ class Syncer:
                 pos, end = step.offset, step.offset + step.length
                 while pos < end:
                     data = await asyncio.to_thread(
-                        os.pread, fd, min(MAX_CHUNK_BYTES, end - pos), pos
+                        os.pread, fd, min(self.chunk_bytes, end - pos), pos
                     )
                     if not data:
                         return
                     payload, compression = encode(data, compress=compress)
                     self.stats.bytes_sent += len(payload)
-                    await session.call.write(
+                    await session.send(
                         pb.ClientMessage(
                             chunk=pb.Chunk(
                                 seq=seq,

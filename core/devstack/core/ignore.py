@@ -10,7 +10,7 @@ Rules come, in order of increasing precedence, from the built-in defaults,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +39,7 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     "*.swx",
     "*~",
     ".#*",
-    "#*#",
+    "\\#*#",  # emacs autosaves; a bare "#" would start a comment
     "4913",
 )
 
@@ -99,6 +99,24 @@ class IgnoreRules:
             return False
         return bool(self._spec.match_file(candidate))
 
+    def excludes(
+        self, path: str, *, is_dir: bool = False, memo: MutableMapping[str, bool] | None = None
+    ) -> bool:
+        """Whether a scan under these rules leaves ``path`` out: the path is
+        ignored, or a folder above it is (a scan never enters an ignored
+        folder, even if a later ``!pattern`` matches something inside).
+        ``memo`` caches the answers for folders across calls."""
+        parent = path.rpartition("/")[0]
+        if parent:
+            hidden = memo.get(parent) if memo is not None else None
+            if hidden is None:
+                hidden = self.excludes(parent, is_dir=True, memo=memo)
+                if memo is not None:
+                    memo[parent] = hidden
+            if hidden:
+                return True
+        return self.ignored(path, is_dir=is_dir)
+
     def nested(self, folder: str, lines: Sequence[str]) -> IgnoreRules:
         """These rules plus a ``.gitignore`` found in ``folder``, scoped to it."""
         extra = _scoped(lines, folder)
@@ -130,10 +148,9 @@ def load(root: Path, *, extra: Sequence[str] = ()) -> IgnoreRules:
     """The rules at the root of a tree: defaults, ``root/.gitignore``,
     ``root/.devstackignore`` and ``extra``. Nested ``.gitignore`` files are
     added by the scanner as it enters their folders (see ``for_folder``)."""
-    patterns = [*DEFAULT_PATTERNS, *_read_lines(root / ".gitignore")]
-    patterns += _read_lines(root / IGNORE_FILE)
-    patterns += extra
-    return IgnoreRules(tuple(p for p in patterns if p.strip() and not p.startswith("#")))
+    lines = [*_read_lines(root / ".gitignore"), *_read_lines(root / IGNORE_FILE), *extra]
+    given = (p for p in lines if p.strip() and not p.startswith("#"))
+    return IgnoreRules((*DEFAULT_PATTERNS, *given))
 
 
 def for_folder(root: Path, rules: IgnoreRules, folder: str) -> IgnoreRules:
@@ -148,6 +165,28 @@ def for_folder(root: Path, rules: IgnoreRules, folder: str) -> IgnoreRules:
         if lines:
             rules = rules.nested(sub, lines)
     return rules
+
+
+def with_nested(rules: IgnoreRules, gitignores: Mapping[str, Sequence[str]]) -> IgnoreRules:
+    """``rules`` plus the nested ``.gitignore`` of each folder in
+    ``gitignores`` (folder -> its lines), scoped to that folder, parents
+    first: one ordered pattern list that answers as a scan does folder by
+    folder, and that ``IgnoreRules.from_patterns`` reads back unchanged."""
+    extra: list[str] = []
+    for folder in sorted(gitignores):
+        if folder:
+            extra.extend(_scoped(gitignores[folder], folder))
+    return IgnoreRules((*rules.patterns, *extra)) if extra else rules
+
+
+def read_nested(root: Path, folders: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The ``.gitignore`` lines of each of these folders that has one (I/O)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for folder in folders:
+        lines = _read_lines(root / folder / ".gitignore")
+        if lines:
+            found[folder] = tuple(lines)
+    return found
 
 
 def is_ignore_file(path: str) -> bool:

@@ -1,0 +1,182 @@
+"""How `devstack connect` meets a sidecar that refuses or fails: what it
+retries, what it gives up on, and the one line it prints. The sidecar here is
+a recording stand-in on real gRPC (tests/support/fakesidecar.py), for the
+status codes the real one does not produce on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from devstack.cli.syncer import RetryPolicy, Stats, Syncer, Target
+from devstack.core.errors import UnreachableError
+from devstack.core.plan import Plan
+from devstack.sync.v1 import sync_pb2 as pb
+from tests.support.fakesidecar import Failure, FakeSidecar
+from tests.support.sync import devstack_cmd
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSidecar]:
+    sc = FakeSidecar().start()
+    yield sc
+    sc.stop()
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    s = tmp_path / "src"
+    s.mkdir()
+    (s / "a.txt").write_text("a\n")
+    return s
+
+
+def connect(src: Path, address: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    token = src.parent / "token"
+    token.write_text("tok")
+    return subprocess.run(
+        devstack_cmd("connect", str(src), "--to", address, "--token-file", str(token), *extra),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(src.parent / ".cache")},
+    )
+
+
+def error_line(stderr: str) -> str:
+    """The one line that says what went wrong: the last, and the only one
+    beyond the reporter's own lines."""
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("devstack connect: "), stderr
+    assert not [ln for ln in lines[:-1] if ln.startswith(("devstack", "disconnected"))], stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ],
+)
+@pytest.mark.parametrize(
+    ("stage", "once"),
+    [("hello", True), ("hello", False), ("manifest", True), ("manifest", False)],
+    ids=["handshake-once", "handshake-watch", "connected-once", "connected-watch"],
+)
+def test_a_refusal_is_permanent_one_line_exit_2(
+    fake: FakeSidecar, src: Path, code: grpc.StatusCode, stage: str, once: bool
+) -> None:
+    fake.failure = Failure(code, "no, and it never will", stage)
+    r = connect(src, fake.address, *(["--once"] if once else []))
+    assert r.returncode == 2
+    line = error_line(r.stderr)
+    assert "no, and it never will" in line and code.name in line
+    if stage == "hello":
+        assert r.stderr.count("\n") == 1
+    assert fake.sessions == 1  # never retried
+
+
+@pytest.mark.parametrize("once", [True, False], ids=["once", "watch"])
+def test_an_internal_failure_is_retried_a_few_times_then_one_line(
+    fake: FakeSidecar, src: Path, once: bool
+) -> None:
+    fake.failure = Failure(grpc.StatusCode.INTERNAL, "the sidecar tripped over itself")
+    r = connect(src, fake.address, *(["--once"] if once else []))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "ERROR" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("devstack connect: ")
+    assert "the sidecar tripped over itself" in last and "3 failures in a row" in last
+    assert fake.sessions == RetryPolicy().failure_attempts
+
+
+def run_syncer(
+    src: Path, address: str, *, once: bool, stop_after_sessions: int = 0, fake: FakeSidecar
+) -> int:
+    policy = RetryPolicy(first_delay=0.01, max_delay=0.05, once_attempts=4)
+
+    class Quiet:
+        def round_started(self, plan: Plan, *, initial: bool) -> None: ...
+        def progress(self, files: int, nbytes: int) -> None: ...
+        def round_finished(self, stats: Stats) -> None: ...
+        def event(self, event: pb.Event) -> None: ...
+        def note(self, text: str) -> None: ...
+
+    async def main() -> int:
+        syncer = Syncer(
+            src,
+            Target(address, "tok"),
+            reporter=Quiet(),
+            cache_path=src.parent / "cache.json",
+            retry=policy,
+        )
+        task = asyncio.create_task(syncer.run(once=once))
+        if stop_after_sessions:
+            while fake.sessions < stop_after_sessions and not task.done():
+                await asyncio.sleep(0.01)
+            syncer.stop()
+        return await asyncio.wait_for(task, 60)
+
+    return asyncio.run(main())
+
+
+def test_unavailable_after_connecting_retries_while_watching(fake: FakeSidecar, src: Path) -> None:
+    fake.failure = Failure(grpc.StatusCode.UNAVAILABLE, "pod restarting")
+    # Watching, it keeps trying (well past --once's bound) until stopped.
+    assert run_syncer(src, fake.address, once=False, stop_after_sessions=10, fake=fake) == 0
+    assert fake.sessions >= 10
+
+
+def test_unavailable_under_once_gives_up_after_bounded_attempts(
+    fake: FakeSidecar, src: Path
+) -> None:
+    fake.failure = Failure(grpc.StatusCode.UNAVAILABLE, "pod restarting")
+    with pytest.raises(UnreachableError, match="giving up after 4 attempts"):
+        run_syncer(src, fake.address, once=True, fake=fake)
+    assert fake.sessions == 4
+
+
+def test_chunks_never_exceed_the_sidecars_limit(fake: FakeSidecar, src: Path) -> None:
+    fake.max_chunk_bytes = 64 * 1024
+    big = os.urandom(1_000_000)
+    mid = os.urandom(100_000)  # inline under our own limit, not under the sidecar's
+    (src / "big.bin").write_bytes(big)
+    (src / "mid.bin").write_bytes(mid)
+    r = connect(src, fake.address, "--once")
+    assert r.returncode == 0, r.stderr
+    sizes, content = fake.files["big.bin"]
+    assert content == big and max(sizes) <= 64 * 1024
+    sizes, content = fake.files["mid.bin"]
+    assert content == mid and max(sizes) <= 64 * 1024
+    assert fake.inline["a.txt"] == b"a\n"
+
+
+def test_hello_carries_the_workspace_name(fake: FakeSidecar, src: Path) -> None:
+    assert connect(src, fake.address, "--once", "--workspace", "shop").returncode == 0
+    assert fake.hellos[-1].workspace == "shop"
+    env_run = subprocess.run(
+        devstack_cmd(
+            "connect", str(src), "--to", fake.address,
+            "--token-file", str(src.parent / "token"), "--once",
+        ),
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(src.parent / ".cache"),
+             "DEVSTACK_WORKSPACE_NAME": "cart"},
+    )  # fmt: skip
+    assert env_run.returncode == 0, env_run.stderr
+    assert fake.hellos[-1].workspace == "cart"
+
+
+def test_the_token_never_shows_in_a_repr() -> None:
+    t = Target("127.0.0.1:1", "s3cr3t-t0ken", authority="x.localtest.me")
+    assert "s3cr3t-t0ken" not in repr(t) and "s3cr3t-t0ken" not in str(t)
+    assert "127.0.0.1:1" in repr(t)
