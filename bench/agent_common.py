@@ -8,13 +8,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.kube import EmulatorThread, free_port_hint  # noqa: E402
+from tests.support.kube import EmulatorThread  # noqa: E402
+from tests.support.net import free_port, wait_until  # noqa: E402
 
 
 def start_agent(
@@ -22,7 +24,7 @@ def start_agent(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``devstack agent`` against the emulator; returns (process, API port)."""
     kubeconfig = kube.kubeconfig(workdir / "kubeconfig")
-    port = free_port_hint()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEVSTACK_", "KUBE"))}
     env.update({"POD_NAME": identity, "DEVSTACK_LOG_LEVEL": "warning"})
     log = open(workdir / f"agent-{identity}.log", "ab")  # noqa: SIM115
@@ -77,15 +79,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait(predicate: object, timeout: float, interval: float = 0.005) -> float:
-    """Poll ``predicate`` (a callable) until true; return when it became true."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        if predicate():  # type: ignore[operator]
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {predicate}")
-        time.sleep(interval)
+def wait(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> float:
+    """Poll ``predicate`` until true; return the moment (``perf_counter``) it was."""
+    wait_until(predicate, timeout=timeout, interval=interval)
+    return time.perf_counter()
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

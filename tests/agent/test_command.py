@@ -15,7 +15,8 @@ import pytest
 
 from devstack.agent.command import add_arguments, config_from_args
 from devstack.core.errors import ConfigError
-from tests.support.kube import EmulatorThread, free_port_hint, wait_until
+from tests.support.kube import EmulatorThread
+from tests.support.net import free_port, wait_until
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None) -> argparse.Namespace:
@@ -109,7 +110,7 @@ def test_the_command_runs_serves_and_stops_cleanly(kube: EmulatorThread, tmp_pat
     kube.emulator.register_service(
         namespace="dev", name="shop", port=9, labels={"devstack.dev/service": "shop"}
     )
-    port = free_port_hint()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEVSTACK_", "KUBE"))}
     env.update({"POD_NAME": "agent-cli", "DEVSTACK_LEASE_NAMESPACE": "devstack"})
     stderr = tmp_path / "stderr"

@@ -1,8 +1,10 @@
 """The agent against the Kubernetes emulator: what it writes, when it does
-not write, and how it recovers (410, 500, 429, a second replica, a TTL)."""
+not write, and how it recovers (410, 500, 429, a restart, a second replica,
+a TTL), one serial worker per route key, and its metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 from collections.abc import AsyncIterator
@@ -10,11 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.agent.controller import RouteKey
+from devstack.agent.kube import KubeApi, RawObject, traefik_resources
+from devstack.agent.plan import Step
 from devstack.agent.service import Agent, AgentConfig
-from devstack.core.routing import EXPIRES_AT_ANNOTATION, OWNER_LABEL, SERVICE_LABEL
-from tests.agent.helpers import fast_config
-from tests.support.kube import EmulatorThread, eventually, running_emulator
+from devstack.agent.writer import KubeWriter, kinds
+from devstack.core.routing import (
+    EXPIRES_AT_ANNOTATION,
+    OWNER_LABEL,
+    SERVICE_LABEL,
+    TTL_ANNOTATION,
+)
+from tests.agent.helpers import controller_settled, fast_config, running_controller
+from tests.support.kube import EmulatorThread, running_emulator
+from tests.support.net import eventually
 
 TRAEFIK = ("ingressroutes", "middlewares")
 WRITES = {"create", "update", "patch", "delete"}
@@ -307,3 +320,202 @@ async def test_a_name_taken_by_someone_else_is_reported_not_overwritten(
         assert kube.emulator.get(routes, "dev", "devstack-shop") == theirs
         _, body = await get_json(agent, "/v1/routes")
         assert [p["reason"] for p in body["problems"]] == ["bad-owner-label"]
+
+
+ALICE = {"ingressroutes/dev/devstack-shop--alice", "middlewares/dev/devstack-shop--alice-route"}
+
+
+def _at(delta: datetime.timedelta) -> str:
+    return (datetime.datetime.now(datetime.UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def test_an_extended_copy_is_routed_again_and_reported_again_when_it_expires_again(
+    kube: EmulatorThread, kubeconfig: Path
+) -> None:
+    services = kube.emulator.resource("v1", "services")
+    hour = datetime.timedelta(hours=1)
+    add_copy(kube, "shop", "shop")
+    add_copy(kube, "shop-alice", "shop", "alice", annotations={EXPIRES_AT_ANNOTATION: _at(-hour)})
+
+    def expire_at(when: str) -> None:
+        kube.emulator.patch(
+            services,
+            "dev",
+            "shop-alice",
+            {"metadata": {"annotations": {EXPIRES_AT_ANNOTATION: when}}},
+        )
+
+    async with running(fast_config(kubeconfig)) as agent:
+        m = agent.metrics
+        await settled(agent)
+        assert not ALICE & set(routes_of(kube))
+        assert m.get("devstack_agent_expired_copies") == 1
+        assert m.get("devstack_agent_copy_expirations_total") == 1
+
+        # alice extends her copy: routed again, and no longer counted as expired.
+        expire_at(_at(hour))
+        await eventually(lambda: set(routes_of(kube)) >= ALICE)
+        await settled(agent)
+        assert m.get("devstack_agent_expired_copies") == 0
+        _, body = await get_json(agent, "/v1/routes")
+        assert body["services"][0]["owners"][0]["expired"] is False
+
+        # Then she lets it lapse again: it is reported again.
+        expire_at(_at(-datetime.timedelta(minutes=1)))
+        await eventually(lambda: not ALICE & set(routes_of(kube)))
+        await settled(agent)
+        assert m.get("devstack_agent_expired_copies") == 1
+        assert m.get("devstack_agent_copy_expirations_total") == 2
+
+        # Her Service goes: nothing is expired any more.
+        kube.emulator.delete(services, "dev", "shop-alice")
+        await eventually(lambda: m.get("devstack_agent_expired_copies") == 0)
+
+
+async def test_a_ttl_annotation_ends_the_copys_routes_after_its_seconds(
+    kube: EmulatorThread, kubeconfig: Path
+) -> None:
+    services = kube.emulator.resource("v1", "services")
+    add_copy(kube, "shop", "shop")
+    alice = add_copy(kube, "shop-alice", "shop", "alice", annotations={TTL_ANNOTATION: "86400"})
+    created = datetime.datetime.fromisoformat(
+        alice["metadata"]["creationTimestamp"].replace("Z", "+00:00")
+    )
+
+    def stamp(seconds: int) -> str:
+        return (created + datetime.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+    async with running(fast_config(kubeconfig)) as agent:
+        await settled(agent)
+        assert set(routes_of(kube)) >= ALICE
+        _, body = await get_json(agent, "/v1/routes")
+        (owner,) = body["services"][0]["owners"]
+        assert (owner["expires_at"], owner["expired"]) == (stamp(86400), False)
+
+        # alice shortens it to one second after her Service was created.
+        kube.emulator.patch(
+            services, "dev", "shop-alice", {"metadata": {"annotations": {TTL_ANNOTATION: "1"}}}
+        )
+        await eventually(lambda: not ALICE & set(routes_of(kube)))
+        _, body = await get_json(agent, "/v1/routes")
+        (owner,) = body["services"][0]["owners"]
+        assert (owner["expires_at"], owner["expired"]) == (stamp(1), True)
+        assert agent.metrics.get("devstack_agent_expired_copies") == 1
+        assert set(routes_of(kube)) == {"ingressroutes/dev/devstack-shop"}
+
+
+async def test_routes_of_a_service_deleted_while_the_agent_was_down_go_when_it_starts(
+    tmp_path: Path,
+) -> None:
+    with running_emulator(garbage_collect=False) as kube:
+        kubeconfig = kube.kubeconfig(tmp_path / "kc")
+        add_copy(kube, "shop", "shop")
+        add_copy(kube, "shop-alice", "shop", "alice")
+        async with running(fast_config(kubeconfig)) as agent:
+            await settled(agent)
+        assert len(routes_of(kube)) == 3
+        # With the agent down, alice's Service goes; nothing else cleans up.
+        kube.emulator.delete(kube.emulator.resource("v1", "services"), "dev", "shop-alice")
+        assert len(routes_of(kube)) == 3
+        async with running(fast_config(kubeconfig)) as agent:
+            await settled(agent)
+            assert set(routes_of(kube)) == {"ingressroutes/dev/devstack-shop"}
+
+
+class GatedWriter:
+    """The real writer behind a gate: every write waits for ``release``.
+    Records, per route key (the IngressRoute's name), how many writes run
+    at once."""
+
+    def __init__(self, inner: KubeWriter) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.running: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.writes: dict[str, int] = {}
+        self.started: dict[str, asyncio.Event] = {}
+
+    async def apply(self, step: Step) -> RawObject | None:
+        key = step.ref.name.removesuffix("-route")
+        self.running[key] = self.running.get(key, 0) + 1
+        self.most[key] = max(self.most.get(key, 0), self.running[key])
+        self.writes[key] = self.writes.get(key, 0) + 1
+        self.started.setdefault(key, asyncio.Event()).set()
+        try:
+            await self.release.wait()
+            return await self.inner.apply(step)
+        finally:
+            self.running[key] -= 1
+
+
+async def test_one_serial_worker_per_route_key_and_different_keys_in_parallel(
+    kube: EmulatorThread, kubeconfig: Path
+) -> None:
+    services = kube.emulator.resource("v1", "services")
+    routes = kube.emulator.resource("traefik.io/v1alpha1", "ingressroutes")
+    add_copy(kube, "shop-alice", "shop", "alice")
+    add_copy(kube, "cart-bob", "cart", "bob")
+    gated: list[GatedWriter] = []
+
+    def writer(api: KubeApi) -> GatedWriter:
+        gated.append(GatedWriter(KubeWriter(api, kinds(*traefik_resources()))))
+        return gated[0]
+
+    alice, bob = "devstack-shop--alice", "devstack-cart--bob"
+    async with running_controller(kubeconfig, writer=writer) as controller:
+        w = gated[0]
+        # Two keys: both are being written at the same moment.
+        await eventually(lambda: alice in w.started and bob in w.started)
+        assert (w.running[alice], w.running[bob]) == (1, 1)
+
+        # alice's Service changes three times while her key is being written:
+        # the changes wait for that worker (and coalesce), none runs beside it.
+        for port in (81, 82, 83):
+            kube.emulator.patch(
+                services, "dev", "shop-alice", {"spec": {"ports": [{"name": "http", "port": port}]}}
+            )
+
+        def seen_port() -> int:
+            svc = controller._services.get(("dev", "shop-alice")) or {}
+            return int(svc["spec"]["ports"][0]["port"]) if svc else 0
+
+        await eventually(lambda: seen_port() == 83)
+        key: RouteKey = ("shop", "alice")
+        assert key in controller._dirty
+        await asyncio.sleep(0.2)  # room for a second worker to (wrongly) start
+        assert w.running[alice] == 1
+
+        w.release.set()
+        await controller_settled(controller)
+        assert w.most == {alice: 1, bob: 1}
+        route = kube.emulator.get(routes, "dev", alice)
+        assert route is not None
+        assert {r["services"][0]["port"] for r in route["spec"]["routes"]} == {83}
+        assert w.writes[alice] >= 3  # Middleware, IngressRoute, then the port change
+
+
+async def test_metrics_are_prometheus_text_with_a_reconcile_time_histogram(
+    kube: EmulatorThread, kubeconfig: Path
+) -> None:
+    add_copy(kube, "shop", "shop")
+    add_copy(kube, "shop-alice", "shop", "alice")
+    async with running(fast_config(kubeconfig)) as agent:
+        await settled(agent)
+        assert agent.controller is not None
+        reconciles = agent.controller.reconciles
+        status, text = await get_json(agent, "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    hist = families["devstack_agent_reconcile_seconds"]
+    assert hist.type == "histogram"
+    buckets = [(float(s.labels["le"]), s.value) for s in hist.samples if s.name.endswith("_bucket")]
+    bounds, counts = [b for b, _ in buckets], [c for _, c in buckets]
+    assert bounds == sorted(bounds) and bounds[-1] == float("inf")
+    assert counts == sorted(counts)  # cumulative
+    (count,) = [s.value for s in hist.samples if s.name.endswith("_count")]
+    (total,) = [s.value for s in hist.samples if s.name.endswith("_sum")]
+    assert count == counts[-1] == reconciles >= 2
+    assert total > 0
+    assert "devstack_agent_reconcile_seconds_sum" not in families  # no stray counter families
+    assert families["devstack_agent_writes"].type == "counter"
+    assert families["devstack_agent_expired_copies"].type == "gauge"

@@ -1,16 +1,22 @@
-"""The Kubernetes client module against the emulator: errors, kubeconfig
-selection, and the ConfigMap/Secret API the provisioning engine uses."""
+"""The Kubernetes client module against the emulator: errors and the delays
+the server asks for, kubeconfig selection in kubectl's order, and the
+ConfigMap/Secret API the provisioning engine uses."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 from pathlib import Path
+from typing import Any
 
+import certifi
 import pytest
 import yaml
 
 from devstack.agent import kube as k8s
 from devstack.core.errors import ConfigError, PermanentError, TemporaryError
-from tests.support.kube import EmulatorThread, free_port_hint, secret_value
+from tests.support.kube import EmulatorThread, secret_value
+from tests.support.net import free_port
 
 
 async def test_apply_and_delete_config_maps_and_secrets(
@@ -77,6 +83,95 @@ async def test_statuses_become_devstack_errors(
         assert caught.value.delay == 3.0  # type: ignore[attr-defined]
 
 
+NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "delay"),
+    [
+        pytest.param({"Retry-After": "2"}, None, 2.0, id="seconds"),
+        pytest.param({"retry-after": "0.5"}, None, 0.5, id="fractional-seconds"),
+        pytest.param({"Retry-After": "Sun, 01 Mar 2026 12:00:30 GMT"}, None, 30.0, id="http-date"),
+        pytest.param(
+            {"Retry-After": "Sun, 01 Mar 2026 11:00:00 GMT"}, None, 0.0, id="http-date-past"
+        ),
+        pytest.param(None, {"details": {"retryAfterSeconds": 4}}, 4.0, id="status-details"),
+        pytest.param(
+            {"Retry-After": "1"}, {"details": {"retryAfterSeconds": 5}}, 5.0, id="longer-wins"
+        ),
+        pytest.param({"Retry-After": "soon"}, None, None, id="garbage"),
+        pytest.param({"Retry-After": "inf"}, None, None, id="not-finite"),
+        pytest.param(None, {"details": {"retryAfterSeconds": "4"}}, None, id="details-not-int"),
+        pytest.param(None, {"message": "x"}, None, id="none"),
+    ],
+)
+def test_retry_after_forms(
+    headers: dict[str, str] | None, body: dict[str, Any] | None, delay: float | None
+) -> None:
+    assert k8s.retry_after(headers, body, now=NOW) == delay
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "where", "header", "details"),
+    [
+        pytest.param(0.2, None, "1", 1, id="fraction-rounds-up-not-down"),
+        pytest.param(3, None, "3", 3, id="whole"),
+        pytest.param(2, {"details"}, None, 2, id="details-only"),
+        pytest.param(
+            "Sun, 01 Mar 2026 12:00:30 GMT",
+            None,
+            "Sun, 01 Mar 2026 12:00:30 GMT",
+            None,
+            id="http-date-verbatim",
+        ),
+    ],
+)
+async def test_the_emulator_advertises_proper_retry_after_values(
+    kube: EmulatorThread,
+    retry_after: float | str,
+    where: set[str] | None,
+    header: str | None,
+    details: int | None,
+) -> None:
+    import aiohttp
+
+    kube.emulator.fail(
+        429, verbs={"list"}, plural="services", retry_after=retry_after, retry_after_in=where
+    )
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{kube.url}/api/v1/services") as r,
+    ):
+        body = await r.json()
+    assert r.status == 429
+    assert r.headers.get("Retry-After") == header
+    assert (body.get("details") or {}).get("retryAfterSeconds") == details
+
+
+async def test_a_watch_error_event_carries_its_retry_after(
+    kube: EmulatorThread, kubeconfig: Path
+) -> None:
+    kube.emulator.fail(429, verbs={"watch"}, in_stream=True, retry_after=6)
+    async with k8s.kube_client(str(kubeconfig)) as api:
+        with pytest.raises(k8s.KubeTemporaryError) as caught:
+            async for _ in api.watch(k8s.SERVICES, resource_version="1"):
+                pass
+    assert caught.value.delay == 6.0
+
+
+async def test_an_http_date_retry_after_from_the_server(
+    kube: EmulatorThread, kubeconfig: Path
+) -> None:
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    kube.emulator.fail(
+        503, verbs={"list"}, retry_after=email.utils.format_datetime(later, usegmt=True)
+    )
+    async with k8s.kube_client(str(kubeconfig)) as api:
+        with pytest.raises(k8s.KubeTemporaryError) as caught:
+            await api.list(k8s.SERVICES)
+    assert caught.value.delay is not None and 3500 < caught.value.delay <= 3600
+
+
 async def test_a_watch_error_event_is_an_error(kube: EmulatorThread, kubeconfig: Path) -> None:
     kube.emulator.fail(500, verbs={"watch"}, in_stream=True)
     async with k8s.kube_client(str(kubeconfig)) as api:
@@ -93,7 +188,7 @@ async def test_no_answer_is_unreachable(tmp_path: Path) -> None:
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [
-                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port_hint()}"}}
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}
                 ],
                 "users": [{"name": "u", "user": {"token": "t"}}],
                 "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
@@ -106,25 +201,123 @@ async def test_no_answer_is_unreachable(tmp_path: Path) -> None:
             await api.list(k8s.SERVICES)
 
 
-async def test_kubeconfig_from_the_environment_and_context(
-    kube: EmulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = kube.kubeconfig(tmp_path / "kc", context="emu")
-    doc = yaml.safe_load(path.read_text())
-    doc["clusters"].append({"name": "nowhere", "cluster": {"server": "http://127.0.0.1:9"}})
-    doc["contexts"].append({"name": "nowhere", "context": {"cluster": "nowhere", "user": "emu"}})
-    doc["current-context"] = "nowhere"
+def _kubeconfig(path: Path, contexts: dict[str, str], current: str | None) -> Path:
+    """A kubeconfig with one cluster per context (context name -> server)."""
+    doc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": n, "cluster": {"server": url}} for n, url in contexts.items()],
+        "users": [{"name": n, "user": {"token": f"token-{n}"}} for n in contexts],
+        "contexts": [{"name": n, "context": {"cluster": n, "user": n}} for n in contexts],
+    }
+    if current is not None:
+        doc["current-context"] = current
     path.write_text(yaml.safe_dump(doc))
-    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}:{path}")
+    return path
+
+
+@pytest.fixture
+def no_kube_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No KUBECONFIG, an empty home, not in a pod; returns the home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    async with k8s.kube_client(context="emu") as api:
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    monkeypatch.setattr(k8s, "_SERVICE_ACCOUNT_DIR", tmp_path / "no-service-account")
+    return home
+
+
+def _pretend_in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int) -> str:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("pod-token")
+    # Any real CA bundle will do: nothing connects to the in-cluster address.
+    (account / "ca.crt").write_bytes(Path(certifi.where()).read_bytes())
+    monkeypatch.setattr(k8s, "_SERVICE_ACCOUNT_DIR", account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(port))
+    return f"https://127.0.0.1:{port}"
+
+
+async def test_kubeconfig_list_is_merged_as_client_go_merges_it(
+    kube: EmulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_kube_env: Path
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    # The first file sets current-context "b" and defines "a"; the second
+    # defines "b" (the emulator), its own "a" and a current-context of its own.
+    first = _kubeconfig(tmp_path / "first", {"a": nowhere}, current="b")
+    second = _kubeconfig(tmp_path / "second", {"a": kube.url, "b": kube.url}, current="a")
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}:{first}:{second}")
+    # The first file's current-context wins (kubernetes-asyncio alone would
+    # take the last one's), and "b" comes from the second file.
+    async with k8s.kube_client() as api:
         assert api.host == kube.url
         items, _ = await api.list(k8s.SERVICES)
         assert items == []
+    # For a name both files define, the first file wins.
+    async with k8s.kube_client(context="a") as api:
+        assert api.host == nowhere
     with pytest.raises(ConfigError):
         async with k8s.kube_client(context="no-such-context"):
+            pass
+
+
+async def test_kubeconfig_order_is_kubectls(
+    kube: EmulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_kube_env: Path
+) -> None:
+    def config(name: str) -> Path:
+        return _kubeconfig(
+            tmp_path / f"{name}.kubeconfig", {name: f"http://{name}.invalid:1"}, current=name
+        )
+
+    in_pod = _pretend_in_cluster(tmp_path, monkeypatch, 6443)
+    # Nothing but the service account: in-cluster.
+    async with k8s.kube_client() as api:
+        assert api.host == in_pod
+    assert k8s.kubeconfig_source().origin == "in-cluster"
+    # ~/.kube/config beats the service account.
+    (no_kube_env / ".kube").mkdir()
+    home_config = config("home")
+    (no_kube_env / ".kube" / "config").write_text(home_config.read_text())
+    async with k8s.kube_client() as api:
+        assert api.host == "http://home.invalid:1"
+    # $KUBECONFIG beats ~/.kube/config (and the service account).
+    monkeypatch.setenv("KUBECONFIG", str(config("env")))
+    async with k8s.kube_client() as api:
+        assert api.host == "http://env.invalid:1"
+    # --kubeconfig beats them all; --context picks a context in it.
+    explicit = _kubeconfig(tmp_path / "explicit", {"x": "http://x.invalid:1", "emu": kube.url}, "x")
+    async with k8s.kube_client(str(explicit)) as api:
+        assert api.host == "http://x.invalid:1"
+    async with k8s.kube_client(str(explicit), context="emu") as api:
+        assert api.host == kube.url
+    # $KUBECONFIG naming only missing files: no kubeconfig, so the pod's account.
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    async with k8s.kube_client() as api:
+        assert api.host == in_pod
+    # ... and a --context cannot be found in a service account.
+    with pytest.raises(ConfigError, match="--context"):
+        async with k8s.kube_client(context="emu"):
+            pass
+
+
+async def test_no_kubeconfig_anywhere_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_kube_env: Path
+) -> None:
+    with pytest.raises(ConfigError, match="no kubeconfig"):
+        async with k8s.kube_client():
             pass
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="no kubeconfig"):
         async with k8s.kube_client():
+            pass
+    with pytest.raises(ConfigError, match="no such file"):
+        async with k8s.kube_client(str(tmp_path / "missing")):
+            pass
+    broken = tmp_path / "broken"
+    broken.write_text("clusters: [unclosed\n")
+    with pytest.raises(ConfigError):
+        async with k8s.kube_client(str(broken)):
             pass

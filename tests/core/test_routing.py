@@ -22,6 +22,7 @@ from devstack.core.routing import (
     parse_traefik_version,
     plain_header_rule,
     route_headers,
+    routing_key_present_regexp,
     syntax_for,
     with_owner_in_baggage,
 )
@@ -66,6 +67,14 @@ def test_parse_baggage(value: str, members: list[tuple[str, str]]) -> None:
         ),
         pytest.param({"baggage": "foo=1", "x-devstack-route": "bob"}, "bob", id="fallback"),
         pytest.param({"baggage": "devstack-route="}, None, id="empty-value"),
+        pytest.param(
+            {"baggage": "devstack-route=,devstack-route=bob"}, "bob", id="first-non-empty-wins"
+        ),
+        pytest.param(
+            {"baggage": "devstack-route= ;p=1", "x-devstack-route": "bob"},
+            "bob",
+            id="empty-member-is-no-key",
+        ),
     ],
 )
 def test_owner_from_headers_w3c(headers: dict[str, str], owner: str | None) -> None:
@@ -140,19 +149,55 @@ def test_regexp_and_parser_agree(
     assert bool(re.search(baggage_member_regexp(owner), value)) is (parsed == owner)
 
 
+@pytest.mark.parametrize(
+    ("value", "carries_a_key"),
+    [
+        ("devstack-route=bob", True),
+        ("foo=1, devstack-route = bob ;p=1", True),
+        ("devstack-route=%20", True),
+        ("devstack-route=", False),
+        ("devstack-route= ;p=1", False),
+        ("devstack-route=,foo=1", False),
+        ("xdevstack-route=bob", False),
+        ("foo=devstack-route=bob", False),
+        ("foo=1;devstack-route=bob", False),
+        ("", False),
+    ],
+)
+def test_the_key_present_regexp_agrees_with_the_parser(value: str, carries_a_key: bool) -> None:
+    assert bool(re.search(routing_key_present_regexp(W3C), value)) is carries_a_key
+    assert (owner_from_baggage(value) is not None) is carries_a_key
+
+
+@pytest.mark.parametrize(("value", "carries_a_key"), [("bob", True), (" ", False), ("", False)])
+def test_the_key_present_regexp_jaeger(value: str, carries_a_key: bool) -> None:
+    assert bool(re.search(routing_key_present_regexp(JAEGER), value)) is carries_a_key
+    headers = {"uberctx-devstack-route": value}
+    assert (owner_from_headers(headers, JAEGER) is not None) is carries_a_key
+
+
 def test_v3_rules() -> None:
     assert host_rule("shop.localtest.me") == "Host(`shop.localtest.me`)"
     assert baggage_rule("alice", W3C) == (
         "HeaderRegexp(`baggage`, "
         r"`(^|,)[ \t]*devstack-route[ \t]*=[ \t]*alice[ \t]*(;[^,]*)?(,|$)`)"
     )
-    assert plain_header_rule("alice", W3C) == "Header(`x-devstack-route`, `alice`)"
+    assert plain_header_rule("alice", W3C) == (
+        "Header(`x-devstack-route`, `alice`) && !HeaderRegexp(`baggage`, "
+        r"`(^|,)[ \t]*devstack-route[ \t]*=[ \t]*[^ \t,;]`)"
+    )
     assert baggage_rule("alice", JAEGER) == "Header(`uberctx-devstack-route`, `alice`)"
+    assert plain_header_rule("alice", JAEGER) == (
+        r"Header(`x-devstack-route`, `alice`) && !HeaderRegexp(`uberctx-devstack-route`, `[^ \t]`)"
+    )
 
 
 def test_v2_rules() -> None:
     assert baggage_rule("alice", W3C, syntax="v2").startswith("HeadersRegexp(`baggage`, ")
-    assert plain_header_rule("alice", W3C, syntax="v2") == "Headers(`x-devstack-route`, `alice`)"
+    assert plain_header_rule("alice", W3C, syntax="v2") == (
+        "Headers(`x-devstack-route`, `alice`) && !HeadersRegexp(`baggage`, "
+        r"`(^|,)[ \t]*devstack-route[ \t]*=[ \t]*[^ \t,;]`)"
+    )
     assert (
         baggage_rule("alice", JAEGER, syntax="v2") == "Headers(`uberctx-devstack-route`, `alice`)"
     )

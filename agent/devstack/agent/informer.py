@@ -3,9 +3,15 @@
 Three layers, as in kopf: :meth:`Informer.run` loops forever, backing off on
 errors (``Retry-After`` honoured); each pass lists, then watches from the
 list's ``resourceVersion``, re-watching from the last version seen when a
-stream ends and relisting when the server answers 410 Gone. After a list,
-the cache is replaced and every object that changed (deletions included) is
-reported, so a missed event converges by the same path as the first sync.
+stream ends and relisting when the server answers 410 Gone. A 410 that
+comes again before the watch has delivered anything (a server that keeps
+answering 410) backs off like any other error instead of relisting in a
+tight loop. After a list, the cache is replaced and every object that
+changed (deletions included) is reported, so a missed event converges by
+the same path as the first sync.
+
+Every wait goes through a :class:`Clock` (the seam tests use to see which
+delays the agent chose without waiting for them).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from devstack.agent.kube import GoneError, KubeApi, RawObject, Resource
 from devstack.agent.metrics import Metrics
@@ -40,6 +46,28 @@ class Backoff:
         base = min(self.maximum, self.initial * self.factor ** max(0, attempt))
         base *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(base, hint or 0.0)
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """How the agent waits: for retries, backoff and expiry timers."""
+
+    async def sleep(self, delay: float) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
+
+
+class LoopClock:
+    """The real clock: the running event loop's."""
+
+    async def sleep(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(delay, callback)
 
 
 def key_of(obj: RawObject) -> ObjectKey:
@@ -75,6 +103,7 @@ class Informer:
         backoff: Backoff = Backoff(),
         watch_timeout: int = 300,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.api = api
         self.resource = resource
@@ -85,10 +114,12 @@ class Informer:
         self.backoff = backoff
         self.watch_timeout = watch_timeout
         self.metrics = metrics or Metrics()
+        self.clock: Clock = clock or LoopClock()
         self.cache: dict[ObjectKey, RawObject] = {}
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
         self.lists = 0  # how many times it listed (tests read this)
+        self._events = 0  # watch events since the last list
 
     @property
     def name(self) -> str:
@@ -132,6 +163,7 @@ class Informer:
             if old != obj:
                 self.on_change(old, obj)
         self.resource_version = rv
+        self._events = 0
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -142,6 +174,7 @@ class Informer:
             label_selector=self.label_selector,
             timeout_seconds=self.watch_timeout,
         ):
+            self._events += 1
             obj = event["object"]
             rv = (obj.get("metadata") or {}).get("resourceVersion")
             if event["type"] == "DELETED":
@@ -154,24 +187,42 @@ class Informer:
     async def run(self) -> None:
         """List, then watch, forever."""
         attempt = 0
+        gone_in_a_row = 0  # 410s with no watch event in between
         need_list = True
         while True:
             try:
                 if need_list:
                     await self._list()
                     need_list = False
+                    attempt = 0
                     log.debug("informer.listed", informer=self.name, objects=len(self.cache))
                 await self._watch()
                 attempt = 0
+                gone_in_a_row = 0
                 self.metrics.inc(
                     "devstack_agent_watch_restarts_total", resource=self.name, reason="ended"
                 )
-            except GoneError:
-                log.info("informer.relist", informer=self.name, reason="gone")
+            except GoneError as e:
+                if self._events:
+                    gone_in_a_row = 0
                 self.metrics.inc(
                     "devstack_agent_watch_restarts_total", resource=self.name, reason="gone"
                 )
                 need_list = True
+                if gone_in_a_row == 0:
+                    # The usual case (history compacted): relist at once.
+                    log.info("informer.relist", informer=self.name, reason="gone")
+                else:
+                    # 410 again right after a fresh list: do not spin.
+                    delay = self.backoff.delay(gone_in_a_row - 1, hint=e.delay)
+                    log.warning(
+                        "informer.relist",
+                        informer=self.name,
+                        reason="gone-again",
+                        delay=round(delay, 3),
+                    )
+                    await self.clock.sleep(delay)
+                gone_in_a_row += 1
             except TemporaryError as e:
                 delay = self.backoff.delay(attempt, hint=e.delay)
                 attempt += 1
@@ -181,7 +232,7 @@ class Informer:
                 self.metrics.inc(
                     "devstack_agent_watch_restarts_total", resource=self.name, reason=e.reason
                 )
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             except (PermanentError, DevstackError) as e:
                 # 403 (RBAC not granted yet) or 404 (CRDs not installed yet):
                 # nothing to do but report it and look again later.
@@ -194,7 +245,7 @@ class Informer:
                     "devstack_agent_watch_restarts_total", resource=self.name, reason=e.reason
                 )
                 need_list = True
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
 
 
 def slim(obj: RawObject, *, keep: tuple[str, ...] = ("spec",)) -> RawObject:

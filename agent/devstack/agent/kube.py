@@ -9,11 +9,11 @@ core, discovery, coordination and Traefik's CRDs alike.
 Stable API (the provisioning engine imports these; keep the signatures):
 
 ``kube_client(kubeconfig=None, context=None, *, user_agent=None)``
-    ``async with kube_client() as api:`` builds a :class:`KubeApi`. Inside a
-    pod (``KUBERNETES_SERVICE_HOST`` set, no kubeconfig or context asked for)
-    it uses the pod's service account; otherwise it reads the kubeconfig as
-    kubectl does: ``kubeconfig``, else ``$KUBECONFIG`` (colon-separated list),
-    else ``~/.kube/config``, with ``context`` or the current context.
+    ``async with kube_client() as api:`` builds a :class:`KubeApi`, finding
+    credentials in kubectl's order: ``kubeconfig``, else ``$KUBECONFIG``
+    (a colon-separated list, merged as client-go merges it), else
+    ``~/.kube/config``, with ``context`` or the current context; only when
+    there is no kubeconfig at all, the pod's service account.
 
 ``await apply_config_map(api, *, namespace, name, data, labels)``
 ``await apply_secret(api, *, namespace, name, data, labels)``
@@ -29,7 +29,8 @@ Errors (all devstack errors, each wrapping the library error):
 
 - :class:`ConflictError` (409: already exists, or a stale ``resourceVersion``),
 - :class:`GoneError` (410: the watch's ``resourceVersion`` is too old; relist),
-- :class:`KubeTemporaryError` (429 and 5xx, with ``delay`` from ``Retry-After``),
+- :class:`KubeTemporaryError` (429 and 5xx, with ``delay`` from ``Retry-After``
+  or ``details.retryAfterSeconds``: see :func:`retry_after`),
 - :class:`NotFoundError` (404), :class:`KubeAuthError` (401/403),
 - :class:`KubeRequestError` (other 4xx: a bad object or request),
 - :class:`KubeUnreachableError` (no connection; a temporary error).
@@ -39,7 +40,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import email.utils
 import json
+import math
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -48,10 +52,12 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
+from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
 from devstack.core.errors import (
     AuthError,
@@ -124,16 +130,54 @@ class KubeRequestError(PermanentError, KubeError):
     reason = "bad-request"
 
 
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    if not headers:
-        return None
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    if value is None:
-        return None
+def _retry_after_header(value: str, now: datetime.datetime) -> float | None:
+    """A ``Retry-After`` value: delay-seconds, or an HTTP-date (RFC 9110)."""
+    value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def retry_after(
+    headers: Mapping[str, str] | None,
+    body: Any = None,
+    *,
+    now: datetime.datetime | None = None,
+) -> float | None:
+    """How long the server asked us to wait, in seconds, or ``None``.
+
+    Read from the ``Retry-After`` header (seconds or an HTTP-date) and from
+    a ``Status`` body's ``details.retryAfterSeconds`` (which watch ``ERROR``
+    events carry too); when both are given, the longer wins.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    hints: list[float] = []
+    if headers:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+        if value is not None:
+            parsed = _retry_after_header(str(value), now)
+            if parsed is not None:
+                hints.append(parsed)
+    if isinstance(body, dict):
+        details = body.get("details")
+        seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+        if (
+            isinstance(seconds, int | float)
+            and not isinstance(seconds, bool)
+            and math.isfinite(seconds)
+        ):
+            hints.append(max(0.0, float(seconds)))
+    return max(hints) if hints else None
 
 
 def _message(body: Any, fallback: str) -> str:
@@ -155,7 +199,7 @@ def error_for_status(
     elif status == 410:
         err = GoneError(msg)
     elif status == 429 or status >= 500:
-        err = KubeTemporaryError(msg, delay=_retry_after(headers))
+        err = KubeTemporaryError(msg, delay=retry_after(headers, body))
     elif status == 404:
         err = NotFoundError(msg)
     elif status in (401, 403):
@@ -438,6 +482,58 @@ def in_cluster() -> bool:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class KubeconfigSource:
+    """Where the credentials come from: kubeconfig files (merged in order),
+    or the pod's service account (``files`` empty)."""
+
+    files: tuple[str, ...]
+    origin: Literal["--kubeconfig", "KUBECONFIG", "~/.kube/config", "in-cluster"]
+
+
+def kubeconfig_source(
+    kubeconfig: str | None = None, *, env: Mapping[str, str] | None = None
+) -> KubeconfigSource:
+    """kubectl's (client-go's) order: an explicit ``kubeconfig``, else
+    ``$KUBECONFIG`` (a ``:``-separated list; missing files are skipped),
+    else ``~/.kube/config``; only when none of those gives a file, the pod's
+    service account. A :class:`ConfigError` when there is nothing at all."""
+    env = os.environ if env is None else env
+    if kubeconfig:
+        path = os.path.expanduser(kubeconfig)
+        if not Path(path).is_file():
+            raise ConfigError(f"--kubeconfig {kubeconfig}: no such file")
+        return KubeconfigSource(files=(path,), origin="--kubeconfig")
+    listed = env.get("KUBECONFIG", "")
+    if listed:
+        files = _kubeconfig_paths(listed)
+        if files:
+            return KubeconfigSource(files=tuple(files), origin="KUBECONFIG")
+    else:
+        files = _kubeconfig_paths("~/.kube/config")
+        if files:
+            return KubeconfigSource(files=tuple(files), origin="~/.kube/config")
+    if in_cluster():
+        return KubeconfigSource(files=(), origin="in-cluster")
+    where = f"KUBECONFIG={listed}" if listed else "~/.kube/config"
+    raise ConfigError(
+        f"no kubeconfig at {where} (set --kubeconfig or KUBECONFIG, or run inside a cluster)"
+    )
+
+
+def _first_current_context(files: tuple[str, ...]) -> str | None:
+    """client-go's merge rule for ``current-context``: the first file that
+    sets it wins (kubernetes-asyncio's merger lets the last one win)."""
+    for path in files:
+        try:
+            doc = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"kubeconfig {path}: {e}") from e
+        if isinstance(doc, dict) and doc.get("current-context"):
+            return str(doc["current-context"])
+    return None
+
+
 @contextlib.asynccontextmanager
 async def kube_client(
     kubeconfig: str | None = None,
@@ -446,30 +542,34 @@ async def kube_client(
     user_agent: str | None = None,
     request_timeout: float = 30.0,
 ) -> AsyncIterator[KubeApi]:
-    """A :class:`KubeApi` for the service account (in a pod) or the kubeconfig
-    (``kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``; ``context``)."""
+    """A :class:`KubeApi` from the kubeconfig (``kubeconfig``, else
+    ``$KUBECONFIG`` merged, else ``~/.kube/config``; ``context`` or the
+    current context), or, when there is none, the pod's service account:
+    the order kubectl uses (:func:`kubeconfig_source`)."""
     configuration = k8s_client.Configuration()
+    source = kubeconfig_source(kubeconfig)
     try:
-        if kubeconfig is None and context is None and in_cluster():
-            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-        else:
-            path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-            paths = _kubeconfig_paths(path)
-            if not paths:
+        if source.origin == "in-cluster":
+            if context is not None:
                 raise ConfigError(
-                    f"no kubeconfig at {path} (set --kubeconfig or KUBECONFIG, "
-                    "or run inside a cluster)"
+                    f"--context {context}: no kubeconfig to find it in (inside a cluster "
+                    "the agent uses its service account)"
                 )
+            InClusterConfigLoader(
+                token_filename=str(_SERVICE_ACCOUNT_DIR / "token"),
+                cert_filename=str(_SERVICE_ACCOUNT_DIR / "ca.crt"),
+            ).load_and_set(configuration)
+        else:
+            # Maps (clusters, users, contexts) merge with the first file
+            # winning, as in client-go; kubernetes-asyncio does that itself.
             await k8s_config.load_kube_config(
-                config_file=os.pathsep.join(paths),
-                context=context,
+                config_file=os.pathsep.join(source.files),
+                context=context or _first_current_context(source.files),
                 client_configuration=configuration,
                 persist_config=False,
             )
-    except ConfigException as e:
-        raise ConfigError(f"kubeconfig: {e}") from e
+    except (ConfigException, yaml.YAMLError, OSError) as e:
+        raise ConfigError(f"kubeconfig ({source.origin}): {e}") from e
     api_client = k8s_client.ApiClient(configuration)
     if user_agent:
         api_client.user_agent = user_agent

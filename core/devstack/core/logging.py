@@ -1,5 +1,6 @@
 """structlog configuration: JSON lines when stderr is not a terminal,
-readable key=value output on a terminal.
+readable key=value output on a terminal; ``$DEVSTACK_LOG_FORMAT``
+(``json`` or ``console``) overrides the guess.
 
 Events have stable names (``sync.batch_applied``) and bound context
 (``session``, ``path``, ``owner``). Values whose key looks secret are masked
@@ -11,11 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
+from devstack.core.errors import ConfigError
+
+LOG_FORMATS = ("json", "console")
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "credential", "key_id")
 
 
@@ -27,14 +31,29 @@ def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+def json_wanted(env: Mapping[str, str] | None = None, *, tty: bool | None = None) -> bool:
+    """Whether logs are JSON lines: ``$DEVSTACK_LOG_FORMAT`` (``json`` or
+    ``console``) if set, else JSON unless stderr is a terminal."""
+    env = os.environ if env is None else env
+    value = env.get("DEVSTACK_LOG_FORMAT", "").strip().lower()
+    if value:
+        if value not in LOG_FORMATS:
+            raise ConfigError(
+                f"DEVSTACK_LOG_FORMAT={env['DEVSTACK_LOG_FORMAT']!r}: use json or console"
+            )
+        return value == "json"
+    return not (sys.stderr.isatty() if tty is None else tty)
+
+
 def configure(*, json: bool | None = None, level: str | None = None) -> None:
     """Configure structlog and the stdlib root logger once per process.
 
-    ``json`` defaults to "stderr is not a TTY"; ``level`` defaults to
-    ``$DEVSTACK_LOG_LEVEL`` or ``info``.
+    ``json`` defaults to :func:`json_wanted` (``$DEVSTACK_LOG_FORMAT``, else
+    "stderr is not a TTY"); ``level`` defaults to ``$DEVSTACK_LOG_LEVEL`` or
+    ``info``. A bad ``$DEVSTACK_LOG_FORMAT`` is a :class:`ConfigError`.
     """
     if json is None:
-        json = not sys.stderr.isatty()
+        json = json_wanted()
     level_name = (level or os.environ.get("DEVSTACK_LOG_LEVEL") or "info").upper()
     numeric = logging.getLevelName(level_name)
     if not isinstance(numeric, int):

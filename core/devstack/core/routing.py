@@ -115,10 +115,12 @@ def parse_baggage(value: str) -> list[tuple[str, str]]:
 
 def owner_from_baggage(value: str, *, key: str = DEFAULT_BAGGAGE_KEY) -> str | None:
     """The routing key in a ``baggage`` header value, or ``None``. The first
-    member named ``key`` wins; the match on the key is exact."""
+    member named ``key`` with a non-empty value wins; the match on the key is
+    exact. (An empty member carries no key, as the Traefik rules see it too:
+    see :func:`routing_key_present_regexp`.)"""
     for member_key, member_value in parse_baggage(value):
-        if member_key == key:
-            return member_value or None
+        if member_key == key and member_value:
+            return member_value
     return None
 
 
@@ -134,7 +136,9 @@ def owner_from_headers(
     """The routing key a request carries, or ``None``.
 
     The baggage header wins over the plain header (it is what OpenTelemetry
-    propagates); several ``baggage`` headers are read as one list, in order.
+    propagates), and the generated Traefik rules agree (see
+    :func:`plain_header_rule`); several ``baggage`` headers are read as one
+    list, in order.
     """
     baggage = _get(headers, settings.baggage_header)
     if baggage:
@@ -206,6 +210,19 @@ def baggage_member_regexp(owner: str, *, key: str = DEFAULT_BAGGAGE_KEY) -> str:
     )
 
 
+def routing_key_present_regexp(settings: RouteSettings) -> str:
+    """An RE2 expression that matches a baggage header value which carries
+    *some* routing key (a non-empty value), whoever's it is.
+
+    W3C style: a list member named ``baggage_key`` whose value is not empty
+    (what :func:`owner_from_baggage` reads). Jaeger style: any non-blank
+    value of the ``uberctx-<key>`` header.
+    """
+    if settings.baggage_style == "w3c":
+        return r"(^|,)[ \t]*" + _go_quote_meta(settings.baggage_key) + r"[ \t]*=[ \t]*[^ \t,;]"
+    return r"[^ \t]"
+
+
 def host_rule(host: str, *, syntax: TraefikSyntax = "v3") -> str:
     """``Host(`host`)``: identical in both syntaxes."""
     del syntax
@@ -223,9 +240,21 @@ def baggage_rule(owner: str, settings: RouteSettings, *, syntax: TraefikSyntax =
 
 
 def plain_header_rule(owner: str, settings: RouteSettings, *, syntax: TraefikSyntax = "v3") -> str:
-    """The rule that matches ``owner`` in the plain route header (exact)."""
+    """The rule that matches ``owner`` in the plain route header (exact),
+    unless the baggage header carries a routing key.
+
+    The baggage wins: a request with ``baggage: devstack-route=bob`` and
+    ``x-devstack-route: alice`` is bob's, for Traefik as for the propagation
+    helpers (:func:`owner_from_headers`). Without the second half, alice's
+    plain-header route would catch it whenever bob has no copy.
+    """
     name = "Header" if syntax == "v3" else "Headers"
-    return f"{name}({_quote(settings.route_header)}, {_quote(owner)})"
+    regexp_name = "HeaderRegexp" if syntax == "v3" else "HeadersRegexp"
+    present = routing_key_present_regexp(settings)
+    return (
+        f"{name}({_quote(settings.route_header)}, {_quote(owner)})"
+        f" && !{regexp_name}({_quote(settings.baggage_header)}, {_quote(present)})"
+    )
 
 
 def syntax_for(traefik_version: str) -> TraefikSyntax:
