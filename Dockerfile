@@ -4,9 +4,11 @@
 # Helm hook). The entrypoint is the `devstack` console script; the chart passes the
 # subcommand as the first argument.
 #
-# The APP container needs nothing from this image: the sidecar writes the shared
-# workspace itself (no `tar`, no shell, no `kubectl exec` into the app), and the seed
-# init container only runs `cp` from the app's own image.
+# The APP image needs nothing: the sidecar writes the shared workspace itself (no
+# `tar`, no shell, no `kubectl exec` into the app), and the workspace is seeded with
+# this image's static busybox (/opt/devstack/tools/busybox, from Debian's
+# busybox-static): a first init container copies it into an emptyDir, and the seed
+# init container runs it from there in the app image, distroless or scratch alike.
 
 ARG PYTHON_VERSION=3.11
 
@@ -26,9 +28,15 @@ RUN /opt/devstack/bin/pip install --no-deps --upgrade pip setuptools \
  && /opt/devstack/bin/devstack --help >/dev/null
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends busybox-static \
+ && install -D -m 0755 /bin/busybox /opt/devstack/tools/busybox \
+ && apt-get purge -y busybox-static \
+ && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="devstack" \
       org.opencontainers.image.description="devstack sidecar, agent and provision" \
       org.opencontainers.image.licenses="Apache-2.0"
+# Merged into /opt/devstack: tools/ stays.
 COPY --from=build /opt/devstack /opt/devstack
 ENV PATH=/opt/devstack/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

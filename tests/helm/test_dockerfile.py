@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 from devstack.cli.main import COMMANDS
-from tests.helm.charts import AGENT_CHART, REPO, documents, render
+from tests.helm.charts import AGENT_CHART, REPO, documents, one, render
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
@@ -99,3 +99,19 @@ def test_the_charts_run_subcommands_the_image_has(example_chart: Path) -> None:
                 run.append(container["args"][0])
     assert sorted(set(run)) == ["agent", "provision", "sidecar"]
     assert set(run) <= set(COMMANDS)
+
+
+def test_the_image_has_the_static_copier_the_seed_runs(example_chart: Path) -> None:
+    """The chart's tools init container copies a file the image's final stage puts
+    there, from a package that is statically linked (it runs in any app image)."""
+    pod = one(documents(render(example_chart, {"devstack": {"enabled": True}})), "Deployment")[
+        "spec"
+    ]["template"]["spec"]
+    tools = next(c for c in pod["initContainers"] if c["name"] == "devstack-tools")
+    copier = tools["command"][0]
+    assert tools["command"][2] == copier
+    instructions = _instructions()
+    last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    runs = " ".join(rest for word, rest in instructions[last_from:] if word == "RUN")
+    assert "busybox-static" in runs
+    assert re.search(rf"install\s+-D\s+-m\s+0755\s+/bin/busybox\s+{re.escape(copier)}\b", runs)

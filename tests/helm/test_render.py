@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from devstack.core.routing import crd_group_for
 from tests.helm.charts import (
     AGENT_CHART,
     EXAMPLE_CHART,
@@ -176,23 +177,24 @@ def _rules(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-ROUTING_RULES = {("", "services", v) for v in ("get", "list", "watch")} | {
-    ("traefik.io", r, v)
-    for r in ("ingressroutes", "middlewares")
-    for v in ("get", "list", "watch", "create", "update", "patch", "delete")
-}
-
-
-def test_cluster_scope_grants_exactly_the_routing_rules_cluster_wide() -> None:
+def test_cluster_scope_grants_the_routing_rules_cluster_wide_and_the_lease_by_name() -> None:
+    """Which verbs: tests/scenarios/test_rbac.py compares them with what the agent calls.
+    Here: where they are granted."""
     docs = documents(render(AGENT_CHART, {}, name="devstack", namespace="devstack-system"))
-    assert _rules(one(docs, "ClusterRole")) == ROUTING_RULES
+    cluster = _rules(one(docs, "ClusterRole"))
+    assert {(g, r) for g, r, _ in cluster} == {
+        ("", "services"),
+        ("traefik.io", "ingressroutes"),
+        ("traefik.io", "middlewares"),
+    }
     (lease_role,) = by_kind(docs, "Role")
     assert lease_role["metadata"]["namespace"] == "devstack-system"
-    assert _rules(lease_role) == {
-        ("coordination.k8s.io", "leases", v) for v in ("create", "get", "update", "patch")
-    }
-    named = [r for r in lease_role["rules"] if "get" in r["verbs"]]
-    assert named[0]["resourceNames"] == ["devstack-agent"]
+    assert {(g, r) for g, r, _ in _rules(lease_role)} == {("coordination.k8s.io", "leases")}
+    for rule in lease_role["rules"]:
+        # only `create` cannot be limited by name
+        assert rule.get("resourceNames") == (
+            None if rule["verbs"] == ["create"] else ["devstack-agent"]
+        )
     binding = one(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "devstack", "namespace": "devstack-system"}
@@ -202,6 +204,7 @@ def test_cluster_scope_grants_exactly_the_routing_rules_cluster_wide() -> None:
 
 
 def test_namespaced_scope_has_no_cluster_role_and_one_role_per_namespace() -> None:
+    cluster = _rules(one(documents(render(AGENT_CHART, {}, name="devstack")), "ClusterRole"))
     values = {"scope": "namespaced", "namespaces": ["team-a", "team-b"]}
     docs = documents(render(AGENT_CHART, values, name="devstack", namespace="devstack-system"))
     assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
@@ -210,32 +213,54 @@ def test_namespaced_scope_has_no_cluster_role_and_one_role_per_namespace() -> No
         for d in by_kind(docs, "Role")
         if "leader" not in d["metadata"]["name"]
     }
-    assert routing == {"team-a": ROUTING_RULES, "team-b": ROUTING_RULES}
+    assert routing == {"team-a": cluster, "team-b": cluster}
     bindings = {d["metadata"]["namespace"] for d in by_kind(docs, "RoleBinding")}
     assert bindings == {"team-a", "team-b", "devstack-system"}
     assert one(docs, "ConfigMap")["data"]["DEVSTACK_NAMESPACES"] == "team-a,team-b"
 
 
-def test_traefik_2_also_grants_the_legacy_api_group() -> None:
-    docs = documents(render(AGENT_CHART, {"traefikVersion": "2.9"}, name="devstack"))
+@pytest.mark.parametrize("version", ["3", "2.10", "2.11", "2.9", "2", "v2.9.6", "v3.1"])
+def test_the_traefik_api_group_is_the_one_the_agent_writes(version: str) -> None:
+    docs = documents(render(AGENT_CHART, {"traefikVersion": version}, name="devstack"))
     groups = {g for g, _, _ in _rules(one(docs, "ClusterRole"))}
-    assert groups == {"", "traefik.io", "traefik.containo.us"}
+    assert groups == {"", crd_group_for(version)}
+    assert one(docs, "ConfigMap")["data"]["DEVSTACK_TRAEFIK_VERSION"] == version
+
+
+def _jobs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Hook event -> the Job's pod spec."""
+    return {
+        d["metadata"]["annotations"]["helm.sh/hook"]: d["spec"]["template"]["spec"]
+        for d in by_kind(docs, "Job")
+    }
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
 
 
 def test_provisioning_hooks_run_provision_before_install_and_teardown_before_delete(
     example_chart: Path,
 ) -> None:
     docs = documents(render(example_chart, {"devstack": {**ENABLED, "owner": "alice"}}))
-    jobs = {
-        d["metadata"]["annotations"]["helm.sh/hook"]: d["spec"]["template"]["spec"]
+    names = {
+        d["metadata"]["annotations"]["helm.sh/hook"]: d["metadata"]["name"]
         for d in by_kind(docs, "Job")
     }
-    assert set(jobs) == {"pre-install,pre-upgrade", "pre-delete"}
+    assert names == {
+        "pre-install,pre-upgrade": "hello-devstack-provision",
+        "pre-delete": "hello-devstack-teardown",
+    }
+    jobs = _jobs(docs)
     install = jobs["pre-install,pre-upgrade"]["containers"][0]
     teardown = jobs["pre-delete"]["containers"][0]
     assert install["args"][0] == "provision" and "--teardown" not in install["args"]
-    assert teardown["args"][-1] == "--teardown"
-    assert install["args"][install["args"].index("--outputs-configmap") + 1] == "hello-devstack-aws"
+    assert install["args"][-1] == "--prune"
+    assert teardown["args"][-1] == "--teardown" and "--prune" not in teardown["args"]
+    for job in (install, teardown):
+        assert _arg(job["args"], "--outputs-configmap") == "hello-devstack-aws"
+        assert _arg(job["args"], "--outputs-secret") == "hello-devstack-aws"
+        assert _arg(job["args"], "--release") == "hello"
     env = {e["name"]: e.get("value") for e in install["env"]}
     assert env["DEVSTACK_OWNER"] == "alice"
     assert env["AWS_ENDPOINT_URL"] == "http://localstack.localstack.svc.cluster.local:4566"
@@ -252,9 +277,43 @@ def test_provisioning_hooks_run_provision_before_install_and_teardown_before_del
                 "pre-upgrade",
                 "pre-delete",
             }
-    # the app reads the outputs as environment variables
+    # the app reads the outputs as environment variables: the ConfigMap, and the
+    # Secret with the secret values (optional: it may not exist yet)
     app = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert app["envFrom"] == [{"configMapRef": {"name": "hello-devstack-aws"}}]
+    assert app["envFrom"] == [
+        {"configMapRef": {"name": "hello-devstack-aws"}},
+        {"secretRef": {"name": "hello-devstack-aws", "optional": True}},
+    ]
+
+
+def test_the_hook_role_may_write_only_the_outputs(example_chart: Path) -> None:
+    """Where the verbs apply; which verbs: tests/scenarios/test_rbac.py."""
+    values = {"devstack": {**ENABLED, "provision": {"outputs": {"secret": "hello-secrets"}}}}
+    role = one(documents(render(example_chart, values)), "Role", "hello-devstack-provision")
+    named = {
+        (resource, tuple(rule["resourceNames"]))
+        for rule in role["rules"]
+        if "resourceNames" in rule
+        for resource in rule["resources"]
+    }
+    assert named == {("configmaps", ("hello-devstack-aws",)), ("secrets", ("hello-secrets",))}
+    unnamed = [r for r in role["rules"] if "resourceNames" not in r]
+    assert all(r["verbs"] == ["create"] for r in unnamed)
+
+
+def test_outputs_names_are_configurable(example_chart: Path) -> None:
+    outputs = {"configMap": "hello-aws", "secret": "hello-aws-secret"}
+    docs = documents(
+        render(example_chart, {"devstack": {**ENABLED, "provision": {"outputs": outputs}}})
+    )
+    install = _jobs(docs)["pre-install,pre-upgrade"]["containers"][0]
+    assert _arg(install["args"], "--outputs-configmap") == "hello-aws"
+    assert _arg(install["args"], "--outputs-secret") == "hello-aws-secret"
+    app = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert app["envFrom"] == [
+        {"configMapRef": {"name": "hello-aws"}},
+        {"secretRef": {"name": "hello-aws-secret", "optional": True}},
+    ]
 
 
 def test_the_provision_spec_is_devstack_aws_verbatim(example_chart: Path) -> None:
@@ -269,17 +328,87 @@ def test_the_provision_spec_is_devstack_aws_verbatim(example_chart: Path) -> Non
     assert not [c for c in by_kind(docs, "ConfigMap") if "spec.yaml" in c.get("data", {})]
 
 
-def test_no_aws_resources_means_no_hooks(example_chart: Path) -> None:
-    docs = documents(render(example_chart, {"devstack": {**ENABLED, "aws": None}}))
+def test_an_empty_spec_still_prunes_and_tears_down(example_chart: Path) -> None:
+    """An upgrade that empties devstack.aws (to null: an empty mapping merges with the
+    chart's defaults) must remove what the release created before, and uninstalling
+    must still run the teardown: the hooks stay."""
+    import base64
+
+    import yaml
+
+    aws = None
+    docs = documents(render(example_chart, {"devstack": {**ENABLED, "aws": aws}}))
+    secret = one(docs, "Secret", "hello-devstack-provision")
+    assert yaml.safe_load(base64.b64decode(secret["data"]["spec.yaml"])) == {}
+    jobs = _jobs(docs)
+    assert jobs["pre-install,pre-upgrade"]["containers"][0]["args"][-1] == "--prune"
+    assert jobs["pre-delete"]["containers"][0]["args"][-1] == "--teardown"
+
+
+def test_provisioning_off_renders_no_hooks(example_chart: Path) -> None:
+    docs = documents(
+        render(example_chart, {"devstack": {**ENABLED, "provision": {"enabled": False}}})
+    )
     assert by_kind(docs, "Job") == []
     app = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "envFrom" not in app
 
 
-def test_example_chart_runs_the_example_app() -> None:
-    assert (REPO / "examples" / "hello" / "app.py").is_file()
-    import yaml
+def test_no_prune_and_no_teardown(example_chart: Path) -> None:
+    values = {"devstack": {**ENABLED, "provision": {"prune": False, "teardown": False}}}
+    jobs = _jobs(documents(render(example_chart, values)))
+    assert set(jobs) == {"pre-install,pre-upgrade"}
+    args = jobs["pre-install,pre-upgrade"]["containers"][0]["args"]
+    assert "--prune" not in args and "--teardown" not in args
 
-    values = yaml.safe_load((EXAMPLE_CHART / "values.yaml").read_text())
-    assert values["command"][-1] == "/app/app.py"
-    assert values["devstack"]["workspace"]["path"] == "/app"
+
+def test_hook_jobs_take_extra_volumes_and_environment(example_chart: Path) -> None:
+    """A hook script mounted from a ConfigMap, with its own settings (docs/helm.md)."""
+    provision = {
+        "extraVolumes": [
+            {"name": "hooks", "configMap": {"name": "hello-hooks", "defaultMode": 0o555}}
+        ],
+        "extraVolumeMounts": [
+            {"name": "hooks", "mountPath": "/etc/devstack/hooks", "readOnly": True}
+        ],
+        "extraEnv": [{"name": "SEED_ROWS", "value": "10"}],
+        "extraEnvFrom": [{"secretRef": {"name": "seed-credentials"}}],
+    }
+    aws = {
+        "sqs": [{"name": "jobs"}],
+        "hooks": [{"name": "seed", "command": ["python", "/etc/devstack/hooks/seed.py"]}],
+    }
+    docs = documents(
+        render(example_chart, {"devstack": {**ENABLED, "aws": aws, "provision": provision}})
+    )
+    assert validate(docs) == len(docs)
+    for pod in _jobs(docs).values():
+        (container,) = pod["containers"]
+        assert provision["extraVolumes"][0] in pod["volumes"]
+        assert {
+            "name": "spec",
+            "secret": {
+                "secretName": "hello-devstack-provision",
+                "items": [{"key": "spec.yaml", "path": "spec.yaml"}],
+            },
+        } in pod["volumes"]
+        assert provision["extraVolumeMounts"][0] in container["volumeMounts"]
+        assert {"name": "SEED_ROWS", "value": "10"} in container["env"]
+        assert container["envFrom"] == [{"secretRef": {"name": "seed-credentials"}}]
+        # the chart's own settings are still there
+        assert {e["name"] for e in container["env"]} >= {"DEVSTACK_OWNER", "AWS_ENDPOINT_URL"}
+
+
+def test_the_example_chart_runs_the_example_app_from_the_workspace(example_chart: Path) -> None:
+    """The app container runs a file of examples/hello from the shared workspace, so
+    a sync of examples/hello is what the pod runs."""
+    pod = one(documents(render(example_chart, {"devstack": ENABLED})), "Deployment")["spec"][
+        "template"
+    ]["spec"]
+    app = next(c for c in pod["containers"] if c["name"] == "app")
+    workspace = next(
+        m["mountPath"] for m in app["volumeMounts"] if m["name"] == "devstack-workspace"
+    )
+    script = Path(app["command"][-1])
+    assert script.is_relative_to(workspace)
+    assert (REPO / "examples" / "hello" / script.relative_to(workspace)).is_file()

@@ -13,6 +13,8 @@ import pytest
 from tests.helm.charts import Manifest, by_kind, documents, one, render
 
 ENABLED: dict[str, Any] = {"enabled": True}
+#: Where the devstack image keeps its static busybox (see the Dockerfile).
+COPIER = "/opt/devstack/tools/busybox"
 
 
 def _pod(docs: list[Manifest]) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def test_sidecar_is_present_only_when_enabled(
     assert bool(by_kind(docs, "Job")) is present
 
 
-def test_shared_workspace_is_mounted_in_both_containers_and_seeded(example_chart: Path) -> None:
+def test_shared_workspace_is_mounted_in_both_containers(example_chart: Path) -> None:
     values = {"devstack": {**ENABLED, "workspace": {"path": "/srv/app"}}}
     pod = _pod(documents(render(example_chart, values)))
     volume = next(v for v in pod["volumes"] if v["name"] == "devstack-workspace")
@@ -59,21 +61,64 @@ def test_shared_workspace_is_mounted_in_both_containers_and_seeded(example_chart
         assert mounts["devstack-workspace"] == "/srv/app", name
     sidecar_env = {e["name"]: e.get("value") for e in _container(pod, "devstack-sidecar")["env"]}
     assert sidecar_env["DEVSTACK_WORKSPACE"] == "/srv/app"
-    (seed,) = pod["initContainers"]
-    # the app image seeds the volume with its own files: exec form, no shell, no tar
-    assert seed["image"] == _container(pod, "app")["image"]
-    assert seed["command"] == ["cp", "-a", "/srv/app/.", "/devstack-seed/"]
-    assert {m["name"]: m["mountPath"] for m in seed["volumeMounts"]} == {
-        "devstack-workspace": "/devstack-seed"
+
+
+def test_seeding_needs_nothing_in_the_app_image(example_chart: Path) -> None:
+    """The devstack image hands a static copier to the app image through an emptyDir:
+    the seed runs it from there, so a distroless or scratch app image works."""
+    values = {"devstack": {**ENABLED, "workspace": {"path": "/srv/app"}}}
+    pod = _pod(documents(render(example_chart, values)))
+    tools, seed = pod["initContainers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # 1. the devstack image copies its busybox into the tools volume
+    assert tools["name"] == "devstack-tools"
+    assert tools["image"] == _container(pod, "devstack-sidecar")["image"]
+    assert tools["command"] == [COPIER, "cp", COPIER, "/devstack-tools/busybox"]
+    assert {m["name"]: m["mountPath"] for m in tools["volumeMounts"]} == {
+        "devstack-tools": "/devstack-tools"
     }
+    assert volumes["devstack-tools"] == {"name": "devstack-tools", "emptyDir": {}}
+    assert tools["securityContext"]["runAsNonRoot"] is True
+    # 2. the app image runs it from there (exec form: no shell, no tar, no cp of its own)
+    assert seed["name"] == "devstack-seed"
+    assert seed["image"] == _container(pod, "app")["image"]
+    assert seed["command"] == [
+        "/devstack-tools/busybox", "cp", "-a", "/srv/app/.", "/devstack-seed/",
+    ]  # fmt: skip
     assert "args" not in seed
+    mounts = {m["name"]: m for m in seed["volumeMounts"]}
+    assert mounts["devstack-workspace"]["mountPath"] == "/devstack-seed"
+    assert mounts["devstack-tools"] == {
+        "name": "devstack-tools",
+        "mountPath": "/devstack-tools",
+        "readOnly": True,
+    }
+    # the copier comes from the volume the first init container filled, not the image
+    assert seed["command"][0].startswith(mounts["devstack-tools"]["mountPath"] + "/")
 
 
-def test_seed_command_is_configurable(example_chart: Path) -> None:
+def test_seed_source_can_differ_from_the_workspace(example_chart: Path) -> None:
+    values = {"devstack": {**ENABLED, "workspace": {"seed": {"source": "/code/"}}}}
+    _, seed = _pod(documents(render(example_chart, values)))["initContainers"]
+    assert seed["command"][-2:] == ["/code/.", "/devstack-seed/"]
+
+
+def test_a_custom_seed_command_runs_in_the_app_image_alone(example_chart: Path) -> None:
     command = ["/busybox/cp", "-a", "/code/.", "/devstack-seed/"]
     values = {"devstack": {**ENABLED, "workspace": {"seed": {"command": command}}}}
-    (seed,) = _pod(documents(render(example_chart, values)))["initContainers"]
+    pod = _pod(documents(render(example_chart, values)))
+    (seed,) = pod["initContainers"]
     assert seed["command"] == command
+    assert seed["image"] == _container(pod, "app")["image"]
+    assert [m["name"] for m in seed["volumeMounts"]] == ["devstack-workspace"]
+    assert "devstack-tools" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_no_seed_no_init_containers(example_chart: Path) -> None:
+    values = {"devstack": {**ENABLED, "workspace": {"seed": {"enabled": False}}}}
+    pod = _pod(documents(render(example_chart, values)))
+    assert "initContainers" not in pod
+    assert "devstack-tools" not in {v["name"] for v in pod["volumes"]}
 
 
 def _all_strings(obj: Any) -> str:

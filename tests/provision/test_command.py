@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from devstack.cli.main import main
+from devstack.core.errors import ConfigError
+from devstack.provision import command
 from devstack.provision.command import DEFAULT_ENDPOINT, resolve_endpoint
 
 CASES = [
@@ -39,3 +44,37 @@ def test_bad_options_are_one_clear_line(
     assert main(["provision", *argv]) == 2
     err = capsys.readouterr().err
     assert f"devstack provision: {message}" in err
+
+
+@pytest.mark.parametrize(("case", "given", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_the_command_uses_the_resolved_endpoint(
+    case: str,
+    given: tuple[str | None, str | None, str | None],
+    expected: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`devstack provision` builds its AWS clients for the endpoint the rules above
+    choose, from the real flag, spec file and environment."""
+    flag, in_spec, env = given
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({"endpoint": in_spec} if in_spec is not None else {}))
+    if env is None:
+        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", env)
+    chosen: list[str | None] = []
+
+    class Clients:
+        def __init__(self, *, endpoint: str | None, region: str) -> None:
+            chosen.append(endpoint)
+            raise ConfigError("stop here")
+
+    monkeypatch.setattr(command, "BotoClients", Clients)
+    argv = ["provision", "--spec", str(spec_file)]
+    if flag is not None:
+        argv += ["--endpoint", flag]
+    assert main(argv) == 2
+    assert "stop here" in capsys.readouterr().err
+    assert chosen == [expected]

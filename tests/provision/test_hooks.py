@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devstack.provision.errors import HookError
-from devstack.provision.hooks import run_hook
+from devstack.provision.hooks import redact, run_hook
 from devstack.provision.spec import Hook
 
 PAYLOAD = {"phase": "provision", "spec": {"sqs": [{"name": "jobs"}]}, "outputs": {"A": "1"}}
@@ -59,3 +59,36 @@ def test_a_failing_hook_is_one_clear_error(the_hook: Hook, message: str, tmp_pat
     with pytest.raises(HookError) as e:
         run_hook(the_hook, PAYLOAD, cwd=tmp_path, env={})
     assert str(e.value).startswith(message)
+
+
+def test_a_failing_hook_never_quotes_a_secret(tmp_path: Path) -> None:
+    """The hook is handed secrets (secretOutputs, the spec's values, the AWS key) and
+    may print them; its failure message, which is logged and printed, hides them."""
+    payload = {
+        "phase": "provision",
+        "spec": {
+            "secrets": [{"name": "api-key", "value": "declared-secret-1"}],
+            "parameters": [
+                {"name": "/app/token", "value": "secure-param-2", "type": "SecureString"},
+                {"name": "/app/flag", "value": "plain-flag"},
+            ],
+        },
+        "outputs": {"DEVSTACK_SSM_APP_FLAG_VALUE": "plain-flag"},
+        "secretOutputs": {"DEVSTACK_SECRET_DB_PASSWORD_VALUE": "generated-pw-3"},
+    }
+    code = (
+        "import json, os, sys; d = json.load(sys.stdin); "
+        "sys.stderr.write(json.dumps(d) + ' key=' + os.environ['AWS_SECRET_ACCESS_KEY']); "
+        "sys.exit(3)"
+    )
+    with pytest.raises(HookError) as e:
+        run_hook(hook(code), payload, cwd=tmp_path, env={"AWS_SECRET_ACCESS_KEY": "aws-key-4"})
+    message = str(e.value)
+    for secret in ("declared-secret-1", "secure-param-2", "generated-pw-3", "aws-key-4"):
+        assert secret not in message
+    assert "plain-flag" in message  # only secrets are hidden
+    assert "key=***" in message
+
+
+def test_redact_hides_the_longest_secret_whole() -> None:
+    assert redact("token abc-abcdef and abc", ["abc", "abc-abcdef"]) == "token *** and ***"

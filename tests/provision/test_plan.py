@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from devstack.provision import desired as desired_mod
 from devstack.provision import names
 from devstack.provision.names import PhysicalName
 from devstack.provision.plan import (
@@ -17,6 +18,7 @@ from devstack.provision.plan import (
     plan,
     teardown_order,
 )
+from devstack.provision.spec import Parameter
 
 OURS = names.ownership_tags("shop", "alice")
 BASELINE = names.ownership_tags("shop", "")
@@ -178,7 +180,7 @@ def test_stale_resources_are_those_owned_but_no_longer_declared() -> None:
     p = plan([d], {d.id: kept}, release="shop", owner="alice", owned=[kept, gone])
     assert p.stale == (gone,)
     assert p.describe()[-1] == (
-        "stale         sqs alice-old: no longer declared; --teardown removes it"
+        "stale         sqs alice-old: no longer declared; --prune or --teardown removes it"
     )
 
 
@@ -195,6 +197,31 @@ def test_descriptions_never_show_secret_values() -> None:
     line = p.describe()[0]
     assert line == "update        secrets pw: value: (secret changed)"
     assert "secret" in line and "new-secret" not in line and "old-secret" not in line
+
+
+@pytest.mark.parametrize(
+    ("old_type", "new_type"),
+    [("SecureString", "String"), ("String", "SecureString"), ("SecureString", "SecureString")],
+)
+def test_a_parameter_value_is_masked_when_secret_on_either_side(
+    old_type: str, new_type: str
+) -> None:
+    """The applier marks a SecureString's value secret as it exists; the spec marks
+    it as declared. Turning a SecureString into a String must not print the old
+    secret, and the reverse must not print the new one."""
+    d = desired_mod.parameter(
+        Parameter(name="/app/token", value="plain-now", type=new_type), owner="", tags=BASELINE
+    )
+    o = Observed(
+        "parameters",
+        d.physical,
+        {"value": "s3cret-before", "type": old_type, "description": ""},
+        BASELINE,
+        secret=frozenset({"value"}) if old_type == "SecureString" else frozenset(),
+    )
+    (line,) = plan([d], {d.id: o}, release="shop", owner="").describe()
+    assert "s3cret-before" not in line and "plain-now" not in line
+    assert "value: (secret changed)" in line
 
 
 def test_teardown_order_removes_subscribers_first() -> None:

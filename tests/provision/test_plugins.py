@@ -56,5 +56,26 @@ def test_broken_plugins_only_matter_when_used(example_on_path: None) -> None:
         loaded.require(["queues2"])
 
 
-def test_the_default_source_is_the_installed_entry_points() -> None:
-    assert all(e.group == plugins.GROUP for e in plugins.discover())
+def test_the_default_source_is_the_installed_entry_points(
+    example_on_path: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed distribution (its dist-info on sys.path, as pip leaves it)
+    registers a kind that `load()` with no arguments finds, and only entry points
+    of the devstack group count."""
+    dist = tmp_path / "devstack_example_logs-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: devstack-example-logs\nVersion: 0.1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        f"[{plugins.GROUP}]\nlogGroups = devstack_example_logs:LogGroups\n\n"
+        "[console_scripts]\nnot-a-kind = devstack_example_logs:LogGroups\n"
+    )
+    assert "logGroups" not in {e.name for e in plugins.discover()}
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = {e.name: e for e in plugins.discover()}
+    assert found["logGroups"].value == "devstack_example_logs:LogGroups"
+    assert "not-a-kind" not in found
+    loaded = plugins.load()
+    assert "logGroups" in loaded.provisioners
+    assert "not-a-kind" not in loaded.provisioners and "not-a-kind" not in loaded.broken

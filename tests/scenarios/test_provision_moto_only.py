@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 import yaml
 
 from devstack.cli.main import main
@@ -29,14 +27,6 @@ TABLE: dict[str, Any] = {
     "rangeKey": {"name": "ts", "type": "N"},
     "globalIndexes": [{"name": "by-user", "hashKey": {"name": "user", "type": "S"}}],
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    """`devstack provision` configures structlog to print to the sys.stderr of
-    the moment (pytest's capture): undo that after each test."""
-    yield
-    structlog.reset_defaults()
 
 
 def run(capsys: pytest.CaptureFixture[str], aws: Backend, spec: Path, *args: str) -> str:
@@ -85,6 +75,23 @@ def test_a_table_with_keys_and_indexes_converges(
     assert [i["IndexName"] for i in table(moto, "alice-orders")["GlobalSecondaryIndexes"]] == [
         "by-day"
     ]
+
+    # An existing index cannot be redefined in place: reported, left as it is.
+    redefined = {
+        **changed,
+        "globalIndexes": [{"name": "by-day", "hashKey": {"name": "day", "type": "N"}}],
+    }
+    spec.write_text(yaml.safe_dump({"dynamodb": [redefined]}))
+    before = moto.snapshot()
+    rc = main(["provision", "--endpoint", moto.endpoint, "--spec", str(spec), "--owner", "alice"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert (
+        "cannot-update dynamodb orders (alice-orders): "
+        "cannot change in place: globalIndexes.by-day:" in out
+    )
+    assert "'hashKey': 'day:S'" in out and "'hashKey': 'day:N'" in out
+    assert moto.snapshot() == before
 
     # A key cannot change in place: reported, the table is left as it is.
     rekeyed = {**changed, "rangeKey": {"name": "ts", "type": "S"}}

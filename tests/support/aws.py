@@ -32,6 +32,7 @@ from typing import Any
 
 import boto3
 import botocore.config
+import botocore.exceptions
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,19 @@ class Backend:
                 ),
             )
         return self._clients[service]
+
+    def client_in(self, region: str, service: str) -> Any:
+        """A client of the same endpoint for another region."""
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=region,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=botocore.config.Config(
+                s3={"addressing_style": "path"}, retries={"max_attempts": 2}
+            ),
+        )
 
     # -------------------------------------------------------------- reading
 
@@ -102,6 +116,72 @@ class Backend:
         out |= {f"secrets {n}" for n in self.secret_names()}
         out |= {f"parameters {n}" for n in self.parameter_names()}
         out |= {f"dynamodb {n}" for n in self.table_names()}
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every resource with what AWS says about it: attributes, tags, versions,
+        modification times. Two snapshots are equal only if nothing was written in
+        between (counters of messages and reads are left out)."""
+        sqs, s3, sns = self.client("sqs"), self.client("s3"), self.client("sns")
+        out: dict[str, Any] = {}
+        for name in sorted(self.queue_names()):
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            attrs = {
+                k: v for k, v in self.queue_attributes(name).items() if not k.startswith("Approx")
+            }
+            out[f"sqs {name}"] = {
+                "attributes": attrs,
+                "tags": sqs.list_queue_tags(QueueUrl=url).get("Tags"),
+            }
+        for name in sorted(self.bucket_names()):
+            cors: Any
+            try:
+                cors = s3.get_bucket_cors(Bucket=name)["CORSRules"]
+            except botocore.exceptions.ClientError:
+                cors = None
+            out[f"s3 {name}"] = {
+                "versioning": s3.get_bucket_versioning(Bucket=name).get("Status"),
+                "cors": cors,
+                "tags": s3.get_bucket_tagging(Bucket=name)["TagSet"],
+            }
+        for topic in sorted(t["TopicArn"] for t in sns.list_topics().get("Topics", [])):
+            subs = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+            out[f"sns {topic}"] = {
+                "attributes": sns.get_topic_attributes(TopicArn=topic)["Attributes"],
+                "tags": sns.list_tags_for_resource(ResourceArn=topic).get("Tags"),
+                "subscriptions": {
+                    sub["SubscriptionArn"]: sns.get_subscription_attributes(
+                        SubscriptionArn=sub["SubscriptionArn"]
+                    )["Attributes"]
+                    for sub in subs
+                },
+            }
+        sm = self.client("secretsmanager")
+        for name in sorted(self.secret_names()):
+            meta = sm.describe_secret(SecretId=name)
+            meta.pop("ResponseMetadata", None)
+            meta.pop("LastAccessedDate", None)
+            value = sm.get_secret_value(SecretId=name)
+            out[f"secrets {name}"] = {
+                "meta": meta,
+                "value": (value["SecretString"], value["VersionId"]),
+            }
+        ssm = self.client("ssm")
+        for p in ssm.describe_parameters().get("Parameters", []):
+            got = ssm.get_parameter(Name=p["Name"], WithDecryption=True)["Parameter"]
+            tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=p["Name"])
+            out[f"parameters {p['Name']}"] = {"described": p, "value": got, "tags": tags["TagList"]}
+        if self.has_dynamodb:
+            ddb = self.client("dynamodb")
+            for name in sorted(self.table_names()):
+                table = ddb.describe_table(TableName=name)["Table"]
+                for counter in ("ItemCount", "TableSizeBytes"):
+                    table.pop(counter, None)
+                for index in table.get("GlobalSecondaryIndexes", []):
+                    for counter in ("ItemCount", "IndexSizeBytes"):
+                        index.pop(counter, None)
+                tags = ddb.list_tags_of_resource(ResourceArn=table["TableArn"]).get("Tags")
+                out[f"dynamodb {name}"] = {"table": table, "tags": tags}
         return out
 
     # -------------------------------------------------------------- wiping
@@ -285,3 +365,41 @@ def moto(moto_endpoint: str) -> Backend:
     backend = Backend("moto", moto_endpoint, True)
     backend.wipe()
     return backend
+
+
+def inject_failure(
+    client: Any,
+    operation: str,
+    *,
+    code: str = "InjectedFault",
+    status: int = 400,
+    headers: dict[str, str] | None = None,
+    when: Any = None,
+) -> list[dict[str, Any]]:
+    """Make ``client``'s calls of ``operation`` (e.g. ``PutBucketVersioning``) fail
+    with ``code`` and HTTP ``status`` without reaching the endpoint, as AWS would
+    answer; ``when(params)`` limits it to some calls. Returns the params of every
+    failed call."""
+    import botocore.awsrequest
+
+    failed: list[dict[str, Any]] = []
+
+    def remember(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["injected_failure_params"] = dict(params)  # the API parameters
+
+    def fail(context: dict[str, Any], **_: Any) -> Any:
+        params = context.get("injected_failure_params", {})
+        if when is not None and not when(params):
+            return None
+        failed.append(params)
+        response = botocore.awsrequest.AWSResponse("http://injected", status, headers or {}, None)
+        parsed = {
+            "Error": {"Code": code, "Message": f"injected {code}"},
+            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}},
+        }
+        return response, parsed
+
+    service = client.meta.service_model.service_id.hyphenize()
+    client.meta.events.register(f"before-parameter-build.{service}.{operation}", remember)
+    client.meta.events.register(f"before-call.{service}.{operation}", fail)
+    return failed

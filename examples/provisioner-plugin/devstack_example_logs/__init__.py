@@ -14,9 +14,16 @@ deletes only log groups tagged as the run's release and owner.
 
 The plugin imports nothing from devstack: it gets a context object with
 ``clients.client(service)`` (boto3 clients for the run's endpoint), ``tags``,
-``dry_run``, ``physical(name)``, ``env_name(kind, name, what)`` and
-``belongs(tags)``, and returns an object with ``action``, ``physical``,
-``outputs`` and ``detail`` (devstack's ``PluginResult`` when it is importable).
+``dry_run``, ``physical(name)``, ``env_name(kind, name, what)``,
+``belongs(tags)`` and ``created(physical)``, and returns an object with
+``action``, ``physical``, ``outputs`` and ``detail`` (devstack's
+``PluginResult`` when it is importable).
+
+``apply`` calls ``ctx.created(name)`` right after the log group exists, so a
+failure of the retention call that follows still reports it. ``owned`` lists the
+log groups tagged as the run's release and owner, so that a log group removed
+from the spec is reported as stale, removed by ``--prune``, and found by
+``--teardown`` without the spec.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class LogGroups:
             if ctx.dry_run:
                 return Result("create", name)
             logs.create_log_group(logGroupName=name, tags=dict(ctx.tags))
+            ctx.created(name)
             if retention:
                 logs.put_retention_policy(logGroupName=name, retentionInDays=retention)
             group = self._find(logs, name) or {"logGroupName": name}
@@ -90,6 +98,20 @@ class LogGroups:
                     logs.delete_retention_policy(logGroupName=name)
             return Result("update", name, self._outputs(ctx, declared, group), detail)
         return Result("unchanged", name, self._outputs(ctx, declared, group))
+
+    def owned(self, ctx: Any) -> list[dict[str, Any]]:
+        """An item for each log group tagged as the run's release and owner."""
+        logs = ctx.clients.client("logs")
+        prefix = ctx.physical("")  # "alice-" for alice, "" for the baseline
+        found = []
+        for page in logs.get_paginator("describe_log_groups").paginate(
+            **({"logGroupNamePrefix": prefix} if prefix else {})
+        ):
+            for group in page.get("logGroups", []):
+                name = group["logGroupName"]
+                if ctx.belongs(logs.list_tags_log_group(logGroupName=name).get("tags", {})):
+                    found.append({"name": name[len(prefix) :]})
+        return found
 
     def teardown(self, item: Mapping[str, Any], ctx: Any) -> bool:
         logs = ctx.clients.client("logs")

@@ -77,7 +77,12 @@ provision:
   outputs:
     configMap: ""
     secret: ""
+  prune: true
   teardown: true
+  extraEnv: []
+  extraEnvFrom: []
+  extraVolumes: []
+  extraVolumeMounts: []
   backoffLimit: 1
   activeDeadlineSeconds: 300
   resources: {}

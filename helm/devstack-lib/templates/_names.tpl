@@ -31,15 +31,41 @@ Names and labels. Every template takes the app chart's root context.
 {{- $cfg.token.existingSecret | default (printf "%s-devstack-token" (include "devstack-lib.base" .)) -}}
 {{- end -}}
 
+{{- /*
+Every name below is <base> (<= 40 characters) plus a suffix of at most 22, so each
+one is a valid object name and label value (<= 63): the Jobs' names also end up in
+their pods' labels.
+*/ -}}
+
 {{- define "devstack-lib.outputsConfigMapName" -}}
 {{- $cfg := include "devstack-lib.config" . | fromYaml -}}
 {{- $cfg.provision.outputs.configMap | default (printf "%s-devstack-aws" (include "devstack-lib.base" .)) -}}
 {{- end -}}
 
-{{- /* "true" when there is something to provision. */ -}}
+{{- /* The Secret that receives the secret outputs: the same name as the ConfigMap by default. */ -}}
+{{- define "devstack-lib.outputsSecretName" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- $cfg.provision.outputs.secret | default (printf "%s-devstack-aws" (include "devstack-lib.base" .)) -}}
+{{- end -}}
+
+{{- /* The hook's ServiceAccount, Role, RoleBinding and Secret; also the provisioning Job. */ -}}
+{{- define "devstack-lib.provisionName" -}}
+{{- printf "%s-devstack-provision" (include "devstack-lib.base" .) -}}
+{{- end -}}
+
+{{- /* The pre-delete Job. */ -}}
+{{- define "devstack-lib.teardownName" -}}
+{{- printf "%s-devstack-teardown" (include "devstack-lib.base" .) -}}
+{{- end -}}
+
+{{- /*
+"true" when the provisioning hooks run: devstack and provisioning are enabled, even
+when devstack.aws declares nothing (the pre-upgrade run then prunes what earlier
+releases created, and the pre-delete hook still tears down).
+*/ -}}
 {{- define "devstack-lib.provisioning" -}}
 {{- $cfg := include "devstack-lib.config" . | fromYaml -}}
-{{- if and $cfg.enabled $cfg.provision.enabled $cfg.aws -}}true{{- end -}}
+{{- if and $cfg.enabled $cfg.provision.enabled -}}true{{- end -}}
 {{- end -}}
 
 {{- /*

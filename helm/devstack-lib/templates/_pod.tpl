@@ -18,29 +18,63 @@ shareProcessNamespace: true
 {{- end -}}
 
 {{- /*
-devstack-lib.initContainers: (dict "root" $ "image" APP_IMAGE). One init container,
-running the app image, that copies the app's files into the shared workspace so that
-the first sync is incremental. Exec form: no shell and no tar in the app image, only
-`cp` (override devstack.workspace.seed.command for images without it).
+devstack-lib.initContainers: (dict "root" $ "image" APP_IMAGE). Seeds the shared
+workspace from the app image, so that the first sync is incremental, with nothing
+needed in the app image (distroless and scratch images work):
+
+1. `devstack-tools` runs the devstack image and copies its static busybox
+   (/opt/devstack/tools/busybox, from Debian's busybox-static) into an emptyDir;
+2. `devstack-seed` runs the APP image and executes that busybox from the emptyDir:
+   `busybox cp -a <source>/. /devstack-seed/` (exec form: no shell, no tar).
+
+devstack.workspace.seed.command replaces both with one init container that runs
+that command in the app image.
 */ -}}
 {{- define "devstack-lib.initContainers" -}}
 {{- $root := .root -}}
 {{- $cfg := include "devstack-lib.config" $root | fromYaml -}}
 {{- if and $cfg.enabled $cfg.workspace.seed.enabled -}}
+{{- $image := required "devstack-lib.initContainers needs the app image: (dict \"root\" $ \"image\" IMAGE)" .image -}}
 {{- $source := $cfg.workspace.seed.source | default $cfg.workspace.path -}}
-{{- $command := $cfg.workspace.seed.command | default (list "cp" "-a" (printf "%s/." (trimSuffix "/" $source)) "/devstack-seed/") -}}
-- name: devstack-seed
-  image: {{ required "devstack-lib.initContainers needs the app image: (dict \"root\" $ \"image\" IMAGE)" .image | quote }}
-  command:
-    {{- toYaml $command | nindent 4 }}
+{{- $seed := $cfg.workspace.seed -}}
+{{- if not $seed.command }}
+- name: devstack-tools
+  image: {{ include "devstack-lib.image" $root | quote }}
+  imagePullPolicy: {{ $cfg.image.pullPolicy }}
+  command: ["/opt/devstack/tools/busybox", "cp", "/opt/devstack/tools/busybox", "/devstack-tools/busybox"]
   volumeMounts:
-    - name: devstack-workspace
-      mountPath: /devstack-seed
-  {{- with $cfg.workspace.seed.securityContext }}
+    - name: devstack-tools
+      mountPath: /devstack-tools
+  {{- with $cfg.sidecar.securityContext }}
   securityContext:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $cfg.workspace.seed.resources }}
+  {{- with $seed.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+- name: devstack-seed
+  image: {{ $image | quote }}
+  command:
+    {{- if $seed.command }}
+    {{- toYaml $seed.command | nindent 4 }}
+    {{- else }}
+    {{- toYaml (list "/devstack-tools/busybox" "cp" "-a" (printf "%s/." (trimSuffix "/" $source)) "/devstack-seed/") | nindent 4 }}
+    {{- end }}
+  volumeMounts:
+    - name: devstack-workspace
+      mountPath: /devstack-seed
+    {{- if not $seed.command }}
+    - name: devstack-tools
+      mountPath: /devstack-tools
+      readOnly: true
+    {{- end }}
+  {{- with $seed.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $seed.resources }}
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -178,17 +212,16 @@ pod's containers.
 
 {{- /*
 devstack-lib.appEnvFrom: list items for the APP container's envFrom: the outputs the
-provisioning hook wrote (queue URLs, ARNs, bucket names), as environment variables.
+provisioning hook wrote, as environment variables: queue URLs, ARNs and bucket names
+from the ConfigMap, secret values from the Secret (optional: the app starts without it).
 */ -}}
 {{- define "devstack-lib.appEnvFrom" -}}
-{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
 {{- if include "devstack-lib.provisioning" . -}}
 - configMapRef:
     name: {{ include "devstack-lib.outputsConfigMapName" . | quote }}
-{{- if $cfg.provision.outputs.secret }}
 - secretRef:
-    name: {{ $cfg.provision.outputs.secret | quote }}
-{{- end }}
+    name: {{ include "devstack-lib.outputsSecretName" . | quote }}
+    optional: true
 {{- end -}}
 {{- end -}}
 
@@ -201,6 +234,10 @@ provisioning hook wrote (queue URLs, ARNs, bucket names), as environment variabl
 {{- if $cfg.enabled -}}
 - name: devstack-workspace
   emptyDir: {{ toJson $emptyDir }}
+{{- if and $cfg.workspace.seed.enabled (not $cfg.workspace.seed.command) }}
+- name: devstack-tools
+  emptyDir: {}
+{{- end }}
 - name: devstack-token
   secret:
     secretName: {{ include "devstack-lib.tokenSecretName" . | quote }}

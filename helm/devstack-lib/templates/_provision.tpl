@@ -1,17 +1,20 @@
 {{- /*
 The LocalStack provisioning hooks: a `pre-install,pre-upgrade` Job that runs
-`devstack provision` and a `pre-delete` Job that runs `devstack provision --teardown`,
-with what they need (ServiceAccount, a Role that may only write the outputs, and a
-Secret holding the spec and the AWS credentials). Rendered when devstack is enabled
-and devstack.aws declares something. The support objects are hooks too (weight -20),
+`devstack provision --prune` and a `pre-delete` Job that runs
+`devstack provision --teardown`, with what they need (ServiceAccount, a Role that may
+only write the outputs, and a Secret holding the spec and the AWS credentials).
+Rendered whenever devstack and provisioning are enabled, even when devstack.aws
+declares nothing: an upgrade that empties it prunes what the release had created,
+and uninstalling still tears down. The support objects are hooks too (weight -20),
 so they exist before the Jobs, and are deleted once the hooks succeed.
 */ -}}
 {{- define "devstack-lib.provisionHooks" -}}
 {{- if include "devstack-lib.provisioning" . -}}
 {{- $cfg := include "devstack-lib.config" . | fromYaml -}}
 {{- $p := $cfg.provision -}}
-{{- $name := printf "%s-devstack-provision" (include "devstack-lib.base" .) -}}
+{{- $name := include "devstack-lib.provisionName" . -}}
 {{- $outputs := include "devstack-lib.outputsConfigMapName" . -}}
+{{- $secret := include "devstack-lib.outputsSecretName" . -}}
 {{- $events := "pre-install,pre-upgrade" -}}
 {{- if $p.teardown -}}{{- $events = "pre-install,pre-upgrade,pre-delete" -}}{{- end }}
 ---
@@ -41,24 +44,21 @@ metadata:
     helm.sh/hook-weight: "-20"
     helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 rules:
-  # Write the outputs ConfigMap. `create` cannot be limited by name in Kubernetes RBAC;
-  # everything else is limited to that one object.
+  # What `devstack provision` calls to write the outputs (devstack.agent.kube): it
+  # reads the object, creates it or replaces it (PUT), and deletes it on teardown.
+  # `create` cannot be limited by name in Kubernetes RBAC; everything else is
+  # limited to the one ConfigMap and the one Secret.
   - apiGroups: [""]
-    resources: [configmaps]
+    resources: [configmaps, secrets]
     verbs: [create]
   - apiGroups: [""]
     resources: [configmaps]
     resourceNames: [{{ $outputs | quote }}]
-    verbs: [get, update, patch, delete]
-  {{- if $p.outputs.secret }}
+    verbs: [get, update, delete]
   - apiGroups: [""]
     resources: [secrets]
-    verbs: [create]
-  - apiGroups: [""]
-    resources: [secrets]
-    resourceNames: [{{ $p.outputs.secret | quote }}]
-    verbs: [get, update, patch, delete]
-  {{- end }}
+    resourceNames: [{{ $secret | quote }}]
+    verbs: [get, update, delete]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -101,31 +101,33 @@ data:
   AWS_ACCESS_KEY_ID: {{ $p.credentials.accessKeyId | toString | b64enc | quote }}
   AWS_SECRET_ACCESS_KEY: {{ $p.credentials.secretAccessKey | toString | b64enc | quote }}
   {{- end }}
-{{- include "devstack-lib.provisionJob" (dict "root" . "name" $name "outputs" $outputs "teardown" false) }}
+{{- include "devstack-lib.provisionJob" (dict "root" . "name" $name "outputs" $outputs "secret" $secret "teardown" false) }}
 {{- if $p.teardown }}
-{{- include "devstack-lib.provisionJob" (dict "root" . "name" $name "outputs" $outputs "teardown" true) }}
+{{- include "devstack-lib.provisionJob" (dict "root" . "name" $name "outputs" $outputs "secret" $secret "teardown" true) }}
 {{- end }}
 {{- end -}}
 {{- end -}}
 
-{{- /* One hook Job: (dict "root" $ "name" NAME "outputs" CONFIGMAP "teardown" BOOL). */ -}}
+{{- /*
+One hook Job: (dict "root" $ "name" SUPPORT-OBJECTS "outputs" CONFIGMAP "secret" SECRET
+"teardown" BOOL).
+*/ -}}
 {{- define "devstack-lib.provisionJob" -}}
 {{- $root := .root -}}
 {{- $cfg := include "devstack-lib.config" $root | fromYaml -}}
 {{- $p := $cfg.provision -}}
 {{- $credentials := $p.credentials.existingSecret | default .name -}}
-{{- $args := list "provision" "--spec" "/etc/devstack/provision/spec.yaml" "--release" $root.Release.Name "--namespace" $root.Release.Namespace "--outputs-configmap" .outputs -}}
-{{- if $p.outputs.secret -}}
-{{- $args = concat $args (list "--outputs-secret" $p.outputs.secret) -}}
-{{- end -}}
+{{- $args := list "provision" "--spec" "/etc/devstack/provision/spec.yaml" "--release" $root.Release.Name "--namespace" $root.Release.Namespace "--outputs-configmap" .outputs "--outputs-secret" .secret -}}
 {{- if .teardown -}}
 {{- $args = append $args "--teardown" -}}
+{{- else if $p.prune -}}
+{{- $args = append $args "--prune" -}}
 {{- end }}
 ---
 apiVersion: batch/v1
 kind: Job
 metadata:
-  name: {{ printf "%s%s" .name (ternary "-teardown" "" .teardown) | quote }}
+  name: {{ ternary (include "devstack-lib.teardownName" $root) .name .teardown | quote }}
   namespace: {{ $root.Release.Namespace | quote }}
   labels:
     {{- include "devstack-lib.ownLabels" $root | nindent 4 }}
@@ -176,12 +178,22 @@ spec:
                   key: AWS_SECRET_ACCESS_KEY
             - name: HOME
               value: /tmp
+            {{- with $p.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- with $p.extraEnvFrom }}
+          envFrom:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           volumeMounts:
             - name: spec
               mountPath: /etc/devstack/provision
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            {{- with $p.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- with $p.resources }}
           resources:
             {{- toYaml . | nindent 12 }}
@@ -199,4 +211,7 @@ spec:
                 path: spec.yaml
         - name: tmp
           emptyDir: {}
+        {{- with $p.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
 {{- end -}}

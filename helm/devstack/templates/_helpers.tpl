@@ -7,14 +7,14 @@
 {{- end -}}
 
 {{- define "devstack.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ .Chart.Name | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: agent
 {{- end -}}
 
 {{- define "devstack.labels" -}}
 {{ include "devstack.selectorLabels" . }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 app.kubernetes.io/part-of: devstack
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
@@ -37,26 +37,35 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
-{{- /* The Traefik CRD API groups the agent writes: traefik.io, plus traefik.containo.us for Traefik 2.x. */ -}}
-{{- define "devstack.traefikGroups" -}}
-{{- if hasPrefix "2." (toString .Values.traefikVersion) -}}
-["traefik.io", "traefik.containo.us"]
+{{- /*
+The one Traefik CRD API group the agent writes, as devstack.core.routing.crd_group_for
+picks it: traefik.io from Traefik 2.10 on, traefik.containo.us before ("2" is 2.0).
+*/ -}}
+{{- define "devstack.traefikGroup" -}}
+{{- $parts := splitList "." (trimPrefix "v" (toString .Values.traefikVersion)) -}}
+{{- $major := int (index $parts 0) -}}
+{{- $minor := 0 -}}
+{{- if gt (len $parts) 1 -}}{{- $minor = int (index $parts 1) -}}{{- end -}}
+{{- if or (gt $major 2) (and (eq $major 2) (ge $minor 10)) -}}
+traefik.io
 {{- else -}}
-["traefik.io"]
+traefik.containo.us
 {{- end -}}
 {{- end -}}
 
 {{- /*
-The rules the agent needs where it watches Services, each because the agent uses it:
-- services get/list/watch: it watches Services to learn baselines and owners' copies;
-- ingressroutes and middlewares, every write verb: it creates, patches and deletes the
-  routes and header middlewares it owns (list/watch to resync after a restart).
+The rules the agent needs where it watches Services: exactly the calls it makes
+(tests/scenarios/test_rbac.py runs the agent and compares):
+- services list/watch: its informers keep a cache of the Services it routes;
+- ingressroutes and middlewares list/watch (its caches), create, patch (merge patch)
+  and delete; get only to tell, when a create meets an existing object, whether that
+  object is its own.
 */ -}}
 {{- define "devstack.routingRules" -}}
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch]
-- apiGroups: {{ include "devstack.traefikGroups" . }}
+  verbs: [list, watch]
+- apiGroups: [{{ include "devstack.traefikGroup" . | quote }}]
   resources: [ingressroutes, middlewares]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 {{- end -}}

@@ -34,6 +34,15 @@ from devstack.provision.plan import Action, ActionKind, Change, Desired, Observe
 
 log = get_logger("provision.aws")
 
+#: Told each time the applier has created or changed a resource ("created",
+#: "updated"), as soon as the call that did it succeeds.
+Record = Callable[[str], None]
+
+
+def _ignore(verb: str) -> None:
+    return None
+
+
 #: LocalStack's conventional credentials, used when none are configured and an
 #: endpoint is given (AWS itself never gets these).
 LOCALSTACK_CREDENTIALS: Final = ("test", "test")
@@ -82,6 +91,13 @@ T = TypeVar("T")
 
 class NotFound(Exception):
     """Internal: the resource does not exist."""
+
+
+def _status(e: BaseException | None) -> int:
+    """The HTTP status of the boto3 error behind a devstack error (0: none)."""
+    if isinstance(e, botocore.exceptions.ClientError):
+        return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return 0
 
 
 @contextlib.contextmanager
@@ -223,8 +239,10 @@ class BotoApplier:
         except NotFound:
             return None
 
-    def apply(self, action: Action) -> Observed:
-        """Carry out ``action``; the resource as it is afterwards."""
+    def apply(self, action: Action, *, record: Record = _ignore) -> Observed:
+        """Carry out ``action``; the resource as it is afterwards. ``record`` is told
+        as soon as the resource exists or has changed, so that a call failing later
+        for the same resource still leaves it reported."""
         d = action.desired
         if action.kind in (ActionKind.UNCHANGED, ActionKind.FOREIGN):
             assert action.observed is not None
@@ -237,7 +255,7 @@ class BotoApplier:
                 "dynamodb": self._create_table,
                 "secrets": self._create_secret,
                 "parameters": self._create_parameter,
-            }[d.kind](d)
+            }[d.kind](d, record)
         else:
             assert action.observed is not None
             {
@@ -247,7 +265,7 @@ class BotoApplier:
                 "dynamodb": self._update_table,
                 "secrets": self._update_secret,
                 "parameters": self._update_parameter,
-            }[d.kind](d, action.observed, action.changes)
+            }[d.kind](d, action.observed, action.changes, record)
         after = self.read(d.kind, d.physical)
         if after is None:
             raise AwsError(f"{d.kind} {d.physical}: missing right after it was written")
@@ -306,9 +324,20 @@ class BotoApplier:
 
     def _read_bucket(self, name: PhysicalName) -> Observed:
         what = f"s3 {name}"
-        with _wrap(what):
-            self._s3.head_bucket(Bucket=name)
-        tagging = _maybe(what, lambda: self._s3.get_bucket_tagging(Bucket=name))
+        try:
+            with _wrap(what):
+                self._s3.head_bucket(Bucket=name)
+        except AwsError as e:
+            if _status(e.__cause__) == 301:
+                # S3 names are global: this one is taken, in another region
+                region = self._bucket_region(name)
+                raise AwsError(
+                    f"{what}: the name is taken by a bucket in {region}, not {self.clients.region}"
+                ) from e
+            raise
+        tagging = _maybe_code(
+            what, "NoSuchTagSet", lambda: self._s3.get_bucket_tagging(Bucket=name)
+        )
         versioning = _maybe(what, lambda: self._s3.get_bucket_versioning(Bucket=name)) or {}
         cors = _maybe_code(
             what, "NoSuchCORSConfiguration", lambda: self._s3.get_bucket_cors(Bucket=name)
@@ -331,25 +360,46 @@ class BotoApplier:
             ids={"arn": f"arn:aws:s3:::{name}", "bucket": name},
         )
 
-    def _create_bucket(self, d: Desired) -> None:
+    def _create_bucket(self, d: Desired, record: Record) -> None:
+        """CreateBucket cannot tag: the tags follow at once. A bucket whose tagging
+        fails is deleted again (it is empty: we made it a moment ago), so that no
+        untagged bucket is left that every later run would take for someone else's.
+        Only if that delete fails too is it reported, as untagged."""
         what = f"s3 {d.physical}: create"
         args: dict[str, Any] = {"Bucket": d.physical}
         if self.clients.region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": self.clients.region}
         with _wrap(what):
             self._s3.create_bucket(**args)
-            self._s3.put_bucket_tagging(Bucket=d.physical, Tagging={"TagSet": _tag_list(d.tags)})
+        try:
+            with _wrap(f"s3 {d.physical}: tag"):
+                self._s3.put_bucket_tagging(
+                    Bucket=d.physical, Tagging={"TagSet": _tag_list(d.tags)}
+                )
+        except (AwsError, AwsUnavailable):
+            try:
+                with _wrap(f"s3 {d.physical}: delete the untagged bucket"):
+                    self._s3.delete_bucket(Bucket=d.physical)
+            except (AwsError, AwsUnavailable, NotFound) as e:
+                record("created (untagged: tag or delete it by hand)")
+                log.error("provision.untagged_bucket", name=d.physical, error=str(e))
+            raise
+        record("created")
         if d.props.get("versioning"):
             self._set_versioning(d.physical, True)
         if d.props.get("cors"):
             self._set_cors(d.physical, d.props["cors"])
 
-    def _update_bucket(self, d: Desired, o: Observed, changes: Sequence[Change]) -> None:
+    def _update_bucket(
+        self, d: Desired, o: Observed, changes: Sequence[Change], record: Record
+    ) -> None:
         for c in changes:
             if c.key == "versioning":
                 self._set_versioning(d.physical, bool(c.new))
+                record("updated")
             elif c.key == "cors":
                 self._set_cors(d.physical, c.new or [])
+                record("updated")
 
     def _set_versioning(self, bucket: str, enabled: bool) -> None:
         with _wrap(f"s3 {bucket}: versioning"):
@@ -394,10 +444,26 @@ class BotoApplier:
                     )
             self._s3.delete_bucket(Bucket=o.physical)
 
+    def _bucket_region(self, name: str) -> str | None:
+        """Where a bucket lives (GetBucketLocation answers from any region); None
+        when it is gone."""
+        location = _maybe(f"s3 {name}: location", lambda: self._s3.get_bucket_location(Bucket=name))
+        if location is None:
+            return None
+        constraint = location.get("LocationConstraint") or "us-east-1"
+        return "eu-west-1" if constraint == "EU" else str(constraint)
+
     def _list_buckets(self, release: str) -> list[tuple[PhysicalName, dict[str, str] | None]]:
+        """This region's buckets. ListBuckets lists every region's; reading one of
+        another region answers 301, and it is not this run's to touch anyway."""
         with _wrap("s3 list-buckets"):
             buckets = self._s3.list_buckets().get("Buckets", [])
-        return [(PhysicalName(b["Name"]), None) for b in buckets]
+        out: list[tuple[PhysicalName, dict[str, str] | None]] = []
+        for b in buckets:
+            region = b.get("BucketRegion") or self._bucket_region(b["Name"])
+            if region == self.clients.region:
+                out.append((PhysicalName(b["Name"]), None))
+        return out
 
     # ------------------------------------------------------------ SQS
 
@@ -447,7 +513,7 @@ class BotoApplier:
             }
         )
 
-    def _create_queue(self, d: Desired) -> None:
+    def _create_queue(self, d: Desired, record: Record) -> None:
         attrs = {k.split(".", 1)[1]: v for k, v in d.props.items() if k.startswith("attributes.")}
         if d.props.get("fifo"):
             attrs["FifoQueue"] = "true"
@@ -459,8 +525,11 @@ class BotoApplier:
             attrs["RedrivePolicy"] = redrive
         with _wrap(f"sqs {d.physical}: create"):
             self._sqs.create_queue(QueueName=d.physical, Attributes=attrs, tags=dict(d.tags))
+        record("created")
 
-    def _update_queue(self, d: Desired, o: Observed, changes: Sequence[Change]) -> None:
+    def _update_queue(
+        self, d: Desired, o: Observed, changes: Sequence[Change], record: Record
+    ) -> None:
         attrs: dict[str, str] = {}
         for c in changes:
             if c.key.startswith("attributes."):
@@ -470,6 +539,7 @@ class BotoApplier:
         if attrs:
             with _wrap(f"sqs {d.physical}: set attributes"):
                 self._sqs.set_queue_attributes(QueueUrl=o.ids["url"], Attributes=attrs)
+            record("updated")
 
     def _delete_queue(self, o: Observed) -> None:
         with _wrap(f"sqs {o.physical}: delete"):
@@ -524,12 +594,13 @@ class BotoApplier:
             ids[f"subscription:{queue}"] = sub["SubscriptionArn"]
         return Observed(kind="sns", physical=name, props=props, tags=tags, ids=ids)
 
-    def _create_topic(self, d: Desired) -> None:
+    def _create_topic(self, d: Desired, record: Record) -> None:
         attrs = {"FifoTopic": "true"} if d.props.get("fifo") else {}
         with _wrap(f"sns {d.physical}: create"):
             arn = self._sns.create_topic(Name=d.physical, Attributes=attrs, Tags=_tag_list(d.tags))[
                 "TopicArn"
             ]
+        record("created")
         for key, value in d.props.items():
             if key.startswith("subscriptions.") and value is not None:
                 self._subscribe(arn, key.split(".", 1)[1], value)
@@ -552,35 +623,49 @@ class BotoApplier:
                 ReturnSubscriptionArn=True,
             )
 
-    def _update_topic(self, d: Desired, o: Observed, changes: Sequence[Change]) -> None:
+    def _update_topic(
+        self, d: Desired, o: Observed, changes: Sequence[Change], record: Record
+    ) -> None:
         arn = o.ids["arn"]
         for c in changes:
             if not c.key.startswith("subscriptions."):
                 continue
-            queue = c.key.split(".", 1)[1]
-            sub_arn = o.ids.get(f"subscription:{queue}")
-            what = f"sns {d.physical}: subscription to {queue}"
-            if c.old is None:
-                self._subscribe(arn, queue, c.new)
-            elif c.new is None or (c.new.get("filterPolicy") is None and c.old.get("filterPolicy")):
-                with _wrap(what):
-                    self._sns.unsubscribe(SubscriptionArn=sub_arn)
-                if c.new is not None:
-                    self._subscribe(arn, queue, c.new)
-            else:
-                with _wrap(what):
-                    if c.new["rawMessageDelivery"] != c.old["rawMessageDelivery"]:
-                        self._sns.set_subscription_attributes(
-                            SubscriptionArn=sub_arn,
-                            AttributeName="RawMessageDelivery",
-                            AttributeValue="true" if c.new["rawMessageDelivery"] else "false",
-                        )
-                    if c.new["filterPolicy"] != c.old["filterPolicy"]:
-                        self._sns.set_subscription_attributes(
-                            SubscriptionArn=sub_arn,
-                            AttributeName="FilterPolicy",
-                            AttributeValue=json.dumps(c.new["filterPolicy"], sort_keys=True),
-                        )
+            self._update_subscription(d, arn, o, c, record)
+
+    def _update_subscription(
+        self, d: Desired, topic_arn: str, o: Observed, c: Change, record: Record
+    ) -> None:
+        queue = c.key.split(".", 1)[1]
+        sub_arn = o.ids.get(f"subscription:{queue}")
+        what = f"sns {d.physical}: subscription to {queue}"
+        if c.old is None:
+            self._subscribe(topic_arn, queue, c.new)
+            record("updated")
+            return
+        if c.new is None or (c.new.get("filterPolicy") is None and c.old.get("filterPolicy")):
+            # SNS cannot drop a filter policy in place: subscribe again without it
+            with _wrap(what):
+                self._sns.unsubscribe(SubscriptionArn=sub_arn)
+            record("updated")
+            if c.new is not None:
+                self._subscribe(topic_arn, queue, c.new)
+            return
+        for attribute, old, new in (
+            ("RawMessageDelivery", c.old["rawMessageDelivery"], c.new["rawMessageDelivery"]),
+            ("FilterPolicy", c.old["filterPolicy"], c.new["filterPolicy"]),
+        ):
+            if new == old:
+                continue
+            value = (
+                json.dumps(new, sort_keys=True)
+                if attribute == "FilterPolicy"
+                else ("true" if new else "false")
+            )
+            with _wrap(what):
+                self._sns.set_subscription_attributes(
+                    SubscriptionArn=sub_arn, AttributeName=attribute, AttributeValue=value
+                )
+            record("updated")
 
     def _delete_topic(self, o: Observed) -> None:
         with _wrap(f"sns {o.physical}: delete"):
@@ -661,7 +746,7 @@ class BotoApplier:
             "Projection": {"ProjectionType": idx.get("projection", "ALL")},
         }
 
-    def _create_table(self, d: Desired) -> None:
+    def _create_table(self, d: Desired, record: Record) -> None:
         indexes = {
             k.split(".", 1)[1]: v for k, v in d.props.items() if k.startswith("globalIndexes.")
         }
@@ -679,6 +764,7 @@ class BotoApplier:
             args["GlobalSecondaryIndexes"] = [self._index(n, i) for n, i in indexes.items()]
         with _wrap(f"dynamodb {d.physical}: create"):
             self._ddb.create_table(**args)
+        record("created")
         self._wait_table(d.physical)
 
     def _wait_table(self, name: PhysicalName) -> None:
@@ -692,7 +778,9 @@ class BotoApplier:
 
         self._wait(f"dynamodb {name}", active)
 
-    def _update_table(self, d: Desired, o: Observed, changes: Sequence[Change]) -> None:
+    def _update_table(
+        self, d: Desired, o: Observed, changes: Sequence[Change], record: Record
+    ) -> None:
         for c in changes:
             if not c.key.startswith("globalIndexes."):
                 continue
@@ -717,6 +805,7 @@ class BotoApplier:
                 args["AttributeDefinitions"] = definitions
             with _wrap(what):
                 self._ddb.update_table(**args)
+            record("updated")
             self._wait_table(d.physical)
 
     def _delete_table(self, o: Observed) -> None:
@@ -729,9 +818,12 @@ class BotoApplier:
             with _wrap("dynamodb list-tables"):
                 for page in self._ddb.get_paginator("list_tables").paginate():
                     out += [(PhysicalName(n), None) for n in page.get("TableNames", [])]
-        except (AwsError, AwsUnavailable) as e:
-            # LocalStack without its DynamoDB engine (offline): nothing to find.
-            log.info("provision.dynamodb_unavailable", error=str(e))
+        except AwsUnavailable as e:
+            if _status(e.__cause__) != 501:
+                raise
+            # 501 Not Implemented: this endpoint has no DynamoDB at all (LocalStack
+            # without it in SERVICES), so no table can be ours. Anything else fails.
+            log.info("provision.dynamodb_not_offered", error=str(e))
         return out
 
     # ------------------------------------------------------------ Secrets Manager
@@ -753,10 +845,15 @@ class BotoApplier:
             props["value"] = value["SecretString"]
             ids["value"] = value["SecretString"]
         return Observed(
-            kind="secrets", physical=name, props=props, tags=_tag_dict(meta.get("Tags")), ids=ids
+            kind="secrets",
+            physical=name,
+            props=props,
+            tags=_tag_dict(meta.get("Tags")),
+            ids=ids,
+            secret=frozenset({"value"}),
         )
 
-    def _create_secret(self, d: Desired) -> None:
+    def _create_secret(self, d: Desired, record: Record) -> None:
         value = d.props.get("value")
         if value is None:
             value = generate_password(
@@ -772,14 +869,18 @@ class BotoApplier:
             args["Description"] = d.props["description"]
         with _wrap(f"secrets {d.physical}: create"):
             self._sm.create_secret(**args)
+        record("created")
 
-    def _update_secret(self, d: Desired, o: Observed, changes: Sequence[Change]) -> None:
+    def _update_secret(
+        self, d: Desired, o: Observed, changes: Sequence[Change], record: Record
+    ) -> None:
         for c in changes:
             with _wrap(f"secrets {d.physical}: update {c.key}"):
                 if c.key == "value":
                     self._sm.put_secret_value(SecretId=d.physical, SecretString=c.new)
                 elif c.key == "description":
                     self._sm.update_secret(SecretId=d.physical, Description=c.new or "")
+            record("updated")
 
     def _delete_secret(self, o: Observed) -> None:
         with _wrap(f"secrets {o.physical}: delete"):
@@ -814,9 +915,10 @@ class BotoApplier:
             props={"value": p["Value"], "type": p["Type"], "description": description or ""},
             tags=_tag_dict(tags.get("TagList")),
             ids={"arn": p.get("ARN", ""), "name": name, "value": p["Value"], "type": p["Type"]},
+            secret=frozenset({"value"}) if p["Type"] == "SecureString" else frozenset(),
         )
 
-    def _create_parameter(self, d: Desired) -> None:
+    def _create_parameter(self, d: Desired, record: Record) -> None:
         args: dict[str, Any] = {
             "Name": d.physical,
             "Value": d.props["value"],
@@ -827,8 +929,11 @@ class BotoApplier:
             args["Description"] = d.props["description"]
         with _wrap(f"parameters {d.physical}: create"):
             self._ssm.put_parameter(**args)
+        record("created")
 
-    def _update_parameter(self, d: Desired, o: Observed, changes: Sequence[Change]) -> None:
+    def _update_parameter(
+        self, d: Desired, o: Observed, changes: Sequence[Change], record: Record
+    ) -> None:
         args: dict[str, Any] = {
             "Name": d.physical,
             "Value": d.props["value"],
@@ -838,6 +943,7 @@ class BotoApplier:
         }
         with _wrap(f"parameters {d.physical}: update"):
             self._ssm.put_parameter(**args)
+        record("updated")
 
     def _delete_parameter(self, o: Observed) -> None:
         with _wrap(f"parameters {o.physical}: delete"):

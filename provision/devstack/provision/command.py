@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="kubeconfig for the outputs (outside a cluster)")
     parser.add_argument("--context", help="kubeconfig context for the outputs")
     parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete what this release and owner created earlier but no longer "
+        "declare (the pre-install/pre-upgrade hook); without it they are reported as stale",
+    )
+    parser.add_argument(
         "--teardown",
         action="store_true",
         help="delete what belongs to this release and owner (the pre-delete hook)",
@@ -151,25 +157,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(problems))
     if args.spec is None and not args.teardown:
         raise ConfigError("--spec FILE is required (except with --teardown)")
+    if args.prune and args.teardown:
+        raise ConfigError("--prune and --teardown: choose one (--teardown deletes everything)")
 
     raw, workdir = _read_spec(args.spec)
     loaded = plugins.load()
     loaded.require(k for k in raw if k not in spec.schema()["properties"])
     the_spec = spec.parse(raw, owner=args.owner, plugin_schemas=loaded.schemas())
 
-    # The first one set wins; an empty one means AWS itself (no endpoint override).
-    endpoint = (
-        next(
-            e
-            for e in (
-                args.endpoint,
-                the_spec.endpoint,
-                os.environ.get("AWS_ENDPOINT_URL"),
-                DEFAULT_ENDPOINT,
-            )
-            if e is not None
-        )
-        or None
+    endpoint = resolve_endpoint(
+        args.endpoint, the_spec.endpoint, os.environ.get("AWS_ENDPOINT_URL")
     )
     region = (
         args.region
@@ -217,12 +214,14 @@ def run(args: argparse.Namespace) -> int:
         sink=sink,
         run_hook=run_hook,
         dry_run=args.dry_run,
+        prune=args.prune,
     )
     for line in result.lines():
         print(line)
-    counts = ", ".join(
-        f"{result.plan.count(k)} {k.value}" for k in ActionKind if result.plan.count(k)
-    )
+    counted = [(result.plan.count(k), k.value) for k in ActionKind]
+    counted += [(len(result.pruned), "would prune" if args.dry_run else "pruned")]
+    counted += [(len(result.stale), "stale")]
+    counts = ", ".join(f"{n} {what}" for n, what in counted if n)
     if args.dry_run:
         print(f"plan for {who} at {endpoint}: {counts or 'nothing to do'} (dry run)")
         return 0

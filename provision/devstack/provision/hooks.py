@@ -14,7 +14,9 @@ and the usual environment plus ``DEVSTACK_RELEASE``, ``DEVSTACK_OWNER``,
 ``DEVSTACK_PHASE``, ``AWS_ENDPOINT_URL`` and ``AWS_REGION``. It runs in the
 spec file's folder. If its stdout is a JSON object with ``outputs`` (a mapping
 of variable names to strings), those are added to the outputs. A non-zero exit,
-a timeout or a command that cannot be started fails the run.
+a timeout or a command that cannot be started fails the run; the error quotes
+the end of its output with every secret the hook was given (``secretOutputs``,
+secret values of the spec, the AWS secret key) replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,39 @@ from devstack.provision.spec import Hook
 log = get_logger("provision.hooks")
 
 _TAIL = 2000
+#: Environment variables whose values are credentials.
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+REDACTED = "***"
 
 
 @dataclass(frozen=True)
 class HookResult:
     name: str
     outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+def known_secrets(payload: Mapping[str, Any], env: Mapping[str, str]) -> set[str]:
+    """Every secret value a hook is handed: its ``secretOutputs``, the spec's secret
+    values and SecureString parameters, and the AWS secret key of its environment."""
+    found = {str(v) for v in (payload.get("secretOutputs") or {}).values()}
+    spec = payload.get("spec") or {}
+    for item in spec.get("secrets") or ():
+        if isinstance(item, Mapping) and item.get("value") is not None:
+            found.add(str(item["value"]))
+    for item in spec.get("parameters") or ():
+        if isinstance(item, Mapping) and item.get("type") == "SecureString":
+            found.add(str(item.get("value", "")))
+    found |= {env[k] for k in _SECRET_ENV if env.get(k)}
+    return {v for v in found if v}
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each secret replaced by ``***`` (longest first, so a secret
+    that contains another is hidden whole)."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 def run_hook(
@@ -71,7 +100,9 @@ def run_hook(
     except subprocess.TimeoutExpired as e:
         raise HookError(f"hook {hook.name}: timed out after {hook.timeout_seconds}s") from e
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout or "").strip()[-_TAIL:]
+        # redact before cutting, so that no part of a secret survives at the edge
+        output = redact(proc.stderr or proc.stdout or "", known_secrets(payload, full_env))
+        tail = output.strip()[-_TAIL:]
         raise HookError(
             f"hook {hook.name}: exited with status {proc.returncode}"
             + (f": {tail}" if tail else "")

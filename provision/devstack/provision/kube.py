@@ -4,30 +4,22 @@ API (does I/O, through it).
 
 The engine is synchronous (boto3 is); each write runs its own short event
 loop. In a hook Job the client uses the pod's service account, whose Role
-(rendered by the chart) may only write the outputs ConfigMap and Secret.
+(rendered by the chart) may only create, read, replace and delete the outputs
+ConfigMap and Secret.
 
-``devstack.agent.kube`` is imported by name, when a write happens: the
-``.importlinter`` layers contract keeps ``devstack.provision`` and
-``devstack.agent`` independent, and this adapter is the one sanctioned
-crossing. Once the contract lists it as an exception
-(``ignore_imports = devstack.provision.kube -> devstack.agent.kube``), this can
-become a plain import.
+``.importlinter`` puts ``devstack.provision`` above ``devstack.agent`` and
+allows this package exactly one module of it, ``devstack.agent.kube``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from devstack.agent import kube
 
 T = TypeVar("T")
-
-KUBE_MODULE = "devstack.agent.kube"
-
-
-def _kube() -> Any:
-    return importlib.import_module(KUBE_MODULE)
 
 
 class AgentKubeWriter:
@@ -37,9 +29,7 @@ class AgentKubeWriter:
         self.kubeconfig = kubeconfig
         self.context = context
 
-    def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        kube = _kube()
-
+    def _run(self, op: Callable[[kube.KubeApi], Awaitable[T]]) -> T:
         async def go() -> T:
             async with kube.kube_client(
                 self.kubeconfig, self.context, user_agent="devstack-provision"
@@ -52,7 +42,7 @@ class AgentKubeWriter:
         self, namespace: str, name: str, data: Mapping[str, str], labels: Mapping[str, str]
     ) -> None:
         self._run(
-            lambda api: _kube().apply_config_map(
+            lambda api: kube.apply_config_map(
                 api, namespace=namespace, name=name, data=dict(data), labels=dict(labels)
             )
         )
@@ -61,13 +51,13 @@ class AgentKubeWriter:
         self, namespace: str, name: str, data: Mapping[str, str], labels: Mapping[str, str]
     ) -> None:
         self._run(
-            lambda api: _kube().apply_secret(
+            lambda api: kube.apply_secret(
                 api, namespace=namespace, name=name, data=dict(data), labels=dict(labels)
             )
         )
 
     def delete_config_map(self, namespace: str, name: str) -> None:
-        self._run(lambda api: _kube().delete_config_map(api, namespace=namespace, name=name))
+        self._run(lambda api: kube.delete_config_map(api, namespace=namespace, name=name))
 
     def delete_secret(self, namespace: str, name: str) -> None:
-        self._run(lambda api: _kube().delete_secret(api, namespace=namespace, name=name))
+        self._run(lambda api: kube.delete_secret(api, namespace=namespace, name=name))

@@ -15,7 +15,8 @@ same shape. Planning compares the two:
   the rest is reported.
 
 Resources this release and owner created earlier but no longer declare are
-``stale``: reported, and removed by ``--teardown``.
+``stale``: reported, and removed by ``--prune`` (the chart's pre-upgrade hook) or
+``--teardown``.
 """
 
 from __future__ import annotations
@@ -79,10 +80,17 @@ class Observed:
     tags: Mapping[str, str] = field(default_factory=dict)
     #: What the outputs need: ``arn``, ``url``...
     ids: Mapping[str, str] = field(default_factory=dict)
+    #: Properties whose values are secret as they exist now (a SecureString's
+    #: value): never shown, even when the spec makes them plain.
+    secret: frozenset[str] = frozenset()
 
     @property
     def id(self) -> ResourceId:
         return ResourceId(self.kind, self.physical)
+
+
+#: What a person can do about a stale resource.
+STALE_HINT = "no longer declared; --prune or --teardown removes it"
 
 
 class ActionKind(enum.StrEnum):
@@ -148,10 +156,7 @@ class Plan:
 
     def describe(self) -> list[str]:
         lines = [a.describe() for a in self.actions]
-        lines += [
-            f"{'stale':<13} {o.kind} {o.physical}: no longer declared; --teardown removes it"
-            for o in self.stale
-        ]
+        lines += [f"{'stale':<13} {o.kind} {o.physical}: {STALE_HINT}" for o in self.stale]
         return lines
 
 
@@ -166,7 +171,9 @@ def diff(desired: Desired, observed: Observed) -> tuple[list[Change], list[Chang
         old = observed.props.get(key)
         if new == old:
             continue
-        change = Change(key, old, new, secret=key in desired.secret)
+        # secret if it is secret on either side: SecureString -> String must not
+        # print the old value, String -> SecureString must not print the new one
+        change = Change(key, old, new, secret=key in desired.secret or key in observed.secret)
         fixed = any(key.startswith(p) for p in desired.fixed_members)
         if key in desired.immutable or (fixed and old is not None and new is not None):
             blocked.append(change)

@@ -12,12 +12,19 @@ The engine validates each declared item against the plugin's ``schema`` before
 anything is created, then calls ``apply`` once per item after the built-in
 kinds, and ``teardown`` once per item on ``--teardown``. A plugin talks to AWS
 through ``ctx.clients.client("logs")`` (boto3 clients for the run's endpoint,
-region and credentials) and tags what it creates with ``ctx.tags``.
+region and credentials), tags what it creates with ``ctx.tags`` and calls
+``ctx.created(physical)`` as soon as it has created something, so that a failure
+later in the same ``apply`` still reports it.
+
+A plugin may also list what it owns (:class:`ListsOwned`: ``owned(ctx)``, the items
+tagged as the run's release and owner). Then items removed from the spec are
+reported as stale, removed by ``--prune``, and found by ``--teardown`` without the
+spec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Final, Protocol, runtime_checkable
@@ -45,6 +52,13 @@ class PluginContext:
     #: The ownership tags to put on what the plugin creates.
     tags: Mapping[str, str] = field(default_factory=dict)
     dry_run: bool = False
+    #: Told by :meth:`created`.
+    on_created: Callable[[str], None] | None = None
+
+    def created(self, physical: str) -> None:
+        """Report that ``physical`` now exists (call it right after creating it)."""
+        if self.on_created is not None:
+            self.on_created(physical)
 
     def physical(self, declared: str) -> str:
         """The owner-prefixed name of ``declared``."""
@@ -80,6 +94,16 @@ class Provisioner(Protocol):
 
     def teardown(self, item: Mapping[str, Any], ctx: PluginContext) -> bool:
         """Delete the item if it is this release's and owner's; True if deleted."""
+        ...
+
+
+@runtime_checkable
+class ListsOwned(Protocol):
+    """A provisioner that can list what the run's release and owner own."""
+
+    def owned(self, ctx: PluginContext) -> Iterable[Mapping[str, Any]]:
+        """An item (at least ``{"name": <declared name>}``) for each resource of
+        this kind tagged as ``ctx``'s release and owner."""
         ...
 
 
