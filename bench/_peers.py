@@ -150,7 +150,8 @@ class Rsync:
         if shutil.which("rsync") is None:
             return "absent"
         out = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout
-        return " ".join(out.splitlines()[0].split()[:3]) if out else "?"
+        words = out.split()
+        return words[2] if len(words) > 2 else "?"
 
     @staticmethod
     def bytes_sent(stats_output: str) -> int:

@@ -1,26 +1,35 @@
 """The sync benchmark: devstack beside cp, tar, rsync and syncthing, measured
 in one run on this machine (processes and files on 127.0.0.1 and a work
 folder; not a test: it prints numbers, it asserts only that every tool
-produced the whole tree).
+delivered what it was asked to).
 
     .venv/bin/python bench/sync_bench.py [--quick] [--only NAME[,NAME...]]
+        [--json PATH] [--markdown PATH]
 
 Measures (see docs/benchmarks.md):
 
-1. initial sync of a generated tree (10,000 files, ~100 MB) into a fresh
-   destination with ``cp -a``, ``tar c | tar x``, rsync over a pipe and
-   against a daemon, syncthing and devstack (sidecar + ``connect --once``);
-2. no-op resync of 100,000 small files (``connect --once`` again);
-3. save-to-applied latency of single-file edits, watcher included
-   (devstack ``connect`` in watch mode, syncthing; ``tar`` and rsync of one
-   file as a floor);
-4. bytes sent for a one-line edit to a 50 MB text file (the client's own
-   counter, a byte-counting TCP proxy on the wire, and rsync ``--stats``);
-5. the sidecar's resident memory, idle and during the initial sync.
+1. ``initial``: initial sync of a generated tree (10,000 files, ~100 MB) into
+   a fresh destination with ``cp -a``, ``tar c | tar x``, rsync over a pipe
+   and against a daemon, syncthing and devstack (sidecar + ``connect --once``);
+2. ``noop``: no-op resync of 100,000 small files (``connect --once`` again,
+   and rsync again);
+3. ``latency``: save-to-applied latency of single-file edits, watcher
+   included (devstack ``connect`` in watch mode, syncthing; ``tar`` and
+   rsync of the one file as a floor);
+4. ``bytes``: bytes sent for a one-line edit to a 50 MB text file (counted
+   on the wire by a TCP proxy between ``connect`` and the sidecar, and
+   rsync ``--stats``);
+5. ``reload``: save-to-reloaded latency with the ``signal`` and
+   ``supervise`` strategies, end to end (bench/reload_latency.py);
+6. ``rss``: the sidecar's resident memory, idle and during the initial sync.
 
 ``--only`` takes tool names (cp, tar, rsync, syncthing, devstack) and/or
-measurement names (initial, noop, latency, bytes, rss); tools and
-measurements intersect.
+measurement names; tools and measurements intersect. A peer that is not
+installed is reported absent (``bench/run`` installs rsync and syncthing).
+
+stdout holds only the result table (Markdown); progress goes to stderr, and
+every child process writes to its own log file under the work folder's
+``logs/``, which is kept after the run.
 
 Every timed run writes into a destination that never existed; old trees
 are moved aside under the work folder's ``trash/`` and deleted only at the
@@ -30,7 +39,6 @@ very end (ext4 here is slow at creating files soon after deleting many).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import functools
@@ -38,28 +46,31 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
-import statistics
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _peers
+import _procs
 import _tree
+import reload_latency
 
-PY = sys.executable
-REPO = Path(__file__).resolve().parent.parent
+REPO = _procs.REPO
 TOOLS = ("cp", "tar", "rsync", "syncthing", "devstack")
-MEASURES = ("initial", "noop", "latency", "bytes", "rss")
+PEERS = ("cp", "tar", "rsync", "syncthing")
+MEASURES = ("initial", "noop", "latency", "bytes", "reload", "rss")
 TOKEN = "bench-token"
 
 
@@ -72,6 +83,8 @@ class Sizes:
     saves: int
     syncthing_saves: int
     big_mb: int
+    reload_saves: int
+    reload_debounce_ms: tuple[int, ...]
     repeat: int
 
 
@@ -83,6 +96,8 @@ FULL = Sizes(
     saves=100,
     syncthing_saves=12,
     big_mb=50,
+    reload_saves=30,
+    reload_debounce_ms=(0, 100),
     repeat=3,
 )
 QUICK = Sizes(
@@ -93,6 +108,8 @@ QUICK = Sizes(
     saves=10,
     syncthing_saves=3,
     big_mb=4,
+    reload_saves=4,
+    reload_debounce_ms=(0, 100),
     repeat=1,
 )
 
@@ -101,16 +118,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else math.nan
-
-
-def pct(xs: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not xs:
-        return math.nan
-    s = sorted(xs)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+median = reload_latency.median
+pct = reload_latency.pct
+wait_until = _procs.wait_until
 
 
 # ------------------------------------------------------------------ context
@@ -121,6 +131,7 @@ class Ctx:
     work: Path
     sizes: Sizes
     only: frozenset[str]
+    absent: frozenset[str]
     results: dict[str, Any] = field(default_factory=dict)
     _n: int = 0
 
@@ -132,7 +143,16 @@ class Ctx:
     def trash(self) -> Path:
         return self.work / "trash"
 
-    def wants(self, measure: str, tool: str | None = None) -> bool:
+    @functools.cached_property
+    def logs(self) -> _procs.LogDir:
+        return _procs.LogDir(self.work / "logs")
+
+    @property
+    def token_file(self) -> Path:
+        return self.work / "token"
+
+    def selected(self, measure: str, tool: str | None = None) -> bool:
+        """``--only`` lets this measurement (of this tool) run."""
         tools = self.only & set(TOOLS)
         measures = self.only & set(MEASURES)
         if "rss" in measures:
@@ -141,6 +161,10 @@ class Ctx:
         if measures and measure not in measures:
             return False
         return tool is None or not tools or tool in tools
+
+    def wants(self, measure: str, tool: str | None = None) -> bool:
+        """Selected, and the tool is installed."""
+        return self.selected(measure, tool) and tool not in self.absent
 
     def fresh(self, name: str) -> Path:
         """A destination path that never existed in this run."""
@@ -157,11 +181,7 @@ class Ctx:
             os.rename(path, self.trash / f"{path.name}-{self._n}")
 
 
-# ----------------------------------------------------------------- devstack
-
-
-def devstack(*args: str) -> list[str]:
-    return [PY, "-m", "devstack.cli", *args]
+# ------------------------------------------------------------ /proc helpers
 
 
 def children_cpu() -> float:
@@ -180,70 +200,6 @@ def vm_kib(pid: int, key: str) -> int:
     except OSError:
         pass
     return 0
-
-
-class Sidecar:
-    """``devstack sidecar`` as a real process on 127.0.0.1."""
-
-    def __init__(self, workspace: Path, token_file: Path) -> None:
-        self.workspace = workspace
-        self.token_file = token_file
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.tail: list[str] = []
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> Sidecar:
-        env = {**os.environ, "DEVSTACK_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            devstack(
-                "sidecar",
-                "--listen",
-                "127.0.0.1:0",
-                "--workspace",
-                str(self.workspace),
-                "--token-file",
-                str(self.token_file),
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=REPO,
-        )
-        ready = threading.Event()
-
-        def drain() -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for raw in self.proc.stderr:
-                line = raw.decode(errors="replace").rstrip()
-                self.tail = [*self.tail[-40:], line]
-                if not ready.is_set() and '"sidecar.listening"' in line:
-                    with contextlib.suppress(ValueError, KeyError):
-                        self.port = int(json.loads(line)["port"])
-                        ready.set()
-            ready.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not ready.wait(timeout) or self.proc.poll() is not None or not self.port:
-            raise RuntimeError("the sidecar did not start:\n" + "\n".join(self.tail))
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class RssSampler:
@@ -271,38 +227,12 @@ class RssSampler:
         self.peak_kib = max(self.peak_kib, vm_kib(self.pid, "VmHWM"))
 
 
-def connect_once(ctx: Ctx, src: Path, sidecar: Sidecar, cache: Path) -> float:
-    """Wall time of one ``devstack connect --once`` process."""
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        devstack(
-            "connect",
-            str(src),
-            "--to",
-            sidecar.address,
-            "--token-file",
-            str(ctx.work / "token"),
-            "--once",
-        ),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-        cwd=REPO,
-        timeout=1800,
-    )
-    took = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"devstack connect --once failed ({done.returncode}):\n{done.stderr}")
-    return took
+def sidecar(ctx: Ctx, workspace: Path) -> _procs.Sidecar:
+    return _procs.Sidecar(workspace, ctx.token_file, ctx.logs).start()
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+def connect_once(ctx: Ctx, src: Path, address: str, cache: Path) -> float:
+    return _procs.connect_once(src, address, ctx.token_file, cache, ctx.logs)
 
 
 def check_copy(src: Path, dst: Path, expected: int, *, full: bool) -> None:
@@ -318,7 +248,7 @@ def check_copy(src: Path, dst: Path, expected: int, *, full: bool) -> None:
 
 
 def _strip_tool_state(dst: Path) -> Path:
-    """Tool state folders (.devstack, .stfolder) are not part of the tree."""
+    """Tool state folders (.devstack, .stversions) are not part of the tree."""
     for name in (".devstack", ".stversions"):
         p = dst / name
         if p.exists():
@@ -375,14 +305,14 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
                     pair.unshare(fid)
                 else:
                     t0 = time.perf_counter()
-                    sc = Sidecar(dst, ctx.work / "token").start()
+                    sc = sidecar(ctx, dst)
                     try:
                         time.sleep(0.5)  # settle: "idle" is after start
                         rss_idle.append(vm_kib(sc.pid, "VmRSS"))
                         sc0 = _peers.tree_cpu(sc.pid)
                         cpu0 = children_cpu()
                         with RssSampler(sc.pid) as sampler:
-                            took = connect_once(ctx, src, sc, ctx.fresh("cache"))
+                            took = connect_once(ctx, src, sc.address, ctx.fresh("cache"))
                         extra_cpu = _peers.tree_cpu(sc.pid) - sc0
                         rss_peak.append(sampler.peak_kib)
                         whole.append(time.perf_counter() - t0 - 0.5)
@@ -410,18 +340,18 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
     if "devstack" in times and rsyncs:
         # Each repetition's devstack run beside the same repetition's rsync
         # runs (seconds apart): steadier than a ratio of medians on a busy box.
-        res["ratio_runs"] = [
+        res["ratio_to_fastest_rsync_runs"] = [
             d / min(times[k][i] for k in rsyncs) for i, d in enumerate(times["devstack"])
         ]
     if whole:
-        res["devstack_whole_runs_s"] = whole
-        res["median_s"]["devstack (sidecar start + connect)"] = median(whole)
+        res["devstack_with_sidecar_start_runs_s"] = whole
+        res["devstack_with_sidecar_start_median_s"] = median(whole)
     if rss_idle:
         ctx.results["rss"] = {
             "idle_kib": rss_idle,
             "initial_sync_peak_kib": rss_peak,
-            "idle_median_mib": median([x / 1024 for x in rss_idle]),
-            "peak_max_mib": max(rss_peak) / 1024,
+            "idle_median_bytes": median([x * 1024 for x in rss_idle]),
+            "initial_sync_peak_bytes": max(rss_peak) * 1024,
         }
     ctx.results["initial"] = res
 
@@ -429,7 +359,7 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
 def measure_startup(ctx: Ctx) -> None:
     """How much of a connect run is the interpreter and imports alone."""
     runs = [
-        _peers.timed(devstack("connect", "--help"), stdout=subprocess.DEVNULL, cwd=REPO)
+        _peers.timed(_procs.devstack("connect", "--help"), stdout=subprocess.DEVNULL, cwd=REPO)
         for _ in range(3)
     ]
     ctx.results["startup"] = {"connect_help_runs_s": runs, "median_s": median(runs)}
@@ -447,16 +377,16 @@ def measure_noop(ctx: Ctx, rsync: _peers.Rsync) -> None:
     if ctx.wants("noop", "devstack"):
         ws = ctx.fresh("noop-devstack")
         cache = ctx.fresh("cache")
-        sc = Sidecar(ws, ctx.work / "token").start()
+        sc = sidecar(ctx, ws)
         try:
             with RssSampler(sc.pid) as sampler:
-                first = connect_once(ctx, src, sc, cache)
+                first = connect_once(ctx, src, sc.address, cache)
             check_copy(src, ws, n, full=False)
             log(f"noop devstack initial: {first:.3f} s")
             runs = []
             with RssSampler(sc.pid) as sampler2:
                 for i in range(ctx.sizes.repeat):
-                    runs.append(connect_once(ctx, src, sc, cache))
+                    runs.append(connect_once(ctx, src, sc.address, cache))
                     log(f"noop devstack #{i + 1}: {runs[-1]:.3f} s")
         finally:
             sc.stop()
@@ -464,7 +394,7 @@ def measure_noop(ctx: Ctx, rsync: _peers.Rsync) -> None:
             "initial_s": first,
             "runs_s": runs,
             "median_s": median(runs),
-            "sidecar_peak_mib": max(sampler.peak_kib, sampler2.peak_kib) / 1024,
+            "sidecar_peak_bytes": max(sampler.peak_kib, sampler2.peak_kib) * 1024,
         }
         ctx.discard(ws)
     if ctx.wants("noop", "rsync"):
@@ -474,6 +404,7 @@ def measure_noop(ctx: Ctx, rsync: _peers.Rsync) -> None:
         log(f"noop rsync: initial {first:.3f} s, no-op {median(runs):.3f} s")
         res["rsync-pipe"] = {"initial_s": first, "runs_s": runs, "median_s": median(runs)}
         ctx.discard(dst)
+    ctx.discard(src)
     ctx.results["noop"] = res
 
 
@@ -526,52 +457,32 @@ def save_latencies(
     return out
 
 
-def _lat_summary(xs: list[float]) -> dict[str, Any]:
-    ms = [x * 1000 for x in xs]
-    return {
-        "saves": len(ms),
-        "median_ms": median(ms),
-        "p99_ms": pct(ms, 99),
-        "min_ms": min(ms) if ms else math.nan,
-        "max_ms": max(ms) if ms else math.nan,
-        "runs_ms": ms,
-    }
-
-
 def measure_latency(ctx: Ctx, src0: Path, info: _tree.TreeInfo, rsync: _peers.Rsync) -> None:
     res: dict[str, Any] = {}
     src = ctx.work / "latency-src"
     subprocess.run(["cp", "-a", str(src0), str(src)], check=True)
+    summary = reload_latency.summary_ms
     if ctx.wants("latency", "devstack"):
         ws = ctx.fresh("latency-devstack")
-        sc = Sidecar(ws, ctx.work / "token").start()
-        cache = ctx.fresh("cache")
-        follow = subprocess.Popen(
-            devstack(
-                "connect", str(src), "--to", sc.address, "--token-file", str(ctx.work / "token")
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-            cwd=REPO,
-        )
+        sc = sidecar(ctx, ws)
+        follow = _procs.Connect(src, sc.address, ctx.token_file, ctx.fresh("cache"), ctx.logs)
+        follow.start()
         try:
-            wait_until(
-                lambda: _tree.count_files(ws) >= info.files, 600, "the initial sync", every=0.2
-            )
+
+            def synced() -> bool:
+                follow.check()
+                return _tree.count_files(ws) >= info.files
+
+            wait_until(synced, 600, "the initial sync", every=0.2)
             time.sleep(0.5)
             xs = save_latencies(src, ws, ctx.sizes.saves, "devstack", timeout=30, gap=0.03)
-            res["devstack"] = _lat_summary(xs)
+            res["devstack"] = summary(xs)
             log(
                 f"latency devstack: median {res['devstack']['median_ms']:.1f} ms, "
                 f"p99 {res['devstack']['p99_ms']:.1f} ms"
             )
         finally:
-            follow.terminate()
-            try:
-                follow.wait(20)
-            except subprocess.TimeoutExpired:
-                follow.kill()
+            follow.stop()
             sc.stop()
         ctx.discard(ws)
     if ctx.wants("latency", "tar"):
@@ -583,21 +494,22 @@ def measure_latency(ctx: Ctx, src0: Path, info: _tree.TreeInfo, rsync: _peers.Rs
             xs.append(_peers.timed(_peers.tar_cmd(src, dst, rel)))
             if not _arrived(dst / rel, data):
                 raise RuntimeError(f"tar did not deliver {rel}")
-        res["tar (one file, no watcher)"] = _lat_summary(xs)
-        log(f"latency tar: median {res['tar (one file, no watcher)']['median_ms']:.1f} ms")
+        res["tar-one-file"] = summary(xs)
+        log(f"latency tar one file: median {res['tar-one-file']['median_ms']:.1f} ms")
         ctx.discard(dst)
     if ctx.wants("latency", "rsync"):
         dst = ctx.fresh("latency-rsync")
         subprocess.run(rsync.pipe_cmd(src, dst), check=True)
         xs = []
-        for rel, data in _edits(src, max(10, ctx.sizes.saves // 4), "rsync"):
+        for rel, data in _edits(src, ctx.sizes.saves, "rsync"):
             _save(src / rel, data)
             # -I: same-size saves within one second look unchanged to the quick check.
             cmd = ["rsync", "-aI", f"--rsh={rsync.rsh}", str(src / rel), f"localhost:{dst / rel}"]
             xs.append(_peers.timed(cmd))
             if not _arrived(dst / rel, data):
                 raise RuntimeError(f"rsync did not deliver {rel}: {cmd}")
-        res["rsync pipe (one file, no watcher)"] = _lat_summary(xs)
+        res["rsync-one-file"] = summary(xs)
+        log(f"latency rsync one file: median {res['rsync-one-file']['median_ms']:.1f} ms")
         ctx.discard(dst)
     if ctx.wants("latency", "syncthing"):
         pair = _peers.SyncthingPair(ctx.work / "syncthing-latency")
@@ -610,9 +522,8 @@ def measure_latency(ctx: Ctx, src0: Path, info: _tree.TreeInfo, rsync: _peers.Rs
             xs = save_latencies(
                 src, dst, ctx.sizes.syncthing_saves, "syncthing", timeout=60, gap=0.2
             )
-            res["syncthing (fsWatcherDelayS=1)"] = _lat_summary(xs)
-            med = res["syncthing (fsWatcherDelayS=1)"]["median_ms"]
-            log(f"latency syncthing: median {med:.0f} ms")
+            res["syncthing"] = {**summary(xs), "fsWatcherDelayS": 1}
+            log(f"latency syncthing: median {res['syncthing']['median_ms']:.0f} ms")
         finally:
             pair.stop()
     ctx.discard(src)
@@ -623,53 +534,63 @@ def measure_latency(ctx: Ctx, src0: Path, info: _tree.TreeInfo, rsync: _peers.Rs
 
 
 class CountingProxy:
-    """A TCP proxy on 127.0.0.1 that counts the bytes each way."""
+    """A TCP proxy on 127.0.0.1 that counts the bytes each way (threads, so
+    a ``devstack connect`` process can talk through it)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.up = 0
         self.down = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._socks: list[socket.socket] = []
+        self._pumps: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+    def __enter__(self) -> CountingProxy:
+        self._acceptor.start()
+        return self
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
+        for t in self._pumps:
+            t.join(10)
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ureader, uwriter = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
-        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
+    def _accept(self) -> None:
+        while True:
             try:
-                while data := await r.read(1 << 16):
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._socks += [client, upstream]
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                t = threading.Thread(target=self._pump, args=(a, b, up), daemon=True)
+                self._pumps.append(t)
+                t.start()
+
+    def _pump(self, a: socket.socket, b: socket.socket, up: bool) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                with self._lock:
                     if up:
                         self.up += len(data)
                     else:
                         self.down += len(data)
-                    w.write(data)
-                    await w.drain()
-            finally:
-                with contextlib.suppress(OSError, RuntimeError):
-                    w.close()
-
-        # The session ends, or the benchmark closes the loop.
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            await asyncio.gather(pump(reader, uwriter, True), pump(ureader, writer, False))
-
-
-class Quiet:
-    """A reporter that shows nothing (the benchmark prints its own lines)."""
-
-    def round_started(self, plan: object, *, initial: bool) -> None: ...
-    def progress(self, files: int, nbytes: int) -> None: ...
-    def round_finished(self, stats: object) -> None: ...
-    def event(self, event: object) -> None: ...
-    def note(self, text: str) -> None: ...
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
 
 
 def one_line_edit(path: Path) -> None:
@@ -681,32 +602,11 @@ def one_line_edit(path: Path) -> None:
     path.write_bytes(data[:start] + b"    edited = 'by the benchmark'  # one line" + data[end:])
 
 
-async def _sync_through_proxy(src: Path, upstream_port: int, cache: Path) -> dict[str, Any]:
-    from devstack.cli.syncer import Syncer, Target
-
-    proxy = CountingProxy(upstream_port)
-    await proxy.start()
-    try:
-        syncer = Syncer(
-            src,
-            Target(f"127.0.0.1:{proxy.port}", TOKEN),
-            reporter=Quiet(),
-            cache_path=cache,
-        )
-        t0 = time.perf_counter()
-        code = await syncer.run(once=True)
-        took = time.perf_counter() - t0
-    finally:
-        await proxy.close()
-    if code != 0:
-        raise RuntimeError(f"in-process sync exited {code}")
-    return {
-        "client_counter_bytes_sent": syncer.stats.bytes_sent,
-        "wire_bytes_up": proxy.up,
-        "wire_bytes_down": proxy.down,
-        "files_synced": syncer.stats.files_synced,
-        "seconds": took,
-    }
+def _session_through_proxy(ctx: Ctx, src: Path, upstream_port: int) -> dict[str, Any]:
+    """One ``devstack connect --once`` process through a counting proxy."""
+    with CountingProxy(upstream_port) as proxy:
+        took = connect_once(ctx, src, proxy.address, ctx.fresh("cache"))
+    return {"wire_bytes_up": proxy.up, "wire_bytes_down": proxy.down, "seconds": took}
 
 
 def measure_bytes(ctx: Ctx, rsync: _peers.Rsync) -> None:
@@ -720,24 +620,22 @@ def measure_bytes(ctx: Ctx, rsync: _peers.Rsync) -> None:
     if rsync_dst is not None:
         subprocess.run(rsync.pipe_cmd(src, rsync_dst), check=True)
     ws = ctx.fresh("bytes-devstack") if ctx.wants("bytes", "devstack") else None
-    sc = Sidecar(ws, ctx.work / "token").start() if ws is not None else None
+    sc = sidecar(ctx, ws) if ws is not None else None
     try:
-        cache = ctx.fresh("cache")
-        if sc is not None and ws is not None:
-            connect_once(ctx, src, sc, cache)
+        if sc is not None:
+            connect_once(ctx, src, sc.address, ctx.fresh("cache"))
             # A no-op session through the proxy: the fixed cost of a session.
-            base = asyncio.run(_sync_through_proxy(src, sc.port, cache / "c.json"))
+            base = _session_through_proxy(ctx, src, sc.port)
         one_line_edit(big)
         if sc is not None and ws is not None:
-            got = asyncio.run(_sync_through_proxy(src, sc.port, cache / "c.json"))
+            got = _session_through_proxy(ctx, src, sc.port)
             if (ws / big.name).read_bytes() != big.read_bytes():
                 raise RuntimeError("devstack did not apply the one-line edit")
-            got["noop_session_wire_up"] = base["wire_bytes_up"]
-            got["noop_session_wire_down"] = base["wire_bytes_down"]
+            got["noop_session_wire_bytes_up"] = base["wire_bytes_up"]
+            got["noop_session_wire_bytes_down"] = base["wire_bytes_down"]
             res["devstack"] = got
             log(
-                f"bytes devstack: counter {got['client_counter_bytes_sent']} B, "
-                f"wire up {got['wire_bytes_up']} B, down {got['wire_bytes_down']} B"
+                f"bytes devstack: wire up {got['wire_bytes_up']} B, down {got['wire_bytes_down']} B"
             )
         if rsync_dst is not None:
             out = subprocess.run(
@@ -763,13 +661,346 @@ def measure_bytes(ctx: Ctx, rsync: _peers.Rsync) -> None:
 
 
 def _received(stats_output: str) -> int:
-    import re
-
     m = re.search(r"Total bytes received:\s*([\d,.]+)", stats_output)
     return int(re.sub(r"[,.]", "", m.group(1))) if m else -1
 
 
-# ------------------------------------------------------------ report
+# ------------------------------------------------------------ 5. reload
+
+
+def measure_reload(ctx: Ctx) -> None:
+    res: dict[str, Any] = {}
+    for debounce in ctx.sizes.reload_debounce_ms:
+        for strategy in reload_latency.STRATEGIES:
+            base = ctx.fresh(f"reload-{strategy}-{debounce}")
+            got = reload_latency.end_to_end(
+                reload_latency.Setup(base, ctx.token_file, ctx.logs),
+                strategy=strategy,
+                saves=ctx.sizes.reload_saves,
+                debounce_ms=debounce,
+            )
+            res.setdefault(strategy, {})[str(debounce)] = got
+            log(
+                f"reload {strategy} (debounce {debounce} ms): median {got['median_ms']:.1f} ms, "
+                f"p99 {got['p99_ms']:.1f} ms"
+            )
+            ctx.discard(base)
+    ctx.results["reload"] = res
+
+
+# ------------------------------------------------------------ the table
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure of the summary table: devstack's value, and the peer's
+    value measured in the same run where the figure has a peer."""
+
+    key: str
+    what: str
+    unit: str  # "s", "ms", "B" or "MB"
+    devstack: float
+    peer: str = ""  # "" when the figure has no peer
+    peer_value: float | None = None
+    peer_status: str = ""  # "measured", "absent" (not installed), "not run" (--only)
+    target: str = "report"
+    passed: bool | None = None  # None: nothing to pass
+
+    @property
+    def ratio(self) -> float | None:
+        if self.peer_value is None or not self.peer_value > 0:
+            return None
+        return self.devstack / self.peer_value
+
+    @property
+    def result(self) -> str:
+        return "-" if self.passed is None else ("PASS" if self.passed else "MISS")
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio, "result": self.result}
+
+
+def _peer(ctx: Ctx, tool: str, value: float | None) -> dict[str, Any]:
+    if value is not None:
+        return {"peer_value": value, "peer_status": "measured"}
+    return {"peer_status": "absent" if tool in ctx.absent else "not run"}
+
+
+def rows(ctx: Ctx) -> list[Row]:
+    r = ctx.results
+    out: list[Row] = []
+    ini = r.get("initial", {}).get("median_s", {})
+    if "devstack" in ini:
+        tree = r["initial"]["tree"]
+        what = f"initial sync, {tree['files']:,} files / {tree['bytes'] / 1e6:.0f} MB"
+        dev = ini["devstack"]
+        for key, tool, label in (
+            ("rsync-pipe", "rsync", "rsync over a pipe"),
+            ("rsync-daemon", "rsync", "rsync daemon on 127.0.0.1"),
+            ("tar", "tar", "tar c | tar x"),
+            ("cp", "cp", "cp -a"),
+            ("syncthing", "syncthing", "syncthing"),
+        ):
+            peer = _peer(ctx, tool, ini.get(key))
+            is_rsync = tool == "rsync"
+            ratio = dev / peer["peer_value"] if "peer_value" in peer else None
+            out.append(
+                Row(
+                    f"initial:{key}",
+                    what,
+                    "s",
+                    dev,
+                    label,
+                    **peer,
+                    target="ratio <= 1.0" if is_rsync else "report",
+                    passed=(ratio <= 1.0) if is_rsync and ratio is not None else None,
+                )
+            )
+    noop = r.get("noop", {})
+    if "devstack" in noop:
+        m = noop["devstack"]["median_s"]
+        out.append(
+            Row(
+                "noop:rsync-pipe",
+                f"no-op resync, {noop['files']:,} files",
+                "s",
+                m,
+                "rsync over a pipe",
+                **_peer(ctx, "rsync", noop.get("rsync-pipe", {}).get("median_s")),
+                target="< 2 s",
+                passed=m < 2,
+            )
+        )
+    lat = r.get("latency", {})
+    if "devstack" in lat:
+        dev = lat["devstack"]
+        n = dev["saves"]
+        for stat, target in (("median", "< 20 ms"), ("p99", "report")):
+            for key, tool, label in (
+                ("syncthing", "syncthing", "syncthing, fsWatcherDelayS=1"),
+                ("tar-one-file", "tar", "tar of the one file (floor)"),
+                ("rsync-one-file", "rsync", "rsync of the one file (floor)"),
+            ):
+                value = dev[f"{stat}_ms"]
+                other = lat.get(key)
+                out.append(
+                    Row(
+                        f"latency-{stat}:{key}",
+                        f"save-to-applied {stat}, watcher included ({n} saves)",
+                        "ms",
+                        value,
+                        label,
+                        **_peer(ctx, tool, other[f"{stat}_ms"] if other else None),
+                        target=target,
+                        passed=value < 20 if stat == "median" else None,
+                    )
+                )
+    by = r.get("bytes", {})
+    if "devstack" in by:
+        up = by["devstack"]["wire_bytes_up"]
+        rs = by.get("rsync-pipe", {}).get("total_bytes_sent")
+        out.append(
+            Row(
+                "bytes:rsync-pipe",
+                f"bytes sent, one-line edit to a {by['file_bytes'] / 1e6:.0f} MB file",
+                "B",
+                float(up),
+                "rsync --stats, total bytes sent",
+                **_peer(ctx, "rsync", float(rs) if rs is not None else None),
+                target="< 64 KiB",
+                passed=up < 64 * 1024,
+            )
+        )
+    rel = r.get("reload", {})
+    for strategy in reload_latency.STRATEGIES:
+        if strategy not in rel:
+            continue
+        debounce = min(rel[strategy], key=int)
+        got = rel[strategy][debounce]
+        for stat in ("median", "p99"):
+            out.append(
+                Row(
+                    f"reload-{stat}:{strategy}",
+                    f"save-to-reloaded {stat}, `{strategy}`, debounce {debounce} ms "
+                    f"({got['saves']} saves)",
+                    "ms",
+                    got[f"{stat}_ms"],
+                )
+            )
+    rss = r.get("rss")
+    if rss:
+        idle = rss["idle_median_bytes"]
+        out.append(
+            Row(
+                "rss-idle",
+                "sidecar RSS, idle",
+                "MB",
+                idle / 1e6,
+                target="< 60 MB",
+                passed=idle < 60e6,
+            )
+        )
+        out.append(
+            Row(
+                "rss-initial-sync",
+                "sidecar RSS, peak during the initial sync",
+                "MB",
+                rss["initial_sync_peak_bytes"] / 1e6,
+            )
+        )
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    return f"{value / 1024:.1f} KiB ({value:,.0f} B)"
+
+
+def _fmt_s(x: float | None) -> str:
+    return _fmt(x, "s")
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: a literal ``|`` must not end it."""
+    return text.replace("|", "\\|")
+
+
+def summary_table(table: list[Row]) -> list[str]:
+    lines = [
+        "| what | devstack | peer, same run | devstack / peer | target | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        if not row.peer:
+            peer = "-"
+        elif row.peer_value is None:
+            peer = f"{row.peer}: {row.peer_status}"
+        else:
+            peer = f"{row.peer}: {_fmt(row.peer_value, row.unit)}"
+        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
+        cells = (row.what, _fmt(row.devstack, row.unit), peer, ratio, row.target, row.result)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def report(ctx: Ctx, table: list[Row]) -> str:
+    r = ctx.results
+    lines = ["### devstack sync benchmark", ""]
+    m = r["machine"]
+    lines.append(
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, {m['filesystem']}, "
+        f"Python {m['python']}, rsync {m['rsync']}, syncthing {m['syncthing']}. "
+        f"Run {r['started']}{' (--quick)' if r['quick'] else ''}"
+        f"{' --only ' + ','.join(r['only']) if r['only'] else ''}."
+    )
+    lines += ["", *summary_table(table)]
+    ini = r.get("initial")
+    if ini:
+        t = ini["tree"]
+        lines += [
+            "",
+            f"Initial sync of {t['files']:,} files in {t['dirs']:,} folders, "
+            f"{t['bytes'] / 1e6:.1f} MB, median of {ctx.sizes.repeat} "
+            "(each into a fresh destination):",
+            "",
+            "| method | median wall | runs | median CPU (all its processes) |",
+            "|---|---|---|---|",
+        ]
+        runs = ini["runs_s"]
+        for k, v in sorted(ini["median_s"].items(), key=lambda kv: kv[1]):
+            c = ini["cpu_median_s"].get(k)
+            lines.append(
+                f"| {k} | {_fmt_s(v)} | {', '.join(f'{x:.2f}' for x in runs[k])} | {_fmt_s(c)} |"
+            )
+        if "devstack_with_sidecar_start_median_s" in ini:
+            lines.append(
+                "| devstack, sidecar start included | "
+                f"{_fmt_s(ini['devstack_with_sidecar_start_median_s'])} | "
+                + ", ".join(f"{x:.2f}" for x in ini["devstack_with_sidecar_start_runs_s"])
+                + " | - |"
+            )
+        if "ratio_to_fastest_rsync_runs" in ini:
+            lines.append(
+                "\ndevstack / fastest rsync, each repetition: "
+                + ", ".join(f"{x:.2f}" for x in ini["ratio_to_fastest_rsync_runs"])
+                + "."
+            )
+        lines.append(
+            f"\n1-minute load average before the timed runs: "
+            f"{min(ini['loadavg_1m_before_runs']):.2f} to "
+            f"{max(ini['loadavg_1m_before_runs']):.2f} "
+            "(above ~0.5, something else shared the CPUs)."
+        )
+    st = r.get("startup")
+    if st:
+        lines.append(
+            f"\n`devstack connect --help` alone (interpreter + imports): {_fmt_s(st['median_s'])}."
+        )
+    noop = r.get("noop")
+    if noop and ("devstack" in noop or "rsync-pipe" in noop):
+        lines += ["", f"No-op resync of {noop['files']:,} small files (median):", ""]
+        for k in ("devstack", "rsync-pipe"):
+            if k in noop:
+                lines.append(
+                    f"- {k}: {_fmt_s(noop[k]['median_s'])} "
+                    f"(initial sync of the same tree {_fmt_s(noop[k]['initial_s'])})"
+                )
+        if "devstack" in noop:
+            peak = noop["devstack"]["sidecar_peak_bytes"]
+            lines.append(f"- sidecar peak RSS: {_fmt(peak / 1e6, 'MB')}")
+    lat = r.get("latency")
+    if lat:
+        lines += [
+            "",
+            "| save-to-applied | saves | median | p99 | max |",
+            "|---|---|---|---|---|",
+        ]
+        for k, v in lat.items():
+            lines.append(
+                f"| {k} | {v['saves']} | {v['median_ms']:.1f} ms | {v['p99_ms']:.1f} ms "
+                f"| {v['max_ms']:.1f} ms |"
+            )
+    by = r.get("bytes")
+    if by and ("devstack" in by or "rsync-pipe" in by):
+        lines += ["", f"One-line edit to a {by['file_bytes'] / 1e6:.0f} MB text file:", ""]
+        if "devstack" in by:
+            d = by["devstack"]
+            lines.append(
+                f"- devstack, on the wire: {d['wire_bytes_up']:,} B up, "
+                f"{d['wire_bytes_down']:,} B down (a no-op session alone: "
+                f"{d['noop_session_wire_bytes_up']:,} B up, "
+                f"{d['noop_session_wire_bytes_down']:,} B down)"
+            )
+        if "rsync-pipe" in by:
+            d = by["rsync-pipe"]
+            lines.append(
+                f"- rsync --stats: total bytes sent {d['total_bytes_sent']:,} B, "
+                f"received {d['total_bytes_received']:,} B"
+            )
+    rel = r.get("reload")
+    if rel:
+        lines += [
+            "",
+            "| save-to-reloaded | debounce | saves | median | p90 | p99 | max |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for strategy, by_debounce in rel.items():
+            for debounce, v in sorted(by_debounce.items(), key=lambda kv: int(kv[0])):
+                lines.append(
+                    f"| {strategy} | {debounce} ms | {v['saves']} | {v['median_ms']:.1f} ms "
+                    f"| {v['p90_ms']:.1f} ms | {v['p99_ms']:.1f} ms | {v['max_ms']:.1f} ms |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ main
 
 
 def machine() -> dict[str, str]:
@@ -796,170 +1027,17 @@ def machine() -> dict[str, str]:
     }
 
 
-def _fmt_s(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.2f} s"
-
-
-def targets(ctx: Ctx) -> list[tuple[str, str, str, str]]:
-    """(what, target, measured, PASS/MISS/-) rows."""
-    r = ctx.results
-    rows: list[tuple[str, str, str, str]] = []
-    ini = r.get("initial", {}).get("median_s", {})
-    if "devstack" in ini:
-        tree = r["initial"]["tree"]
-        what = f"initial sync, {tree['files']:,} files / {tree['bytes'] / 1e6:.0f} MB"
-        ref = ini.get("rsync-pipe") or ini.get("rsync-daemon")
-        if ref:
-            best = min(v for k, v in ini.items() if k.startswith("rsync"))
-            ratio = ini["devstack"] / best
-            rows.append(
-                (
-                    what + " (devstack connect / fastest rsync)",
-                    "ratio <= 1.0",
-                    f"{ratio:.2f} ({ini['devstack']:.2f} s vs {best:.2f} s; per run "
-                    + ", ".join(f"{x:.2f}" for x in r["initial"].get("ratio_runs", []))
-                    + ")",
-                    "PASS" if ratio <= 1.0 else "MISS",
-                )
-            )
+def _clean(work: Path, old: Path | None) -> None:
+    """Delete the trees; keep ``logs/``."""
+    for child in work.iterdir():
+        if child.name == "logs":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
         else:
-            rows.append((what, "ratio <= 1.0 vs rsync", f"{ini['devstack']:.2f} s", "-"))
-    noop = r.get("noop", {}).get("devstack")
-    if noop:
-        m = noop["median_s"]
-        rows.append(
-            (
-                f"no-op resync, {r['noop']['files']:,} files (connect --once)",
-                "< 2 s",
-                f"{m:.2f} s",
-                "PASS" if m < 2 else "MISS",
-            )
-        )
-    lat = r.get("latency", {}).get("devstack")
-    if lat:
-        rows.append(
-            (
-                f"save-to-applied, watcher included ({lat['saves']} saves)",
-                "median < 20 ms",
-                f"median {lat['median_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms",
-                "PASS" if lat["median_ms"] < 20 else "MISS",
-            )
-        )
-    by = r.get("bytes", {}).get("devstack")
-    if by:
-        mb = r["bytes"]["file_bytes"] / 1e6
-        rows.append(
-            (
-                f"bytes sent, one-line edit to a {mb:.0f} MB file (wire, client to sidecar)",
-                "< 64 KiB",
-                f"{by['wire_bytes_up'] / 1024:.1f} KiB (client counter "
-                f"{by['client_counter_bytes_sent'] / 1024:.1f} KiB)",
-                "PASS" if by["wire_bytes_up"] < 64 * 1024 else "MISS",
-            )
-        )
-    rows.append(
-        (
-            "save-to-reloaded (signal, supervise)",
-            "report",
-            "see bench/reload_latency.py",
-            "-",
-        )
-    )
-    rss = r.get("rss")
-    if rss:
-        rows.append(
-            (
-                "sidecar RSS idle / peak during initial sync",
-                "idle < 60 MB",
-                f"{rss['idle_median_mib']:.1f} MiB / {rss['peak_max_mib']:.1f} MiB",
-                "PASS" if rss["idle_median_mib"] * 1.048576 < 60 else "MISS",
-            )
-        )
-    return rows
-
-
-def report(ctx: Ctx) -> str:
-    r = ctx.results
-    lines = ["## devstack sync benchmark", ""]
-    m = r["machine"]
-    lines.append(
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, {m['filesystem']}, "
-        f"Python {m['python']}, {m['rsync']}, syncthing {m['syncthing']}. "
-        f"Run {r['started']}{' (--quick)' if r['quick'] else ''}."
-    )
-    lines += ["", "| what | target | measured | result |", "|---|---|---|---|"]
-    for row in targets(ctx):
-        lines.append("| " + " | ".join(row) + " |")
-    ini = r.get("initial")
-    if ini:
-        t = ini["tree"]
-        lines += [
-            "",
-            f"Initial sync of {t['files']:,} files in {t['dirs']:,} folders, "
-            f"{t['bytes'] / 1e6:.1f} MB, median of {ctx.sizes.repeat} "
-            "(each into a fresh destination):",
-            "",
-            "| method | median wall | runs | median CPU (all its processes) |",
-            "|---|---|---|---|",
-        ]
-        runs = ini["runs_s"]
-        for k, v in sorted(ini["median_s"].items(), key=lambda kv: kv[1]):
-            rs = runs.get(k) or ini.get("devstack_whole_runs_s", [])
-            c = ini["cpu_median_s"].get(k)
-            lines.append(
-                f"| {k} | {_fmt_s(v)} | {', '.join(f'{x:.2f}' for x in rs)} "
-                f"| {_fmt_s(c) if c is not None else '-'} |"
-            )
-        lines.append(
-            f"\n1-minute load average before the timed runs: "
-            f"{min(ini['loadavg_1m_before_runs']):.2f} to {max(ini['loadavg_1m_before_runs']):.2f} "
-            "(above ~0.5, something else shared the CPUs)."
-        )
-    st = r.get("startup")
-    if st:
-        lines.append(
-            f"\n`devstack connect --help` alone (interpreter + imports): {_fmt_s(st['median_s'])}."
-        )
-    noop = r.get("noop")
-    if noop:
-        lines += ["", f"No-op resync of {noop['files']:,} small files (median):", ""]
-        for k in ("devstack", "rsync-pipe"):
-            if k in noop:
-                lines.append(
-                    f"- {k}: {_fmt_s(noop[k]['median_s'])} "
-                    f"(initial sync of the same tree {_fmt_s(noop[k]['initial_s'])})"
-                )
-        if "devstack" in noop:
-            lines.append(f"- sidecar peak RSS: {noop['devstack']['sidecar_peak_mib']:.1f} MiB")
-    lat = r.get("latency")
-    if lat:
-        lines += ["", "| save-to-applied | saves | median | p99 | max |", "|---|---|---|---|---|"]
-        for k, v in lat.items():
-            lines.append(
-                f"| {k} | {v['saves']} | {v['median_ms']:.1f} ms | {v['p99_ms']:.1f} ms "
-                f"| {v['max_ms']:.1f} ms |"
-            )
-    by = r.get("bytes")
-    if by:
-        lines += ["", f"One-line edit to a {by['file_bytes'] / 1e6:.0f} MB text file:", ""]
-        if "devstack" in by:
-            d = by["devstack"]
-            lines.append(
-                f"- devstack: client counter {d['client_counter_bytes_sent']:,} B; wire "
-                f"{d['wire_bytes_up']:,} B up, {d['wire_bytes_down']:,} B down "
-                f"(a no-op session alone: {d['noop_session_wire_up']:,} B up, "
-                f"{d['noop_session_wire_down']:,} B down)"
-            )
-        if "rsync-pipe" in by:
-            d = by["rsync-pipe"]
-            lines.append(
-                f"- rsync --stats: total bytes sent {d['total_bytes_sent']:,} B, "
-                f"received {d['total_bytes_received']:,} B"
-            )
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------ main
+            child.unlink(missing_ok=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -973,11 +1051,18 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir",
         type=Path,
         default=Path(os.environ.get("DEVSTACK_BENCH_DIR", "/var/tmp/devstack-bench")),
-        help="where trees go (default /var/tmp/devstack-bench; replaced)",
+        help="where trees and logs go (default /var/tmp/devstack-bench; replaced)",
     )
-    parser.add_argument("--json", type=Path, help="result file (default bench/out/sync-*.json)")
     parser.add_argument(
-        "--keep", action="store_true", help="keep the work folder (no cleanup at the end)"
+        "--json", type=Path, help="write the results as JSON here (default bench/out/sync-*.json)"
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="write the Markdown tables here (default: the JSON path with .md)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the trees too (no cleanup at the end)"
     )
     parser.add_argument(
         "--settle",
@@ -1008,45 +1093,61 @@ def main(argv: list[str] | None = None) -> int:
         old = work.with_name(f"{work.name}.old-{os.getpid()}-{time.time_ns()}")
         os.rename(work, old)
     work.mkdir(parents=True)
-    ctx = Ctx(work, sizes, only)
+    absent = frozenset(t for t in PEERS if shutil.which(t) is None)
+    ctx = Ctx(work, sizes, only, absent)
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    ctx.results.update(started=started, quick=args.quick, only=sorted(only), sizes=sizes.__dict__)
+    ctx.results.update(
+        started=started,
+        quick=args.quick,
+        only=sorted(only),
+        sizes=sizes.__dict__,
+        peers={t: ("absent" if t in absent else "present") for t in PEERS},
+        logs=str(ctx.logs.root),
+    )
     ctx.results["machine"] = machine()
-    (work / "token").write_text(TOKEN)
+    for t in sorted(absent):
+        log(f"{t} is not installed: reported absent (bench/run installs it)")
+    ctx.token_file.write_text(TOKEN)
     rsync = _peers.Rsync(work, ctx.runs)
+    out = args.json or REPO / "bench" / "out" / f"sync-{started.replace(':', '')}.json"
     try:
         src = work / "src"
-        log(f"generating {sizes.files} files")
-        info = _tree.generate(
-            src, files=sizes.files, binaries=sizes.binaries, binary_mib=sizes.binary_mib
-        )
-        # syncthing needs its folder marker; every tool copies the same tree.
-        (src / ".stfolder").mkdir()
-        if ctx.wants("initial"):
+        info = _tree.TreeInfo(files=0, dirs=0, bytes=0)
+        if ctx.selected("initial") or ctx.selected("latency"):
+            log(f"generating {sizes.files} files")
+            info = _tree.generate(
+                src, files=sizes.files, binaries=sizes.binaries, binary_mib=sizes.binary_mib
+            )
+            # syncthing needs its folder marker; every tool copies the same tree.
+            (src / ".stfolder").mkdir()
+        if ctx.selected("initial"):
             measure_initial(ctx, src, info, rsync)
             if ctx.wants("initial", "devstack"):
                 measure_startup(ctx)
-        if ctx.wants("noop") and (ctx.wants("noop", "devstack") or ctx.wants("noop", "rsync")):
+        if ctx.wants("noop", "devstack") or ctx.wants("noop", "rsync"):
             measure_noop(ctx, rsync)
-        if ctx.wants("latency"):
+        if ctx.selected("latency"):
             measure_latency(ctx, src, info, rsync)
-        if ctx.wants("bytes") and (ctx.wants("bytes", "devstack") or ctx.wants("bytes", "rsync")):
+        if ctx.wants("bytes", "devstack") or ctx.wants("bytes", "rsync"):
             measure_bytes(ctx, rsync)
+        if ctx.wants("reload", "devstack"):
+            measure_reload(ctx)
     finally:
         rsync.stop()
-        out = args.json or REPO / "bench" / "out" / f"sync-{started.replace(':', '')}.json"
+        table = rows(ctx)
+        ctx.results["table"] = [row.as_json() for row in table]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(ctx.results, indent=2, default=str))
         if not args.keep:
             log("deleting the trees")
-            shutil.rmtree(work, ignore_errors=True)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            _clean(work, old)
             stamp.write_text(str(time.time()))
-    text = report(ctx)
-    print(text)
-    (out.with_suffix(".md")).write_text(text)
-    log(f"results: {out}")
+    text = report(ctx, table)
+    print(text, end="")
+    md = args.markdown or out.with_suffix(".md")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text)
+    log(f"results: {out} and {md}; child process logs: {ctx.logs.root}")
     return 0
 
 
