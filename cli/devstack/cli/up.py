@@ -194,7 +194,13 @@ def _aws_endpoint(stack: Stack, state: Path, choice: str, env: dict[str, str]) -
     if choice == "moto":
         import logging
 
-        from moto.server import ThreadedMotoServer
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as e:
+            raise ConfigError(
+                "--aws moto needs moto (pip install 'moto[server]'; `make up` installs it), "
+                "or pass --aws localstack or --aws URL"
+            ) from e
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
