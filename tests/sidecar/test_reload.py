@@ -15,6 +15,7 @@ import pytest
 
 from devstack.sidecar import reload as rl
 from devstack.sidecar.reload import RESTART, ReloadConfig, ReloadEvent, Rule, Step
+from tests.support.net import free_port
 
 PY = sys.executable
 
@@ -490,14 +491,6 @@ s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
 print("Listening on", s.server_port, flush=True)
 s.serve_forever()
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
+
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "localstack"
@@ -215,12 +216,6 @@ class Backend:
         logs = self.client("logs")
         for g in logs.describe_log_groups().get("logGroups", []):
             logs.delete_log_group(logGroupName=g["logGroupName"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, n: int = 40) -> str:

