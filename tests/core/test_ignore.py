@@ -127,3 +127,80 @@ def test_excludes_sees_through_an_ignored_folder() -> None:
     assert memo == {"build": True}
     assert rules.excludes("src/keep.txt", memo=memo) is False
     assert ignore.with_nested(rules, {}) is rules
+
+
+#: Patterns of every shape the prefilter sorts: literal names, suffix and
+#: prefix globs, other name globs, folder-only and negated forms, anchored
+#: and "/" patterns, "**", character classes that could match "/".
+PREFILTER_PATTERNS = [
+    "*.log",
+    "!keep.log",
+    "build/",
+    "/dist",
+    "docs/*.md",
+    "foo[!x]bar",
+    "a?c",
+    "[a-c]x",
+    "**/deep",
+    "x/**/y",
+    "!node_modules/",
+    "lib*/",
+    "\\!bang",
+    "tmp[0-9]",
+    "*",
+    "!*.keep",
+    "[+-0]z",
+    "*.py[cod]",
+    "!*.pyc",
+    "*~/",
+    ".#*",
+    "x*",
+    "*x/",
+    "!a*",
+    "*[ab]",
+    "*.[ab]/",
+    "ab*/",
+    "!x/",
+]
+PREFILTER_NAMES = [
+    "a", "b", "x", "y", "abc", "axc", "keep.log", "a.log", "build", "dist", "docs", "r.md",
+    "foo", "bar", "fooybar", "deep", "lib", "libx", "node_modules", ".git", "!bang", "tmp5",
+    "q.keep", "__pycache__", "m.pyc", "m.pyo", "4913", "+z", "ax", "xa", "x~", ".#q", "a.b",
+    "ab", "abz", "1",
+]  # fmt: skip
+
+
+def test_the_prefilter_answers_exactly_as_pathspec() -> None:
+    """``ignored`` and a walk's ``child_ignored`` agree with pathspec itself
+    on every path, for a seeded sweep of rule sets (the prefilter only ever
+    skips pathspec when no pattern can match)."""
+    import random
+
+    import pathspec
+
+    rng = random.Random(7)
+    for _ in range(250):
+        chosen = rng.sample(PREFILTER_PATTERNS, rng.randint(0, 8))
+        if rng.random() < 0.5:
+            chosen = [*ignore.DEFAULT_PATTERNS, *chosen]
+        rules = IgnoreRules(tuple(chosen))
+        spec = pathspec.GitIgnoreSpec.from_lines(chosen)
+        for _ in range(60):
+            parts = [rng.choice(PREFILTER_NAMES) for _ in range(rng.randint(1, 4))]
+            path = "/".join(parts)
+            for is_dir in (False, True):
+                want = bool(spec.match_file(path + "/" if is_dir else path))
+                assert rules.ignored(path, is_dir=is_dir) is want, (chosen, path, is_dir)
+                clean = rules.clean("/".join(parts[:-1]))
+                got, _ = rules.child_ignored(path, parts[-1], is_dir=is_dir, clean=clean)
+                assert got is want, (chosen, path, is_dir)
+
+
+def test_a_walk_carries_clean_down_only_past_names_no_pattern_matched() -> None:
+    rules = IgnoreRules.from_patterns(["build/", "!build/"])
+    # "build/" matches the folder, "!build/" re-includes it: not ignored,
+    # but everything below must be asked of pathspec.
+    assert rules.child_ignored("build", "build", is_dir=True, clean=True) == (False, False)
+    assert rules.child_ignored("src", "src", is_dir=True, clean=True) == (False, True)
+    assert rules.clean("src/build") is False
+    assert rules.clean("src/lib") is True

@@ -1,8 +1,21 @@
+import gc
 import os
 from pathlib import Path
 
+import pytest
+
 from devstack.core import ignore
-from devstack.core.manifest import DigestCache, Kind, hash_bytes, scan
+from devstack.core.manifest import (
+    DigestCache,
+    Entry,
+    Kind,
+    SyncState,
+    gc_paused,
+    hash_bytes,
+    make_entry,
+    scan,
+    stat_key,
+)
 
 
 def _scan(root: Path, cache: DigestCache | None = None, **kw: object):  # type: ignore[no-untyped-def]
@@ -72,3 +85,112 @@ def test_subtree_scan(tmp_path: Path) -> None:
     assert set(_scan(tmp_path, under="a")) == {"a", "a/b", "a/b/c"}
     assert set(_scan(tmp_path, under="z")) == {"z"}
     assert _scan(tmp_path, under="missing") == {}
+
+
+def test_cache_round_trips_in_its_binary_format(tmp_path: Path) -> None:
+    cache = DigestCache()
+    cache.put("a/名前 ü.txt", (3, -5_000_000_000, 17, 2**64 - 1), b"\x01" * 16)
+    cache.put("b", (0, 1, 2, 3), hash_bytes(b""))
+    cache.save(tmp_path / "c")
+    assert (tmp_path / "c").read_bytes().startswith(b"dsdc")
+    again = DigestCache.load(tmp_path / "c")
+    assert again._entries == cache._entries and not again.dirty
+    assert set(again) == {"a/名前 ü.txt", "b"}
+
+
+def test_cache_reads_the_json_of_version_1_and_writes_it_anew(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"
+    old.write_text('{"version": 1, "entries": {"f": [3, 10, 11, 12, "' + "ab" * 16 + '"]}}')
+    cache = DigestCache.load(old)
+    assert cache.get("f", (3, 10, 11, 12)) == b"\xab" * 16
+    assert cache.dirty  # so the next save writes the binary format
+
+
+@pytest.mark.parametrize("damage", ["torn", "version", "counts", "garbage"])
+def test_a_damaged_cache_is_an_empty_one(tmp_path: Path, damage: str) -> None:
+    cache = DigestCache()
+    for i in range(5):
+        cache.put(f"f{i}", (i, i, i, i), bytes([i]) * 16)
+    cache.save(tmp_path / "c")
+    data = bytearray((tmp_path / "c").read_bytes())
+    if damage == "torn":
+        data = data[:-7]
+    elif damage == "version":
+        data[4] = 99
+    elif damage == "counts":
+        data[8] = 4  # four entries announced, five written
+    else:
+        data = bytearray(b"dsdc" + os.urandom(60))
+    (tmp_path / "c").write_bytes(bytes(data))
+    assert len(DigestCache.load(tmp_path / "c")) == 0
+
+
+def test_scan_collects_the_nested_gitignores_it_applied(tmp_path: Path) -> None:
+    (tmp_path / "web" / "dist").mkdir(parents=True)
+    (tmp_path / "web" / ".gitignore").write_text("dist/\n")
+    (tmp_path / "web" / "dist" / "x.js").write_text("x")
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / ".gitignore").write_text("# only a comment\n")
+    nested: dict[str, tuple[str, ...]] = {}
+    m = _scan(tmp_path, nested=nested)
+    assert "web/dist" not in m and "web/.gitignore" in m
+    assert nested == {"web": ("dist/",), "api": ("# only a comment",)}
+
+
+def test_scan_can_defer_hashing_new_small_files(tmp_path: Path) -> None:
+    (tmp_path / "small").write_bytes(b"s" * 10)
+    (tmp_path / "big").write_bytes(b"b" * 100)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "known").write_bytes(b"k" * 10)
+    cache = DigestCache()
+    _scan(tmp_path, cache, under="known")  # the cache knows this one
+    deferred: list[str] = []
+    m = _scan(tmp_path, cache, deferred=deferred, defer_max=50)
+    assert deferred == ["small"]
+    assert m["small"].digest == b"" and m["small"].size == 10
+    assert m["big"].digest == hash_bytes(b"b" * 100)
+    assert m["empty"].digest == hash_bytes(b"")
+    assert m["known"].digest == hash_bytes(b"k" * 10)
+    assert cache.get("small", stat_key(os.lstat(tmp_path / "small"))) is None
+
+
+def test_scan_gives_each_entry_its_state_from_the_ancestors(tmp_path: Path) -> None:
+    (tmp_path / "same").write_bytes(b"1")
+    (tmp_path / "changed").write_bytes(b"2")
+    (tmp_path / "dir").mkdir()
+    os.symlink("same", tmp_path / "link")
+    ancestors = {
+        "same": (int(Kind.FILE), hash_bytes(b"1"), ""),
+        "changed": (int(Kind.FILE), hash_bytes(b"old"), ""),
+        "dir": (int(Kind.DIRECTORY), b"", ""),
+        "link": (int(Kind.SYMLINK), b"", "elsewhere"),
+    }
+    m = _scan(tmp_path, ancestors=ancestors)
+    assert m["same"].state == SyncState.SYNCED
+    assert m["changed"].state == SyncState.DIRTY
+    assert m["dir"].state == SyncState.SYNCED
+    assert m["link"].state == SyncState.DIRTY
+    assert _scan(tmp_path, ancestors=ancestors, under="same")["same"].state == SyncState.SYNCED
+    assert all(e.state == SyncState.UNTRACKED for e in _scan(tmp_path).values())
+
+
+def test_gc_paused_nests_and_restores_the_collector() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
+
+
+def test_make_entry_builds_the_same_value_as_the_constructor() -> None:
+    e = make_entry(("p", Kind.FILE, 3, 0o644, b"d" * 16, "", SyncState.SYNCED))
+    assert e == Entry("p", Kind.FILE, 3, 0o644, b"d" * 16, state=SyncState.SYNCED)
+    assert isinstance(e, Entry) and e.state is SyncState.SYNCED

@@ -142,3 +142,50 @@ def test_applying_the_plan_to_the_remote_converges() -> None:
     assert {k: (v.kind, v.digest, v.target) for k, v in remote.items()} == {
         k: (v.kind, v.digest, v.target) for k, v in local.items()
     }
+
+
+def test_hidden_workspace_entries_are_never_touched() -> None:
+    # The laptop ignores dist/ (a nested .gitignore the workspace lacks): the
+    # pod's dist/ stays, and so does the folder that holds it.
+    local = m(d("web"), f("web/app.js", b"new"))
+    remote = m(d("web"), f("web/app.js", b"old"), d("web/dist"), f("web/dist/b.js"))
+    asked: list[str] = []
+
+    def hidden(path: str, entry: Entry) -> bool:
+        asked.append(path)
+        return path == "web/dist" or path.startswith("web/dist/")
+
+    p = plan(local, remote, hidden=hidden)
+    assert [(c.action.value, c.path) for c in p.changes] == [("write", "web/app.js")]
+    # Only asked about what the laptop lacks: what it scanned is not hidden.
+    assert sorted(asked) == ["web/dist", "web/dist/b.js"]
+    p = plan(local, remote, hidden=hidden, scope=frozenset({"web/dist/b.js", "web/app.js"}))
+    assert [c.path for c in p.changes] == ["web/app.js"]
+
+
+def test_hidden_is_asked_when_folder_and_file_trade_places() -> None:
+    asked: list[str] = []
+
+    def hidden(path: str, entry: Entry) -> bool:
+        asked.append(path)
+        return True
+
+    p = plan(m(f("build")), m(d("build")), hidden=hidden)
+    assert asked == ["build"] and p.empty
+    asked.clear()
+    # A file that became a symlink is still not a folder: not asked.
+    p = plan(m(ln("x", "y")), m(f("x")), hidden=hidden)
+    assert asked == [] and [c.action for c in p.changes] == [Action.DELETE, Action.SYMLINK]
+
+
+def test_an_identical_tree_is_settled_without_asking_anything() -> None:
+    local = {f"p{i}": f(f"p{i}", str(i).encode()) for i in range(100)}
+    remote = dict(local)
+    calls: list[str] = []
+
+    def hidden(path: str, entry: Entry) -> bool:
+        calls.append(path)
+        return False
+
+    p = plan(local, remote, hidden=hidden)
+    assert p.empty and p.conflicts == [] and calls == []

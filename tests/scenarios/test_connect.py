@@ -4,7 +4,6 @@ processes on loopback."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from devstack.cli.syncer import EXIT_UNSETTLED, ONCE_ROUNDS, Stats, Syncer, Target
+from devstack.core.manifest import DigestCache
 from devstack.core.plan import Plan
 from devstack.sync.v1 import sync_pb2 as pb
 from tests.support.rawclient import status
@@ -332,10 +332,7 @@ def test_the_digest_cache_is_saved_while_running(env: tuple[Path, Sidecar]) -> N
 
     def cached() -> set[str]:
         for f in cache_dir.glob("manifest-*.json"):
-            try:
-                return set(json.loads(f.read_text())["entries"])
-            except (ValueError, KeyError):
-                return set()
+            return set(DigestCache.load(f))  # a torn or missing file reads as empty
         return set()
 
     try:
@@ -402,3 +399,78 @@ def test_seeded_workspace_syncs_incrementally(env: tuple[Path, Sidecar]) -> None
     assert r.returncode == 0, r.stderr
     assert status(sc.address, "tok-123").files_written == 1  # only app/main.py
     assert (sc.workspace / "installed-by-image.txt").read_text() == "keep me"
+
+
+class _Quiet:
+    """A reporter that keeps nothing: these stories read the syncer's stats."""
+
+    def round_started(self, plan: Plan, *, initial: bool) -> None: ...
+    def progress(self, files: int, nbytes: int) -> None: ...
+    def round_finished(self, stats: Stats) -> None: ...
+    def event(self, event: pb.Event) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+def _sync_once(src: Path, sc: Sidecar, **kw: object) -> Syncer:
+    syncer = Syncer(
+        src,
+        Target(sc.address, "tok-123"),
+        reporter=_Quiet(),
+        cache_path=src.parent / "cache-of-this-story",
+        **kw,  # type: ignore[arg-type]
+    )
+    assert asyncio.run(syncer.run(once=True)) == 0
+    return syncer
+
+
+def test_compress_never_auto_always_decide_what_goes_on_the_wire(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    text = b"def handler(request):\n    return respond(request, status=200)\n" * 12_000
+    (src / "big.py").write_bytes(text)  # compressible, in chunks
+    (src / "small.txt").write_bytes(text[:100_000])  # compressible, inline
+    (src / "noise.bin").write_bytes(os.urandom(600_000))  # incompressible
+    (src / "packed.png").write_bytes(text[:200_000])  # compressible, named as compressed
+    total = sum(p.stat().st_size for p in src.iterdir())
+    token = tmp_path / "token"
+    token.write_text("tok-123\n")
+    sent: dict[str, int] = {}
+    for mode in ("never", "auto", "always"):
+        ws = tmp_path / f"ws-{mode}"
+        ws.mkdir()
+        sc = Sidecar(ws, token).start()
+        try:
+            sent[mode] = _sync_once(src, sc, compress=mode).stats.bytes_sent
+            synced(src, ws)
+        finally:
+            sc.stop()
+        (src.parent / "cache-of-this-story").unlink()
+    assert sent["never"] == total
+    # auto: the text shrinks, the noise and the .png go as they are.
+    assert 600_000 + 200_000 < sent["auto"] < 600_000 + 200_000 + 100_000
+    # always: the .png's content is compressed too.
+    assert sent["always"] < sent["auto"] - 150_000
+
+
+def test_a_renamed_file_moves_no_bytes_even_before_it_is_hashed(env: tuple[Path, Sidecar]) -> None:
+    src, sc = env
+    (src / "a.txt").write_bytes(b"some content worth keeping\n" * 100)
+    (src / "other.txt").write_bytes(b"x" * 2700)  # the same size: not the same file
+    _sync_once(src, sc)
+    os.rename(src / "a.txt", src / "b.txt")
+    (src / "new.txt").write_bytes(b"new")
+    syncer = _sync_once(src, sc)
+    # b.txt was new to the cache, and small: its digest was found only because
+    # the workspace had lost a file of its size, and the move became a rename.
+    assert syncer.stats.bytes_sent == len(b"new")
+    synced(src, sc.workspace)
+
+
+def test_compress_takes_only_its_three_values(env: tuple[Path, Sidecar]) -> None:
+    src, sc = env
+    r = connect_once(src, sc, None, "--compress", "fast")
+    assert r.returncode == 2 and "invalid choice: 'fast'" in r.stderr
+    (src / "a").write_text("a" * 1000)
+    r = connect_once(src, sc, None, "--compress", "never")
+    assert r.returncode == 0, r.stderr
+    assert (sc.workspace / "a").read_text() == "a" * 1000

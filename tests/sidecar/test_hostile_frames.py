@@ -141,6 +141,38 @@ def test_more_bytes_than_declared(sidecar: Sidecar) -> None:
     assert not (sidecar.workspace / "f").exists()
 
 
+def test_a_bad_frame_behind_a_commit_ends_the_session_after_its_ack(sidecar: Sidecar) -> None:
+    s = RawSession(sidecar.address, "s3cret-token")
+    # Sent at once: the sidecar reads ahead of its disk work.
+    s.batch(1, write_op("first", b"applied"))
+    s.send(pb.ClientMessage(commit=pb.Commit(seq=1)))
+    s.send(pb.ClientMessage(commit=pb.Commit(seq=7)))
+    assert s.next_of("ack").ack.seq == 1
+    e = s.refused()
+    s.close()
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not open" in (e.details() or "")
+    assert (sidecar.workspace / "first").read_bytes() == b"applied"
+
+
+def test_nothing_queued_behind_a_failed_frame_is_applied(sidecar: Sidecar) -> None:
+    s = RawSession(sidecar.address, "s3cret-token")
+    # Sent at once: the bad chunk and the commit are read (and queued) while
+    # the batch's megabytes are still being staged.
+    big = [write_op(f"big{i}", os.urandom(1 << 20)) for i in range(3)]
+    s.batch(1, write_op("first", b"staged"), *big, write_op("f", b"12345", chunked=True))
+    s.send(pb.ClientMessage(chunk=pb.Chunk(seq=1, op_index=9, data=b"12345")))
+    s.send(pb.ClientMessage(commit=pb.Commit(seq=1)))
+    e = s.refused()
+    s.close()
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not exist" in (e.details() or "")
+    # The batch is discarded once the session's queued work is done.
+    staging = sidecar.workspace / ".devstack" / "staging"
+    wait_until(lambda: os.listdir(staging) == [], what="staged files to be discarded")
+    assert sorted(os.listdir(sidecar.workspace)) == [".devstack"]
+
+
 def test_dropped_connection_mid_batch_changes_nothing(sidecar: Sidecar) -> None:
     (sidecar.workspace / "kept").write_bytes(b"old content")
     s = RawSession(sidecar.address, "s3cret-token")

@@ -11,6 +11,7 @@ import pytest
 from devstack.core.errors import ConfigError
 from devstack.core.ignore import IgnoreRules
 from devstack.core.manifest import Entry, Kind, SyncState, hash_bytes
+from devstack.sidecar import workspace
 from devstack.sidecar.workspace import StagedOp, Workspace, WriteOptions
 
 
@@ -251,3 +252,75 @@ def test_a_huge_batch_keeps_few_descriptors_open(ws: Workspace) -> None:
     assert all(o.applied for o in batch.commit())
     assert len(os.listdir("/proc/self/fd")) == before
     assert os.listdir(ws.root / ".devstack" / "staging") == []
+
+
+def stage_all(ws: Workspace, seq: int, files: dict[str, tuple[bytes, int]]) -> list:
+    """Stage like the server does (``inline_many``), then commit."""
+    ops = [write_op(i, p, d, mode=m) for i, (p, (d, m)) in enumerate(files.items())]
+    batch = ws.open_batch(seq, ops)
+    batch.inline_many([(i, d) for i, (d, _) in enumerate(files.values())], lambda _op, d: d)
+    return batch.commit()
+
+
+MODES = [0o644, 0o664, 0o666, 0o755, 0o600, 0o444, 0o700, 0o4755, 0o2750]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000], ids=oct)
+def test_new_files_get_their_exact_mode_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    (tmp_path / "w").mkdir()
+    old = os.umask(umask)
+    try:
+        ws = Workspace(tmp_path / "w")
+        files = {f"m{m:o}": (f"mode {m:o}".encode(), m) for m in MODES}
+        files |= {f"empty{m:o}": (b"", m) for m in MODES}
+        assert all(o.applied for o in stage_all(ws, 1, files))
+        # Content that arrives in pieces (the chunked path) too.
+        ops = [write_op(i, f"c{m:o}", b"two parts", mode=m) for i, m in enumerate(MODES)]
+        batch = ws.open_batch(2, ops)
+        for i in range(len(MODES)):
+            batch.inline(i, b"two ")
+        for i in range(len(MODES)):
+            batch.inline(i, b"parts")
+        assert all(o.applied for o in batch.commit())
+        ws.close()
+    finally:
+        os.umask(old)
+    for m in MODES:
+        for name in (f"m{m:o}", f"empty{m:o}", f"c{m:o}"):
+            assert (tmp_path / "w" / name).stat().st_mode & 0o7777 == m, name
+    assert (tmp_path / "w" / "m444").read_bytes() == b"mode 444"
+    assert (tmp_path / "w" / "c444").read_bytes() == b"two parts"
+
+
+def test_what_appears_before_the_commit_is_a_conflict_not_replaced(ws: Workspace) -> None:
+    mk = StagedOp(0, "mkdir", "d", Entry("d", Kind.DIRECTORY, 0, 0o755), None, True)
+    ops = [write_op(0, "a", b"laptop"), write_op(1, "emptydir", b"laptop")]
+    batch = ws.open_batch(1, ops)
+    batch.inline_many([(0, b"laptop"), (1, b"laptop")], lambda _op, d: d)
+    mkdir_batch = ws.open_batch(2, [mk])
+    # The app writes while the batches are staged.
+    (ws.root / "a").write_bytes(b"the app")
+    (ws.root / "emptydir").mkdir()
+    (ws.root / "d").write_bytes(b"a file where the folder goes")
+    wrote = batch.commit()
+    [made] = mkdir_batch.commit()
+    assert [o.reason for o in wrote] == ["conflict", "conflict"]
+    assert wrote[0].actual is not None and wrote[0].actual.digest == hash_bytes(b"the app")
+    assert made.reason == "conflict"
+    assert (ws.root / "a").read_bytes() == b"the app"
+    assert (ws.root / "emptydir").is_dir()
+    assert (ws.root / "d").read_bytes() == b"a file where the folder goes"
+    assert os.listdir(ws.root / ".devstack" / "staging") == []
+
+
+def test_without_an_atomic_no_replace_rename_the_rules_still_hold(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workspace, "rename_noreplace", lambda *_args: False)
+    assert [o.applied for o in stage_all(ws, 1, {"a": (b"v1", 0o644)})] == [True]
+    assert not ws.noreplace  # it stops trying
+    (ws.root / "b").write_bytes(b"the app")
+    [o] = stage_all(ws, 2, {"b": (b"laptop", 0o644)})
+    assert o.reason == "conflict"
+    assert (ws.root / "a").read_bytes() == b"v1"
+    assert (ws.root / "b").read_bytes() == b"the app"

@@ -11,21 +11,21 @@ matched."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from devstack.cli.channel import add_target_arguments, load_token
-from devstack.cli.syncer import EXIT_INTERRUPTED, Stats, Syncer, Target
-from devstack.core import logging as dlog
 from devstack.core.errors import PermanentError
-from devstack.core.plan import Plan
-from devstack.sync.v1 import sync_pb2 as pb
+from devstack.core.protocol import COMPRESS_MODES
+
+if TYPE_CHECKING:
+    from devstack.cli.syncer import Stats
+    from devstack.core.plan import Plan
+    from devstack.sync.v1 import sync_pb2 as pb
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="full rescan every N idle seconds, a safety net for lost events (default 30)",
     )
+    parser.add_argument(
+        "--compress",
+        choices=COMPRESS_MODES,
+        default="auto",
+        help="zlib for file content: auto compresses a file only if its first 64 KiB shrink "
+        "by 10%% (and never what its extension says is compressed already); always tries "
+        "every file; never sends raw bytes (default auto)",
+    )
 
 
 class TerminalReporter:
@@ -75,6 +83,8 @@ class TerminalReporter:
         self.sent_bytes = 0
         self.initial = False
         self._last_draw: float | None = None
+        from devstack.cli.syncer import Stats
+
         self._stats = Stats()
 
     def _line(self, text: str, *, final: bool = False) -> None:
@@ -143,7 +153,20 @@ class TerminalReporter:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: ``connect --help`` needs none of it.
+    import asyncio
+    import gc
+    import signal
+
+    from devstack.cli.syncer import EXIT_INTERRUPTED, Syncer, Target
+    from devstack.core import logging as dlog
+
     dlog.configure(level=os.environ.get("DEVSTACK_LOG_LEVEL", "warning"))
+    if args.once:
+        # A run that ends: the cyclic collector would only walk the
+        # manifests' entries (hundreds of thousands of them, which hold no
+        # cycles) again and again. Reference counting frees the rest.
+        gc.disable()
     root = Path(args.path)
     if not root.exists():
         raise PermanentError(f"{root} does not exist")
@@ -161,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         debounce_ms=args.debounce_ms,
         rescan_interval=args.rescan_interval,
+        compress=args.compress,
     )
 
     async def main() -> int:

@@ -12,6 +12,7 @@ sleep converge by the same path as the first sync.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import getpass
 import hashlib
@@ -20,14 +21,13 @@ import socket
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from devstack.cli.channel import classify, open_channel, translate
-from devstack.core import delta as deltas
 from devstack.core import ignore as ignore_mod
 from devstack.core.errors import (
     DevstackError,
@@ -38,26 +38,35 @@ from devstack.core.errors import (
 )
 from devstack.core.logging import get_logger
 from devstack.core.manifest import (
-    DIGEST_SIZE,
     DigestCache,
     Entry,
     Kind,
     Manifest,
+    StatKey,
+    SyncState,
+    gc_paused,
+    hash_bytes,
+    hash_fd,
+    make_entry,
     scan,
 )
 from devstack.core.plan import Action, Change, Plan, apply_to, plan
 from devstack.core.protocol import (
+    COMPRESS_MODES,
     INLINE_MAX,
     MAX_CHUNK_BYTES,
     OP_CODES,
     PROTOCOL_VERSION,
-    encode,
+    ContentEncoder,
     entry_from_pb,
-    entry_to_pb,
-    worth_compressing,
+    fill_entry_pb,
+    read_manifest_page,
 )
 from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
+
+if TYPE_CHECKING:
+    from devstack.core import delta as deltas
 
 log = get_logger("connect")
 #: The end-of-stream sentinel of grpc.aio calls (missing from grpc-stubs).
@@ -151,7 +160,9 @@ class RetryPolicy:
 @dataclass
 class _Outgoing:
     change: Change
+    #: The op, a part of the batch message being built (filled in place).
     op: pb.Op
+    chunked: bool = False
     # (offset, length) ranges to stream from the local file, or delta steps
     literal: list[tuple[int, int]] = field(default_factory=list)
     steps: list[deltas.Copy | deltas.Literal] = field(default_factory=list)
@@ -171,27 +182,58 @@ def client_id() -> str:
     return f"{user}@{socket.gethostname()}/{os.getpid()}"
 
 
-def _read_inline(root: Path, entry: Entry) -> tuple[Entry, bytes] | None:
-    """Content of a small file and its entry as actually read (the file may
-    have changed since it was scanned). None if it vanished or changed kind."""
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _read_inline(root: str, entry: Entry) -> tuple[Entry, bytes, StatKey | None] | None:
+    """Content of a small file, its entry as actually read (the file may
+    have changed since it was scanned, or the scan deferred its digest) and
+    the stat key that digest belongs to (None if the file grew while it was
+    read). None if it vanished or changed kind."""
     try:
-        fd = os.open(root / entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(f"{root}/{entry.path}", _O_READ)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        chunks = []
-        while block := os.read(fd, 1 << 20):
-            chunks.append(block)
+        want = st.st_size + 1
+        data = os.read(fd, want)
+        if len(data) == want:  # it grew since: read to the end
+            chunks = [data]
+            while block := os.read(fd, 1 << 20):
+                chunks.append(block)
+            data = b"".join(chunks)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
-    digest = hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+    digest = hash_bytes(data)
+    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if digest != entry.digest or len(data) != entry.size:
-        entry = replace(entry, size=len(data), digest=digest, mode=stat.S_IMODE(st.st_mode))
-    return entry, data
+        entry = make_entry(
+            (entry.path, entry.kind, len(data), st.st_mode & 0o7777, digest, "", entry.state)
+        )
+    return entry, data, key if len(data) == st.st_size else None
+
+
+def _hash_now(root: str, entry: Entry) -> tuple[Entry, StatKey] | None:
+    """The entry of a file whose digest the scan deferred, hashed now, and
+    its stat key; None if it vanished, changed kind or cannot be read."""
+    try:
+        fd = os.open(f"{root}/{entry.path}", _O_READ)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        digest = hash_fd(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return entry._replace(size=st.st_size, mode=stat.S_IMODE(st.st_mode), digest=digest), key
 
 
 class _Session:
@@ -324,21 +366,33 @@ class Syncer:
         rescan_interval: float = 30.0,
         connect_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        compress: str = "auto",
     ) -> None:
         if not root.is_dir():
             raise PermanentError(f"{root} is not a directory")
+        if compress not in COMPRESS_MODES:
+            raise PermanentError(f"--compress {compress}: use one of {', '.join(COMPRESS_MODES)}")
         self.root = root.resolve()
+        self._root_s = os.fspath(self.root)
         self.target = target
         self.reporter = reporter
         self.force = force
+        #: ``auto``, ``always`` or ``never`` (see ``ContentEncoder``).
+        self.compress = compress
         self.cache_path = cache_path or default_cache_path(self.root, target.address)
-        self.cache = DigestCache.load(self.cache_path)
+        self._cache: DigestCache | None = None
         #: The root's rules (defaults, .gitignore, .devstackignore): sent in Hello.
         self.rules = ignore_mod.load(self.root)
         #: ``rules`` plus every nested .gitignore, scoped: what the scan left
         #: out, so the plan never touches it in the workspace either.
         self.view = self.rules
+        #: The nested .gitignore files the last scans applied (folder -> lines).
+        self._nested: dict[str, tuple[str, ...]] = {}
         self._view_key: tuple[ignore_mod.IgnoreRules, dict[str, tuple[str, ...]]] | None = None
+        #: Local files whose digest the last full scan deferred (new small
+        #: files, hashed as they are read to be sent).
+        self._deferred: set[str] = set()
+        self._reader_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.local: Manifest = {}
         self.remote: Manifest = {}
         self.held: dict[str, tuple[Entry | None, Entry | None]] = {}
@@ -359,6 +413,14 @@ class Syncer:
         #: Whether the current session completed a round (the trees matched).
         self._round_done = False
         self._cache_saved_at: float | None = None
+
+    @property
+    def cache(self) -> DigestCache:
+        """The digest cache, loaded on first use (by the first scan, on its
+        thread, while the channel opens)."""
+        if self._cache is None:
+            self._cache = DigestCache.load(self.cache_path)
+        return self._cache
 
     def stop(self) -> None:
         """Stop now: the session in flight is cancelled and its channel
@@ -437,19 +499,22 @@ class Syncer:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            if self._reader_pool is not None:
+                self._reader_pool.shutdown(wait=False)
+                self._reader_pool = None
             self._save_cache()
 
     def _save_cache(self) -> None:
         with contextlib.suppress(OSError):
-            if self.cache.dirty:
-                self.cache.save(self.cache_path)
+            if self._cache is not None and self._cache.dirty:
+                self._cache.save(self.cache_path)
                 self._cache_saved_at = time.monotonic()
 
     async def _save_cache_now_and_then(self) -> None:
         """Save the digest cache (atomically: temp file + rename) after the
         first round of a session and then every ``CACHE_SAVE_SECONDS``, so a
         killed ``connect`` does not hash the tree again."""
-        if not self.cache.dirty:
+        if self._cache is None or not self._cache.dirty:
             return
         last = self._cache_saved_at
         if last is not None and time.monotonic() - last < CACHE_SAVE_SECONDS:
@@ -507,6 +572,7 @@ class Syncer:
                     token=self.target.token,
                     max_chunk_bytes=MAX_CHUNK_BYTES,
                     ignore=list(self.rules.patterns),
+                    columnar_manifest=True,
                 )
             ),
             self.target.address,
@@ -525,8 +591,7 @@ class Syncer:
             msg = await call.read()
             if msg is _EOF or msg.WhichOneof("msg") != "manifest":
                 raise UnreachableError("the sidecar ended the session while sending its manifest")
-            for e in msg.manifest.entries:
-                remote[e.path] = entry_from_pb(e)
+            read_manifest_page(msg.manifest, remote)
             if msg.manifest.last:
                 break
         self.remote = remote
@@ -621,11 +686,26 @@ class Syncer:
 
     def _rescan(self, scope: set[str] | None) -> frozenset[str] | None:
         """Refresh the local manifest (all of it, or the hinted paths) and
-        return the paths to plan for (None: everything)."""
+        return the paths to plan for (None: everything). A full scan defers
+        hashing the small files the cache does not know (see
+        ``_resolve_digests``)."""
+        cache = self.cache
         if scope is None or any(ignore_mod.is_ignore_file(p) for p in scope):
             self.rules = ignore_mod.load(self.root)
-            self.local = scan(self.root, rules=self.rules, cache=self.cache)
-            self.cache.retain(self.local)
+            nested: dict[str, tuple[str, ...]] = {}
+            deferred: list[str] = []
+            with gc_paused():
+                self.local = scan(
+                    self.root,
+                    rules=self.rules,
+                    cache=cache,
+                    nested=nested,
+                    deferred=deferred,
+                    defer_max=INLINE_MAX,
+                )
+            cache.retain(self.local)
+            self._nested = nested
+            self._deferred = set(deferred)
             self._refresh_view()
             return None
         affected: set[str] = set()
@@ -639,15 +719,58 @@ class Syncer:
             old = [p for p in self.local if p == hint or p.startswith(prefix)]
             for p in old:
                 del self.local[p]
-            fresh = scan(self.root, rules=self.rules, cache=self.cache, under=hint)
+            nested = {}
+            fresh = scan(self.root, rules=self.rules, cache=cache, under=hint, nested=nested)
             self.local.update(fresh)
-            if any(ignore_mod.is_ignore_file(p) for p in fresh):
-                self._refresh_view()  # e.g. a folder with a .gitignore moved in
+            stale = [f for f in self._nested if f == hint or f.startswith(prefix)]
+            if stale or nested:  # e.g. a folder with a .gitignore moved in or out
+                for f in stale:
+                    del self._nested[f]
+                self._nested.update(nested)
+                self._refresh_view()
             affected.update(old)
             affected.update(fresh)
             affected.add(hint)
             affected.update(p for p in self.remote if p.startswith(prefix))
         return frozenset(affected)
+
+    def _resolve_digests(self) -> None:
+        """Hash now the deferred files whose digest is needed before they
+        are read to be sent: a file the workspace holds too (the plan
+        compares digests), one as large as a file the workspace holds and
+        the laptop no longer has (a rename's source has the same digest),
+        and one too large to travel inline (its digest goes before its
+        chunks). The rest are new files sent inline, hashed as read."""
+        deferred, local, remote = self._deferred, self.local, self.remote
+        if not deferred:
+            return
+        gone_sizes = {
+            e.size
+            for e in map(remote.__getitem__, remote.keys() - local.keys())
+            if e.kind == Kind.FILE and e.state == SyncState.SYNCED
+        }
+        cache = self.cache
+        for p in [p for p in deferred if p in remote]:
+            deferred.discard(p)
+            self._hash_deferred(cache, p)
+        for p in [p for p in deferred if p not in local or local[p].digest]:
+            deferred.discard(p)
+        for p in deferred:
+            if local[p].size in gone_sizes or local[p].size > self.inline_max:
+                self._hash_deferred(cache, p)
+        deferred.clear()  # the rest: hashed as they are read to be sent
+
+    def _hash_deferred(self, cache: DigestCache, path: str) -> None:
+        e = self.local.get(path)
+        if e is None or e.digest:
+            return
+        got = _hash_now(self._root_s, e)
+        if got is None:
+            del self.local[path]  # as a scan leaves out what it cannot read
+            return
+        entry, key = got
+        self.local[path] = entry
+        cache.put(path, key, entry.digest)
 
     def _refresh_one(self, path: str) -> None:
         """Re-read a single entry (no recursion): for a hint's ancestors."""
@@ -660,44 +783,23 @@ class Syncer:
             self.local[path] = Entry(path, Kind.DIRECTORY, 0, stat.S_IMODE(st.st_mode))
 
     def _refresh_view(self) -> None:
-        """``view``: the root's rules plus every nested .gitignore the scan
-        applied (found next to the scanned folders), compiled once."""
-        # A .gitignore that is itself ignored is not in the manifest, but the
-        # scan still applied it: then look in every folder.
-        probe = self.rules.ignored("x/.gitignore")
-        folders = [
-            p
-            for p, e in self.local.items()
-            if e.kind == Kind.DIRECTORY and (probe or f"{p}/.gitignore" in self.local)
-        ]
-        key = (self.rules, ignore_mod.read_nested(self.root, folders))
-        if key != self._view_key:
-            self._view_key = key
-            self.view = ignore_mod.with_nested(*key)
-
-    def _hidden(self, paths: Iterable[str]) -> set[str]:
-        """The workspace entries among ``paths`` that the local scan leaves
-        out (ignored here, by any .gitignore): never deleted or replaced."""
-        memo: dict[str, bool] = {}
-        remote, view = self.remote, self.view
-        hidden: set[str] = set()
-        for p in paths:
-            e = remote.get(p)
-            if e is not None and view.excludes(p, is_dir=e.kind == Kind.DIRECTORY, memo=memo):
-                hidden.add(p)
-        return hidden
+        """``view``: the root's rules plus every nested .gitignore the scans
+        applied, compiled again only when they changed."""
+        if self._view_key is None or self._view_key != (self.rules, self._nested):
+            self._view_key = (self.rules, dict(self._nested))
+            self.view = ignore_mod.with_nested(self.rules, self._nested)
 
     def _plan(self, scope: frozenset[str] | None) -> Plan:
         # Entries the sidecar listed although they are ignored here (its
         # workspace lacks a nested .gitignore, or holds an older one) stay
         # out of the plan; the whole remote still goes in, so a folder that
         # holds them is not deleted either.
-        if scope is None:
-            hidden = self._hidden(self.remote)
-            if hidden:
-                scope = frozenset((self.local.keys() | self.remote.keys()) - hidden)
-        else:
-            scope = scope - self._hidden(scope)
+        memo: dict[str, bool] = {}
+        view = self.view
+
+        def hidden(path: str, entry: Entry) -> bool:
+            return view.excludes(path, is_dir=entry.kind == Kind.DIRECTORY, memo=memo)
+
         return plan(
             self.local,
             self.remote,
@@ -706,6 +808,7 @@ class Syncer:
             modes=self.modes,
             held=self.held,
             scope=scope,
+            hidden=hidden,
         )
 
     # ------------------------------------------------------------ sending
@@ -720,6 +823,8 @@ class Syncer:
     ) -> Plan:
         started = time.perf_counter()
         planned_scope = None if scanned else await asyncio.to_thread(self._rescan, scope)
+        if self._deferred:
+            await asyncio.to_thread(self._resolve_digests)
         p = self._plan(planned_scope)
         self.stats.rounds += 1
         self.reporter.round_started(p, initial=initial)
@@ -745,7 +850,7 @@ class Syncer:
         while i < len(changes):
             if session.failed is not None:
                 raise _as_devstack(session.failed, self.target.address)
-            outgoing, i = await self._prepare_batch(session, changes, i)
+            msg, outgoing, i = await self._prepare_batch(session, changes, i)
             if not outgoing:
                 continue
             await session.window.acquire()
@@ -754,19 +859,20 @@ class Syncer:
             fut: asyncio.Future[pb.Ack] = asyncio.get_running_loop().create_future()
             session.acks[seq] = fut
             fut.add_done_callback(lambda _f: session.window.release())
-            await session.send(
-                pb.ClientMessage(batch=pb.Batch(seq=seq, ops=[o.op for o in outgoing]))
-            )
+            msg.batch.seq = seq
+            await session.send(msg)
             for index, out in enumerate(outgoing):
-                if out.op.chunked:
+                if out.chunked:
                     await self._stream(session, seq, index, out)
             inline = sum(
                 o.change.entry.size
                 for o in outgoing
-                if o.change.action == Action.WRITE and o.change.entry and not o.op.chunked
+                if o.change.action == Action.WRITE and o.change.entry and not o.chunked
             )
             self.reporter.progress(len(outgoing), inline)
-            await session.send(pb.ClientMessage(commit=pb.Commit(seq=seq)))
+            commit = pb.ClientMessage()
+            commit.commit.seq = seq
+            await session.send(commit)
             pending.append((fut, outgoing))
         for fut, outgoing in pending:
             ack = await fut
@@ -776,7 +882,7 @@ class Syncer:
         problems = {p.path: p for p in ack.problems}
         for out in outgoing:
             ch = out.change
-            prob = problems.get(ch.path)
+            prob = problems.get(ch.path) if problems else None
             if prob is None:
                 apply_to(self.remote, ch)
                 self.held.pop(ch.path, None)
@@ -808,14 +914,16 @@ class Syncer:
 
     async def _prepare_batch(
         self, session: _Session, changes: list[Change], start: int
-    ) -> tuple[list[_Outgoing], int]:
-        """Build the next batch from ``changes[start:]``: small files inline,
-        large ones chunked or, when the sidecar has an older version, as a
-        delta against its signature."""
+    ) -> tuple[pb.ClientMessage, list[_Outgoing], int]:
+        """Build the next batch message from ``changes[start:]``, its ops
+        filled in place: small files inline, large ones chunked or, when the
+        sidecar has an older version, as a delta against its signature."""
+        msg = pb.ClientMessage()
+        ops = msg.batch.ops
         outgoing: list[_Outgoing] = []
         inline_bytes = 0
         i = start
-        small: list[int] = []
+        small: list[_Outgoing] = []
         while i < len(changes) and len(outgoing) < BATCH_OPS:
             ch = changes[i]
             if ch.action == Action.WRITE and ch.entry is not None:
@@ -824,57 +932,82 @@ class Syncer:
                     if inline_bytes + size > BATCH_BYTES and outgoing:
                         break
                     inline_bytes += size
-                    small.append(len(outgoing))
-                    outgoing.append(_Outgoing(ch, self._op(ch)))
-                else:
-                    out = await self._large(session, ch)
+                    out = _Outgoing(ch, self._op(ops.add(), ch))
+                    small.append(out)
                     outgoing.append(out)
+                else:
+                    outgoing.append(await self._large(session, ch, ops.add()))
                     i += 1
                     break  # one large file ends a batch: keep batches bounded
             else:
-                outgoing.append(_Outgoing(ch, self._op(ch)))
+                outgoing.append(_Outgoing(ch, self._op(ops.add(), ch)))
             i += 1
         if small:
-            await asyncio.to_thread(self._fill_inline, [outgoing[k] for k in small])
-            outgoing = [o for o in outgoing if o.op.kind != pb.OP_UNSPECIFIED]
-        return outgoing, i
+            # Two worker threads: reading, hashing and zlib release the GIL.
+            half = (len(small) + 1) // 2
+            parts = [small[:half], small[half:]] if len(small) > 1 else [small]
+            sent = await asyncio.gather(*(asyncio.to_thread(self._fill_inline, p) for p in parts))
+            self.stats.bytes_sent += sum(sent)
+            gone = [k for k, o in enumerate(outgoing) if o.op.kind == pb.OP_UNSPECIFIED]
+            if gone:  # vanished: the next round sees it
+                for k in reversed(gone):
+                    del ops[k]
+                    del outgoing[k]
+        return msg, outgoing, i
 
-    def _op(self, ch: Change, entry: Entry | None = None) -> pb.Op:
-        entry = entry or ch.entry
-        op = pb.Op(kind=_OP[ch.action], force=ch.force)
+    def _op(self, op: pb.Op, ch: Change) -> pb.Op:
+        """Fill ``op`` (a part of the batch message) for ``ch``."""
+        entry = ch.entry
+        op.kind = _OP[ch.action]
+        if ch.force:
+            op.force = True
         if entry is not None:
-            op.entry.CopyFrom(entry_to_pb(entry))
+            fill_entry_pb(op.entry, entry)
         else:
             op.entry.path = ch.path
         if ch.action == Action.RENAME:
             op.from_path = ch.from_path
         if ch.expected is not None:
-            op.expected.CopyFrom(entry_to_pb(ch.expected))
+            fill_entry_pb(op.expected, ch.expected)
         elif ch.action not in (Action.DELETE, Action.ADOPT):
             op.expected_absent = True
         return op
 
-    def _fill_inline(self, outs: list[_Outgoing]) -> None:
+    def _fill_inline(self, outs: list[_Outgoing]) -> int:
+        """Read, hash and encode small files into their ops (on a worker
+        thread; two at a time, each with its own ops). A file the scan did
+        not hash is hashed here, in the same pass as it is read. Returns the
+        bytes of payload."""
+        root, mode, cache = self._root_s, self.compress, self.cache
+        sent = 0
         for out in outs:
-            assert out.change.entry is not None
-            got = _read_inline(self.root, out.change.entry)
+            scanned = out.change.entry
+            assert scanned is not None
+            got = _read_inline(root, scanned)
             if got is None:
-                out.op.kind = pb.OP_UNSPECIFIED  # vanished: the next round sees it
+                out.op.kind = pb.OP_UNSPECIFIED
                 continue
-            entry, data = got
-            if entry != out.change.entry:
+            entry, data, key = got
+            if entry != scanned:
                 self.local[entry.path] = entry
-                out.change = replace(out.change, entry=entry)
-                out.op.entry.CopyFrom(entry_to_pb(entry))
-            payload, compression = encode(data, compress=worth_compressing(entry.path, entry.size))
+                ch = out.change
+                out.change = Change(ch.action, ch.path, entry, ch.expected, ch.from_path, ch.force)
+                fill_entry_pb(out.op.entry, entry)
+                if key is not None:
+                    cache.put(entry.path, key, entry.digest)
+            payload, compression = ContentEncoder(entry.path, entry.size, mode).encode(data)
             out.op.content = payload
-            out.op.compression = compression  # type: ignore[assignment]
-            self.stats.bytes_sent += len(payload)
+            if compression:
+                out.op.compression = compression  # type: ignore[assignment]
+            sent += len(payload)
+        return sent
 
-    async def _large(self, session: _Session, ch: Change) -> _Outgoing:
+    async def _large(self, session: _Session, ch: Change, op: pb.Op) -> _Outgoing:
+        from devstack.core import delta as deltas
+
         assert ch.entry is not None
         entry = ch.entry
-        op = self._op(ch)
+        self._op(op, ch)
         op.chunked = True
         old = ch.expected
         if old is not None and old.kind == Kind.FILE and old.size >= deltas.DELTA_THRESHOLD:
@@ -884,14 +1017,16 @@ class Syncer:
                 steps = await asyncio.to_thread(self._delta, entry, blocks)
                 if steps is not None:
                     op.delta = True
-                    return _Outgoing(ch, op, steps=steps)
-        return _Outgoing(ch, op, literal=[(0, entry.size)])
+                    return _Outgoing(ch, op, chunked=True, steps=steps)
+        return _Outgoing(ch, op, chunked=True, literal=[(0, entry.size)])
 
     def _delta(
         self, entry: Entry, blocks: list[deltas.Block]
     ) -> list[deltas.Copy | deltas.Literal] | None:
+        from devstack.core import delta as deltas
+
         try:
-            fd = os.open(self.root / entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(f"{self._root_s}/{entry.path}", _O_READ)
         except OSError:
             return None
         try:
@@ -899,52 +1034,84 @@ class Syncer:
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _piece(fd: int, pos: int, n: int, encoder: ContentEncoder) -> tuple[int, bytes, int]:
+        """Read and encode one chunk (on a worker thread): (bytes read,
+        payload, Compression); 0 bytes read at the end of the file."""
+        data = os.pread(fd, n, pos)
+        if not data:
+            return 0, b"", pb.COMPRESSION_NONE
+        payload, compression = encoder.encode(data)
+        return len(data), payload, compression
+
     async def _stream(self, session: _Session, seq: int, index: int, out: _Outgoing) -> None:
         """Send a chunked op's content: literal ranges read from the file in
-        bounded pieces, copy ranges as references."""
+        bounded pieces, copy ranges as references. The next piece is read
+        and encoded on a worker thread while this one is sent."""
+        from devstack.core import delta as deltas
+
         assert out.change.entry is not None
-        path = self.root / out.change.entry.path
-        compress = worth_compressing(out.change.entry.path, out.change.entry.size)
+        entry = out.change.entry
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(f"{self._root_s}/{entry.path}", _O_READ)
         except OSError:
             return  # vanished: the sidecar reports it incomplete; the next round sees why
+        encoder = ContentEncoder(entry.path, entry.size, self.compress)
+        reading: concurrent.futures.Future[tuple[int, bytes, int]] | None = None
+
+        def read(pos: int, end: int) -> concurrent.futures.Future[tuple[int, bytes, int]]:
+            n = min(self.chunk_bytes, end - pos)
+            return self._readers().submit(self._piece, fd, pos, n, encoder)
+
         try:
             steps: Iterable[deltas.Copy | deltas.Literal] = out.steps or [
                 deltas.Literal(o, n) for o, n in out.literal
             ]
             for step in steps:
+                msg = pb.ClientMessage()
+                chunk = msg.chunk
+                chunk.seq = seq
+                chunk.op_index = index
                 if isinstance(step, deltas.Copy):
-                    await session.send(
-                        pb.ClientMessage(
-                            chunk=pb.Chunk(
-                                seq=seq,
-                                op_index=index,
-                                copy=pb.CopyRange(offset=step.offset, length=step.length),
-                            )
-                        )
-                    )
+                    chunk.copy.offset = step.offset
+                    chunk.copy.length = step.length
+                    await session.send(msg)
                     continue
                 pos, end = step.offset, step.offset + step.length
-                while pos < end:
-                    data = await asyncio.to_thread(
-                        os.pread, fd, min(self.chunk_bytes, end - pos), pos
-                    )
-                    if not data:
+                if pos >= end:
+                    continue
+                reading = read(pos, end)
+                while reading is not None:
+                    n, payload, compression = await asyncio.wrap_future(reading)
+                    reading = None
+                    if not n:
                         return
-                    payload, compression = encode(data, compress=compress)
+                    pos += n
+                    if pos < end:
+                        reading = read(pos, end)
+                    chunk.data = payload
+                    if compression:
+                        chunk.compression = compression  # type: ignore[assignment]
                     self.stats.bytes_sent += len(payload)
-                    await session.send(
-                        pb.ClientMessage(
-                            chunk=pb.Chunk(
-                                seq=seq,
-                                op_index=index,
-                                data=payload,
-                                compression=compression,  # type: ignore[arg-type]
-                            )
-                        )
-                    )
-                    pos += len(data)
-                    self.reporter.progress(0, len(data))
+                    await session.send(msg)
+                    self.reporter.progress(0, n)
+                    if reading is not None:
+                        msg = pb.ClientMessage()
+                        chunk = msg.chunk
+                        chunk.seq = seq
+                        chunk.op_index = index
         finally:
-            os.close(fd)
+            if reading is not None:
+                # A worker thread may still read the file: close it after
+                # (at once if it is done already).
+                reading.add_done_callback(lambda _f: os.close(fd))
+            else:
+                os.close(fd)
+
+    def _readers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread that reads and encodes chunks ahead of sending them."""
+        if self._reader_pool is None:
+            self._reader_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="connect-read"
+            )
+        return self._reader_pool

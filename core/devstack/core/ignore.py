@@ -63,41 +63,172 @@ def _scoped(patterns: Iterable[str], folder: str) -> list[str]:
 
 
 _NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")
+#: A pattern body that can only ever match one whole path component (a
+#: "name" pattern): no "/", no "**", no escapes of "/", and only character
+#: classes of letters, digits, "_" and "." (or ranges between letters and
+#: digits), none negated: nothing in it can match a "/".
+_NAME_BODY = re.compile(
+    r"(?:[^/\\\[\]*]|\\[^/]|\*(?!\*)|\[(?:[A-Za-z0-9_.]|[A-Za-z0-9]-[A-Za-z0-9])+\])+"
+)
+_GLOB_CHARS = frozenset("*?[\\")
+#: pathspec's regex for a pattern without a "/": it may match at any depth.
+_UNANCHORED = "^(?:.+/)?"
+
+
+def _combine(regexes: Sequence[str]) -> re.Pattern[str] | None:
+    if not regexes:
+        return None
+    try:
+        return re.compile("|".join("(?:" + _NAMED_GROUP.sub("(", r) + ")" for r in regexes))
+    except re.error:  # pragma: no cover - pathspec changed its regex dialect
+        return re.compile("(?s:.)")  # every path goes to pathspec: slow, still exact
+
+
+#: Name globs that are tested as plain suffixes or prefixes: ``*.log``,
+#: ``*.py[cod]`` (one suffix per letter), ``.#*``.
+_SUFFIX = re.compile(r"\*([^*?\[\]\\]*)(?:\[([A-Za-z0-9_.]+)\])?")
+_PREFIX = re.compile(r"([^*?\[\]\\]+)\*")
+
+
+@dataclass(frozen=True)
+class _Prefilter:
+    """Answers "could any pattern match this path?" cheaply and exactly; only
+    a "yes" goes on to ``pathspec``, which decides.
+
+    Patterns are split in two. A *name* pattern (``*.pyc``, ``.git/``,
+    ``4913``: no "/" in it) matches a path exactly when it matches one of
+    the path's components, so it is tested on single names: literal names
+    in a set, ``*suffix`` and ``prefix*`` globs with ``str.endswith`` and
+    ``str.startswith``, the rest in one regex over the name. Every other
+    pattern (anchored, with a "/", nested ``.gitignore`` rules) is tested in
+    one regex over the whole path. Each test has a variant for folder-only
+    patterns (``name/``), which only folders meet.
+    """
+
+    #: Literal names, suffixes and prefixes a pattern matches (file or folder).
+    names: frozenset[str]
+    suffixes: tuple[str, ...]
+    prefixes: tuple[str, ...]
+    #: The same for folder-only patterns.
+    dir_names: frozenset[str]
+    dir_suffixes: tuple[str, ...]
+    dir_prefixes: tuple[str, ...]
+    #: The other name patterns, matched against ``name`` or ``name/``.
+    name_regex: re.Pattern[str] | None
+    #: Everything else, matched against the whole path (``path/`` for a folder).
+    path_regex: re.Pattern[str] | None
+
+    def name_hit(self, name: str, is_dir: bool) -> bool:
+        """Whether a name pattern matches this one component (``is_dir``:
+        it is a folder, or a component above the last)."""
+        if name in self.names or name.endswith(self.suffixes) or name.startswith(self.prefixes):
+            return True
+        if is_dir and (
+            name in self.dir_names
+            or name.endswith(self.dir_suffixes)
+            or name.startswith(self.dir_prefixes)
+        ):
+            return True
+        r = self.name_regex
+        return r is not None and r.match(name + "/" if is_dir else name) is not None
+
+    def path_hit(self, candidate: str) -> bool:
+        r = self.path_regex
+        return r is not None and r.match(candidate) is not None
+
+
+def _prefilter(spec: pathspec.GitIgnoreSpec) -> _Prefilter:
+    names: tuple[set[str], set[str]] = (set(), set())
+    suffixes: tuple[list[str], list[str]] = ([], [])
+    prefixes: tuple[list[str], list[str]] = ([], [])
+    name_regexes: list[str] = []
+    path_regexes: list[str] = []
+    for p in spec.patterns:
+        regex = getattr(p, "regex", None)
+        if p.include is None or regex is None:
+            continue  # a comment or blank line: matches nothing
+        raw = str(getattr(p, "pattern", ""))
+        body = raw[1:] if raw.startswith("!") else raw
+        dir_only = body.endswith("/")
+        if dir_only:
+            body = body[:-1]
+        if not (
+            regex.pattern.startswith(_UNANCHORED)
+            and body == body.strip()
+            and _NAME_BODY.fullmatch(body)
+        ):
+            path_regexes.append(regex.pattern)
+        elif _GLOB_CHARS.isdisjoint(body):
+            names[dir_only].add(body)
+        elif m := _SUFFIX.fullmatch(body):
+            stem, letters = m.group(1), m.group(2)
+            suffixes[dir_only].extend([stem + c for c in letters] if letters else [stem])
+        elif m := _PREFIX.fullmatch(body):
+            prefixes[dir_only].append(m.group(1))
+        else:
+            # Tested on one name ("name" or "name/"), where the leading
+            # "any folders" part can only match nothing.
+            name_regexes.append("^" + regex.pattern[len(_UNANCHORED) :])
+    return _Prefilter(
+        frozenset(names[False]),
+        tuple(suffixes[False]),
+        tuple(prefixes[False]),
+        frozenset(names[True]),
+        tuple(suffixes[True]),
+        tuple(prefixes[True]),
+        _combine(name_regexes),
+        _combine(path_regexes),
+    )
 
 
 @dataclass(frozen=True)
 class IgnoreRules:
     """Compiled ignore rules; ``patterns`` is the full ordered list.
 
-    Matching goes through ``pathspec``; one combined regex of every pattern
+    Matching goes through ``pathspec``; a prefilter (see ``_Prefilter``)
     answers "no pattern matches" first, which is the common case, so a scan
     of 100,000 paths stays cheap.
     """
 
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
     _spec: pathspec.GitIgnoreSpec = field(init=False, repr=False, compare=False)
-    _any: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _pre: _Prefilter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
         object.__setattr__(self, "_spec", spec)
-        sources: list[str] = []
-        for p in spec.patterns:
-            regex = getattr(p, "regex", None)
-            if regex is not None:
-                sources.append("(?:" + _NAMED_GROUP.sub("(", regex.pattern) + ")")
-        try:
-            combined = re.compile("|".join(sources)) if sources else None
-        except re.error:  # pragma: no cover - pathspec changed its regex dialect
-            combined = None
-        object.__setattr__(self, "_any", combined)
+        object.__setattr__(self, "_pre", _prefilter(spec))
 
     def ignored(self, path: str, *, is_dir: bool = False) -> bool:
         """Whether a '/'-separated relative path is ignored."""
         candidate = path + "/" if is_dir else path
-        if self._any is not None and self._any.match(candidate) is None:
-            return False
+        pre = self._pre
+        if not pre.path_hit(candidate):
+            head, _, name = path.rpartition("/")
+            if not pre.name_hit(name, is_dir) and not (
+                head and any(pre.name_hit(part, True) for part in head.split("/"))
+            ):
+                return False
         return bool(self._spec.match_file(candidate))
+
+    def child_ignored(self, rel: str, name: str, *, is_dir: bool, clean: bool) -> tuple[bool, bool]:
+        """``ignored`` for an entry met while walking: ``name`` is the last
+        component of ``rel``, and ``clean`` says that no name pattern
+        matches any folder above it (true at the root). Returns (ignored,
+        clean for what lies below ``rel``): a walk tests each name once
+        instead of every component of every path."""
+        pre = self._pre
+        named = pre.name_hit(name, is_dir)
+        r = pre.path_regex
+        if named or not clean or (r is not None and r.match(rel + "/" if is_dir else rel)):
+            return bool(self._spec.match_file(rel + "/" if is_dir else rel)), clean and not named
+        return False, clean
+
+    def clean(self, folder: str) -> bool:
+        """Whether no name pattern matches any component of ``folder``: the
+        ``clean`` that ``child_ignored`` takes for the entries in it."""
+        pre = self._pre
+        return not folder or not any(pre.name_hit(part, True) for part in folder.split("/"))
 
     def excludes(
         self, path: str, *, is_dir: bool = False, memo: MutableMapping[str, bool] | None = None

@@ -17,10 +17,10 @@ written by sync (``UNTRACKED``: seeded from the image or made by the app).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from devstack.core.manifest import Entry, Kind, Manifest, SyncState
+from devstack.core.manifest import Entry, Kind, Manifest, SyncState, make_entry
 from devstack.core.paths import depth
 
 
@@ -89,15 +89,19 @@ def plan(
     modes: bool = True,
     held: Held | None = None,
     scope: frozenset[str] | None = None,
+    hidden: Callable[[str, Entry], bool] | None = None,
 ) -> Plan:
     """Plan the changes that make ``remote`` equal ``local``.
 
     ``scope``, if given, limits planning to those paths (a watcher's hint);
     ``held`` lists unresolved conflicts to leave alone while neither side
-    changed.
+    changed. ``hidden(path, remote_entry)`` says which workspace entries
+    the laptop's scan leaves out (ignored there): the plan never touches
+    them. It is asked only about workspace entries that the laptop lacks,
+    or holds as a folder where the workspace does not (or the reverse): an
+    entry the scan found as the same kind of thing is not hidden.
     """
     held = held or {}
-    paths = (set(local) | set(remote)) if scope is None else set(scope)
     overwrite = replica or force
     kind_changes: list[str] = []
     mkdirs: list[Change] = []
@@ -105,38 +109,43 @@ def plan(
     deletes: dict[str, Entry] = {}
     creates: list[Entry] = []
     conflicts: list[Conflict] = []
+    k_dir, k_link, k_file = Kind.DIRECTORY, Kind.SYMLINK, Kind.FILE
+    synced, dirty, untracked = SyncState.SYNCED, SyncState.DIRTY, SyncState.UNTRACKED
 
-    for p in paths:
-        lo, re_ = local.get(p), remote.get(p)
-        if lo is None and re_ is None:
-            continue
-        h = held.get(p)
-        if h is not None and h[0] == lo and h[1] == re_:
-            conflicts.append(Conflict(p, lo, re_, "unresolved conflict"))
-            continue
+    def visit(p: str, lo: Entry | None, re_: Entry | None) -> None:
+        if re_ is None:
+            if lo is None:
+                return
+        elif (
+            hidden is not None
+            and (lo is None or (lo.kind == k_dir) != (re_.kind == k_dir))
+            and hidden(p, re_)
+        ):
+            return
+        if held:
+            h = held.get(p)
+            if h is not None and h[0] == lo and h[1] == re_:
+                conflicts.append(Conflict(p, lo, re_, "unresolved conflict"))
+                return
         if lo is None:
             assert re_ is not None
-            if re_.state == SyncState.SYNCED or replica or (re_.state == SyncState.DIRTY and force):
+            if re_.state == synced or replica or (re_.state == dirty and force):
                 deletes[p] = re_
-            elif re_.state == SyncState.DIRTY:
+            elif re_.state == dirty:
                 conflicts.append(
                     Conflict(p, lo, re_, "deleted on the laptop, changed in the workspace")
                 )
-            continue
+            return
         if re_ is None:
-            if lo.kind == Kind.DIRECTORY:
+            if lo.kind == k_dir:
                 mkdirs.append(Change(Action.MKDIR, p, lo, None))
             else:
                 creates.append(lo)
-            continue
+            return
         if lo.kind != re_.kind:
-            if (
-                re_.state == SyncState.SYNCED
-                or overwrite
-                or (re_.state == SyncState.UNTRACKED and re_.kind != Kind.DIRECTORY)
-            ):
+            if re_.state == synced or overwrite or (re_.state == untracked and re_.kind != k_dir):
                 kind_changes.append(p)
-                if lo.kind == Kind.DIRECTORY:
+                if lo.kind == k_dir:
                     mkdirs.append(Change(Action.MKDIR, p, lo, None))
                 else:
                     creates.append(lo)
@@ -144,18 +153,40 @@ def plan(
                 conflicts.append(
                     Conflict(p, lo, re_, f"is a {re_.kind.name.lower()} in the workspace")
                 )
-            continue
-        if lo.same_content(re_):
-            if modes and lo.kind != Kind.SYMLINK and lo.mode != re_.mode:
+            return
+        if lo.digest == re_.digest and lo.target == re_.target:  # same content
+            if modes and lo.mode != re_.mode and lo.kind != k_link:
                 writes.append(Change(Action.CHMOD, p, lo, re_))
-            elif re_.state != SyncState.SYNCED:
+            elif re_.state != synced:
                 writes.append(Change(Action.ADOPT, p, lo, re_))
-            continue
-        if re_.state == SyncState.DIRTY and not overwrite:
+            return
+        if re_.state == dirty and not overwrite:
             conflicts.append(Conflict(p, lo, re_, "changed on the laptop and in the workspace"))
-            continue
-        action = Action.WRITE if lo.kind == Kind.FILE else Action.SYMLINK
-        writes.append(Change(action, p, lo, re_, force=force and re_.state == SyncState.DIRTY))
+            return
+        action = Action.WRITE if lo.kind == k_file else Action.SYMLINK
+        writes.append(Change(action, p, lo, re_, force=force and re_.state == dirty))
+
+    remote_get = remote.get
+    if scope is None:
+        for p, lo in local.items():
+            re_ = remote_get(p)
+            if (  # the common case, in sync already: nothing to do
+                re_ is not None
+                and re_.state == synced
+                and lo.digest == re_.digest
+                and lo.kind == re_.kind
+                and lo.target == re_.target
+                and (lo.mode == re_.mode or not modes or lo.kind == k_link)
+                and (not held or p not in held)
+            ):
+                continue
+            visit(p, lo, re_)
+        for p in remote.keys() - local.keys():
+            visit(p, None, remote[p])
+    else:
+        local_get = local.get
+        for p in scope:
+            visit(p, local_get(p), remote_get(p))
 
     # Entries under a path that changes kind go too (their folder is replaced).
     early_deletes: dict[str, Entry] = {}
@@ -193,7 +224,7 @@ def plan(
             old = deletes.pop(src)
             renames.append(Change(Action.RENAME, lo.path, lo, old, from_path=src))
             if modes and old.mode != lo.mode:
-                writes.append(Change(Action.CHMOD, lo.path, lo, replace(old, path=lo.path)))
+                writes.append(Change(Action.CHMOD, lo.path, lo, old._replace(path=lo.path)))
             continue
         action = Action.WRITE if lo.kind == Kind.FILE else Action.SYMLINK
         writes.append(Change(action, lo.path, lo, None))
@@ -223,4 +254,4 @@ def apply_to(remote: Manifest, change: Change) -> None:
         remote.pop(change.from_path, None)
     assert change.entry is not None
     e = change.entry
-    remote[change.path] = replace(e, state=SyncState.SYNCED)
+    remote[change.path] = make_entry((*e[:6], SyncState.SYNCED))  # all but the state

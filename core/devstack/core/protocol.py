@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hmac
 import zlib
-from collections.abc import Mapping
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate, repeat
+from operator import add, mul
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from devstack.core.errors import ConfigError, ProtocolError
-from devstack.core.manifest import Entry, Kind, SyncState
+from devstack.core.manifest import Entry, Kind, SyncState, gc_paused, make_entry
 from devstack.sync.v1 import sync_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -22,7 +25,7 @@ MAX_CHUNK_BYTES = 1 << 20
 INLINE_MAX = 256 * 1024
 #: gRPC message size limit on both sides: a chunk plus framing.
 MAX_MESSAGE_BYTES = 4 * MAX_CHUNK_BYTES
-#: Entries per ManifestPage.
+#: Entries per ManifestPage of ``Entry`` messages.
 MANIFEST_PAGE = 2000
 TOKEN_METADATA = "authorization"  # noqa: S105 (a header name, not a secret)
 #: Where ``devstack connect`` and the sidecar look for the token file.
@@ -75,42 +78,201 @@ _COMPRESSED = frozenset(
 )
 
 
+_KINDS: Final[Mapping[int, Kind]] = {int(k): k for k in Kind}
+_STATES: Final[Mapping[int, SyncState]] = {int(s): s for s in SyncState}
+
+
+def fill_entry_pb(m: pb.Entry, e: Entry) -> None:
+    """Set every field of an ``Entry`` message in place (a part of a
+    message being built, perhaps filled before)."""
+    m.path = e.path
+    m.kind = e.kind  # type: ignore[assignment]
+    m.size = e.size
+    m.mode = e.mode
+    m.digest = e.digest
+    m.target = e.target
+    m.state = e.state  # type: ignore[assignment]
+
+
 def entry_to_pb(e: Entry) -> pb.Entry:
-    return pb.Entry(
-        path=e.path,
-        kind=int(e.kind),  # type: ignore[arg-type]
-        size=e.size,
-        mode=e.mode,
-        digest=e.digest,
-        target=e.target,
-        state=int(e.state),  # type: ignore[arg-type]
-    )
+    m = pb.Entry()
+    fill_entry_pb(m, e)
+    return m
 
 
 def entry_from_pb(m: pb.Entry) -> Entry:
+    kind = _KINDS.get(m.kind)
+    if kind is None:
+        raise ProtocolError(f"{m.path!r}: unsupported entry kind {m.kind}")
+    state = _STATES.get(m.state, SyncState.UNTRACKED)
+    return Entry(m.path, kind, m.size, m.mode & 0o7777, m.digest, m.target, state)
+
+
+#: Bytes of one columnar manifest page, about: well under
+#: ``MAX_MESSAGE_BYTES`` whatever the path lengths.
+MANIFEST_PAGE_BYTES = 2 << 20
+
+
+def manifest_messages(entries: Sequence[Entry], *, columnar: bool) -> list[pb.ServerMessage]:
+    """The sidecar's manifest as the ``ServerMessage`` pages that follow
+    ``Welcome`` (at least one; the last has ``last=True``): in columnar form
+    (``ManifestColumns``, built column by column, pages of about
+    ``MANIFEST_PAGE_BYTES``) or, for a client that did not ask for it, as
+    ``Entry`` messages."""
+    pages: list[pb.ServerMessage] = []
+    if not columnar:
+        for i in range(0, len(entries), MANIFEST_PAGE):
+            msg = pb.ServerMessage()
+            page = msg.manifest.entries
+            for e in entries[i : i + MANIFEST_PAGE]:
+                fill_entry_pb(page.add(), e)
+            pages.append(msg)
+    elif entries:
+        with gc_paused():
+            columns = tuple(zip(*entries, strict=True))
+            paths, targets = columns[0], columns[5]
+            # Encoded bytes per entry, about: its path and target (up to 4
+            # bytes a character) and at most 40 for the other columns.
+            cost: Iterable[int] = map(len, paths)
+            if any(targets):
+                cost = map(add, cost, map(len, targets))
+            if not all(map(str.isascii, paths)) or not all(map(str.isascii, targets)):
+                cost = map(mul, cost, repeat(4))
+            ends = list(accumulate(map(add, cost, repeat(40))))
+            start = 0
+            while start < len(entries):
+                # The first entry past the budget ends the page (at least one entry).
+                budget = (ends[start - 1] if start else 0) + MANIFEST_PAGE_BYTES
+                end = max(bisect_right(ends, budget), start + 1)
+                pages.append(_columns_message([c[start:end] for c in columns]))
+                start = end
+    if not pages:
+        pages.append(pb.ServerMessage(manifest=pb.ManifestPage()))
+    pages[-1].manifest.last = True
+    return pages
+
+
+def _columns_message(columns: list[Sequence[Any]]) -> pb.ServerMessage:
+    paths, kinds, sizes, modes, digests, targets, states = columns
+    msg = pb.ServerMessage()
+    cols = msg.manifest.columns
+    cols.paths.extend(paths)
+    cols.kinds.extend(kinds)
+    cols.sizes.extend(sizes)
+    cols.modes.extend(modes)
+    cols.digests.extend(digests)
+    if any(targets):
+        cols.targets.extend([t for k, t in zip(kinds, targets, strict=True) if k == Kind.SYMLINK])
+    cols.states.extend(states)
+    return msg
+
+
+def read_manifest_page(page: pb.ManifestPage, into: dict[str, Entry]) -> None:
+    """Add the entries of one manifest page (either form) to ``into``, the
+    columnar form in bulk. A page whose columns disagree in length, or an
+    entry of an unknown kind, is a ``ProtocolError``; an unknown sync state
+    reads as untracked."""
+    for m in page.entries:
+        e = entry_from_pb(m)
+        into[e.path] = e
+    if not page.HasField("columns"):
+        return
+    cols = page.columns
+    # Lists first: zip over the message's own containers is slower.
+    paths, sizes, modes, digests = (
+        list(cols.paths),
+        list(cols.sizes),
+        list(cols.modes),
+        list(cols.digests),
+    )
+    n = len(paths)
+    if not (len(cols.kinds) == len(sizes) == len(modes) == len(digests) == len(cols.states) == n):
+        raise ProtocolError("manifest page: its columns have different lengths")
     try:
-        kind = Kind(m.kind)
-    except ValueError as e:
-        raise ProtocolError(f"{m.path!r}: unsupported entry kind {m.kind}") from e
-    try:
-        state = SyncState(m.state)
-    except ValueError:
-        state = SyncState.UNTRACKED
-    return Entry(m.path, kind, m.size, m.mode & 0o7777, bytes(m.digest), m.target, state)
+        kinds = list(map(_KINDS.__getitem__, cols.kinds))
+    except KeyError as e:
+        raise ProtocolError(f"manifest page: unsupported entry kind {e.args[0]}") from e
+    if n and max(modes) > 0o7777:
+        modes = [m & 0o7777 for m in modes]
+    states = list(map(_STATES.get, cols.states, repeat(SyncState.UNTRACKED)))
+    symlinks = kinds.count(Kind.SYMLINK)
+    if len(cols.targets) != symlinks:
+        raise ProtocolError(
+            f"manifest page: {len(cols.targets)} symlink target(s) for {symlinks} symlink(s)"
+        )
+    targets: Iterable[str] = repeat("")
+    if symlinks:
+        given = iter(cols.targets)
+        targets = [next(given) if k == Kind.SYMLINK else "" for k in kinds]
+    with gc_paused():
+        rows = zip(paths, kinds, sizes, modes, digests, targets, states, strict=False)
+        into.update(zip(paths, map(make_entry, rows), strict=True))
+
+
+COMPRESS_MODES: Final = ("auto", "always", "never")
+#: ``auto``: how much of a file is compressed to judge whether all of it is
+#: worth compressing.
+SAMPLE_BYTES = 64 * 1024
+#: Smallest content worth compressing at all.
+_MIN_COMPRESS = 512
 
 
 def worth_compressing(path: str, size: int) -> bool:
     dot = path.rfind(".")
-    return size >= 512 and (dot < 0 or path[dot:].lower() not in _COMPRESSED)
+    return size >= _MIN_COMPRESS and (dot < 0 or path[dot:].lower() not in _COMPRESSED)
 
 
 def encode(data: bytes, *, compress: bool) -> tuple[bytes, int]:
     """(payload, Compression) with zlib only where it saves at least 10%."""
-    if compress and len(data) >= 512:
+    if compress and len(data) >= _MIN_COMPRESS:
         packed = zlib.compress(data, 1)
         if len(packed) < len(data) * 0.9:
             return packed, pb.COMPRESSION_ZLIB
     return data, pb.COMPRESSION_NONE
+
+
+class ContentEncoder:
+    """Encodes one file's content, piece by piece in order (the whole of a
+    small file, or its chunks), under a compression mode:
+
+    - ``never``: every piece raw.
+    - ``always``: every piece of at least 512 bytes is compressed (zlib
+      level 1) and sent so wherever that makes it smaller.
+    - ``auto``: a file too small, or whose extension says it is already
+      compressed, goes raw; otherwise the first 64 KiB of its first piece
+      larger than that are compressed, and only if that saves at least 10%
+      is the rest of the file compressed, so an incompressible file costs
+      one 64 KiB trial, not a pass over all of it. Smaller pieces before
+      it (a delta's literals) are each tried, as a small file is.
+
+    Pure computation; zlib releases the GIL, so it runs well in the threads
+    that read the files."""
+
+    def __init__(self, path: str, size: int, mode: str = "auto") -> None:
+        if mode not in COMPRESS_MODES:
+            raise ValueError(f"compression mode {mode!r}: use one of {', '.join(COMPRESS_MODES)}")
+        self._compress: bool | None = {"never": False, "always": True}.get(mode)
+        if self._compress is None and not worth_compressing(path, size):
+            self._compress = False
+
+    def encode(self, data: bytes) -> tuple[bytes, int]:
+        """(payload, Compression) for the next piece of the file."""
+        if self._compress is not None:
+            return encode(data, compress=self._compress)
+        if len(data) <= SAMPLE_BYTES:
+            # A small file, or a small piece (a delta's literal): trying it
+            # costs little, and it is too little to judge the file by.
+            return encode(data, compress=True)
+        # auto, the first large piece: judge the file by its first 64 KiB.
+        z = zlib.compressobj(1)
+        head = z.compress(data[:SAMPLE_BYTES]) + z.flush(zlib.Z_SYNC_FLUSH)
+        self._compress = len(head) < SAMPLE_BYTES * 0.9
+        if not self._compress:
+            return data, pb.COMPRESSION_NONE
+        packed = head + z.compress(data[SAMPLE_BYTES:]) + z.flush()
+        if len(packed) < len(data) * 0.9:
+            return packed, pb.COMPRESSION_ZLIB
+        return data, pb.COMPRESSION_NONE
 
 
 def decode(payload: bytes, compression: int, *, limit: int) -> bytes:

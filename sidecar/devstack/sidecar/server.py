@@ -10,12 +10,13 @@ constant time. The standard health service is unauthenticated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,8 +28,8 @@ from devstack.core.delta import signature
 from devstack.core.errors import DevstackError, ProtocolError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
 from devstack.core.logging import get_logger
+from devstack.core.manifest import gc_paused
 from devstack.core.protocol import (
-    MANIFEST_PAGE,
     MAX_CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
     OP_NAMES,
@@ -38,6 +39,7 @@ from devstack.core.protocol import (
     decode_chunk,
     entry_from_pb,
     entry_to_pb,
+    manifest_messages,
     token_matches,
 )
 from devstack.sidecar.execution import run_exec
@@ -53,6 +55,11 @@ T = TypeVar("T")
 
 SERVICE_NAME = "devstack.sync.v1.Sync"
 MAX_SESSIONS = 16
+#: Messages a session's reader hands its disk thread ahead of it: the event
+#: loop parses the next message while the thread stages or commits the last
+#: (each at most ``MAX_MESSAGE_BYTES``; gRPC flow control holds the client
+#: back beyond that).
+PIPELINE_DEPTH = 4
 
 
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -91,6 +98,20 @@ def event_to_pb(ev: ReloadEvent) -> pb.Event:
     )
 
 
+def _inline_content(op: StagedOp, o: pb.Op) -> bytes:
+    """An op's inline content, decoded."""
+    assert op.entry is not None
+    return decode(o.content, o.compression, limit=min(op.entry.size, MAX_CHUNK_BYTES))
+
+
+def _nothing() -> None:
+    pass
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
 def _outcome_to_pb(o: Outcome) -> pb.Problem:
     p = pb.Problem(path=o.path, reason=o.reason, message=o.message)
     if o.actual is not None:
@@ -106,7 +127,101 @@ class _Session:
         default_factory=asyncio.Queue
     )
     #: The batch being staged, if any: discarded if the session ends first.
+    #: Only the session's disk thread touches it.
     batch: Batch | None = None
+
+
+class _Skipped:
+    """What a task queued after a failed one returns: it did not run."""
+
+
+_SKIPPED = _Skipped()
+
+
+class _Pipeline:
+    """A session's disk work, in message order, on the session's own thread.
+
+    ``submit`` waits for room (at most ``PIPELINE_DEPTH`` tasks queued), not
+    for the task: the event loop parses the next message while the thread
+    stages or commits the last. Each task's ``then`` runs on the event loop
+    thread, in submission order, with the task's result. The first task to
+    raise ends the session (its error goes to the session's output, after
+    everything before it) and every task queued after it is skipped, so
+    nothing is staged or committed past a failure.
+
+    One thread, not more: the work is many short system calls, and threads
+    sharing them spend more handing the GIL to each other than they save."""
+
+    def __init__(
+        self,
+        io: ThreadPoolExecutor,
+        loop: asyncio.AbstractEventLoop,
+        session: _Session,
+        bound: Any,
+    ) -> None:
+        self._io = io
+        self._loop = loop
+        self._session = session
+        self._bound = bound
+        self._room = asyncio.Semaphore(PIPELINE_DEPTH)
+        self._broken = False  # the disk thread's view: a task raised
+        #: The event loop's view: a failure was reported, read no further.
+        self.failed = False
+
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        then: Callable[[Any], None] | None = None,
+    ) -> None:
+        await self._room.acquire()
+        try:
+            future = self._io.submit(self._guarded, fn, args)
+        except BaseException:
+            self._room.release()
+            raise
+        future.add_done_callback(lambda f: self._post(f, then))
+
+    def _guarded(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """Runs on the disk thread."""
+        if self._broken:
+            return _SKIPPED
+        try:
+            return fn(*args)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _post(self, future: Future[Any], then: Callable[[Any], None] | None) -> None:
+        """Runs on the disk thread, task after task: hand the outcome to the
+        event loop, which runs these callbacks in the order they come."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            self._loop.call_soon_threadsafe(self._done, future, then)
+
+    def _done(self, future: Future[Any], then: Callable[[Any], None] | None) -> None:
+        self._room.release()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            result = future.result()
+            if result is _SKIPPED or then is None:
+                return
+            try:
+                then(result)
+                return
+            except Exception as e:
+                error = e
+        self.fail(error)
+
+    def fail(self, error: BaseException) -> None:
+        """Report ``error`` as the session's end (only the first one)."""
+        if self.failed:
+            return
+        self.failed = True
+        if not isinstance(error, DevstackError | OSError):
+            self._bound.error("session.crashed", exc_info=error)
+        self._session.out.put_nowait(error)
 
 
 class SyncService(sync_pb2_grpc.SyncServicer):
@@ -237,14 +352,14 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ignore pattern: {e}")
             return
         try:
-            manifest = await run(self.ws.manifest, rules)
+            entries, pages = await run(self._manifest_pages, rules, hello.columnar_manifest)
         except (OSError, DevstackError) as e:
             bound.warning("session.manifest_failed", error=str(e))
             code, message = status_for(e)
             io.shutdown(wait=False)
             await context.abort(code, message)
             return
-        bound.info("session.open", entries=len(manifest))
+        bound.info("session.open", entries=entries)
         yield pb.ServerMessage(
             welcome=pb.Welcome(
                 protocol_version=PROTOCOL_VERSION,
@@ -252,18 +367,16 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                 workspace=self.workspace_name,
                 replica=self.ws.replica,
                 max_chunk_bytes=MAX_CHUNK_BYTES,
-                manifest_entries=len(manifest),
+                manifest_entries=entries,
                 forces_modes=self.ws.options.forces_modes,
             )
         )
-        entries = list(manifest.values())
-        for i in range(0, max(len(entries), 1), MANIFEST_PAGE):
-            page = [entry_to_pb(e) for e in entries[i : i + MANIFEST_PAGE]]
-            yield pb.ServerMessage(
-                manifest=pb.ManifestPage(entries=page, last=i + MANIFEST_PAGE >= len(entries))
-            )
+        for page in pages:
+            yield page
+        del pages
         self.sessions[session.id] = session
-        reader = asyncio.create_task(self._read(request_iterator, session, run, bound))
+        pipe = _Pipeline(io, loop, session, bound)
+        reader = asyncio.create_task(self._read(request_iterator, session, pipe, bound))
         try:
             while True:
                 item = await session.out.get()
@@ -277,12 +390,10 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         finally:
             self.sessions.pop(session.id, None)
             reader.cancel()
-            if session.batch is not None:
-                # Queued behind any write in flight on the session's thread;
-                # runs even if this coroutine is torn down right now.
-                io.submit(session.batch.abort)
-                bound.info("batch.aborted", seq=session.batch.seq)
-                session.batch = None
+            # Queued behind the work in flight on the session's thread (which
+            # owns the open batch); runs even if this coroutine is torn down
+            # right now.
+            io.submit(self._abort_open, session, bound)
             io.shutdown(wait=False)
             bound.info("session.closed")
 
@@ -290,59 +401,102 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         self,
         requests: AsyncIterator[pb.ClientMessage],
         session: _Session,
-        run: Callable[..., Any],
+        pipe: _Pipeline,
         bound: Any,
     ) -> None:
+        """Check each message's place in the session and hand its work to
+        the session's disk thread without waiting for it."""
         last_seq = 0
+        open_seq: int | None = None  # the batch being staged
+        out = session.out
         try:
             async for msg in requests:
+                if pipe.failed:
+                    return
                 which = msg.WhichOneof("msg")
-                if which == "batch":
-                    if session.batch is not None:
-                        raise ProtocolError(
-                            f"batch {msg.batch.seq} opened before {session.batch.seq} committed"
-                        )
-                    if msg.batch.seq <= last_seq:
-                        raise ProtocolError(
-                            f"batch numbers must increase: {msg.batch.seq} after {last_seq}"
-                        )
-                    last_seq = msg.batch.seq
-                    session.batch = await run(self._open_batch, msg.batch)
-                elif which == "chunk":
+                if which == "chunk":
                     ch = msg.chunk
-                    batch = session.batch
-                    if batch is None or ch.seq != batch.seq:
+                    if ch.seq != open_seq:
                         raise ProtocolError(f"chunk for batch {ch.seq}, which is not open")
-                    if ch.WhichOneof("body") == "copy":
-                        await run(batch.copy, ch.op_index, ch.copy.offset, ch.copy.length)
-                    else:
-                        await run(batch.write, ch.op_index, decode_chunk(ch.data, ch.compression))
+                    await pipe.submit(self._chunk, session, ch)
+                elif which == "batch":
+                    seq = msg.batch.seq
+                    if open_seq is not None:
+                        raise ProtocolError(f"batch {seq} opened before {open_seq} committed")
+                    if seq <= last_seq:
+                        raise ProtocolError(f"batch numbers must increase: {seq} after {last_seq}")
+                    last_seq = open_seq = seq
+                    await pipe.submit(self._open, session, msg.batch)
                 elif which == "commit":
-                    done = session.batch
-                    if done is None or msg.commit.seq != done.seq:
+                    if msg.commit.seq != open_seq:
                         raise ProtocolError(f"commit of batch {msg.commit.seq}, which is not open")
-                    session.batch = None
-                    outcomes = await run(done.commit)
-                    self._after_commit(session, done, outcomes, bound)
+                    open_seq = None
+
+                    def acknowledge(done: tuple[Batch, list[Outcome]]) -> None:
+                        self._after_commit(session, done[0], done[1], bound)
+
+                    await pipe.submit(self._commit, session, then=acknowledge)
                 elif which == "signature_request":
-                    session.out.put_nowait(
-                        pb.ServerMessage(
-                            signature=await run(self._signature, msg.signature_request.path)
-                        )
+                    await pipe.submit(
+                        self._signature,
+                        msg.signature_request.path,
+                        then=lambda sig: out.put_nowait(pb.ServerMessage(signature=sig)),
                     )
                 else:
                     raise ProtocolError(f"unexpected {which or 'empty'} message in a session")
-            session.out.put_nowait(None)
+            # The end of the stream, after everything queued before it.
+            await pipe.submit(_nothing, then=lambda _: out.put_nowait(None))
         except asyncio.CancelledError:
             raise
         except (DevstackError, OSError) as e:
-            session.out.put_nowait(e)
+            # After what is already queued (an earlier commit is still acked).
+            await pipe.submit(_raise, e)
         except grpc.RpcError as e:  # the peer went away
             bound.info("session.ended", cause=type(e).__name__)
-            session.out.put_nowait(None)
+            out.put_nowait(None)
         except Exception as e:
-            bound.exception("session.crashed")
-            session.out.put_nowait(e)
+            pipe.fail(e)
+
+    # The session's disk thread (see _Pipeline): each runs there, in the
+    # order of the messages.
+
+    def _open(self, session: _Session, msg: pb.Batch) -> None:
+        session.batch = self._open_batch(msg)
+
+    def _chunk(self, session: _Session, ch: pb.Chunk) -> None:
+        batch = session.batch
+        if batch is None or batch.seq != ch.seq:  # the reader checked; cannot happen
+            raise ProtocolError(f"chunk for batch {ch.seq}, which is not open")
+        if ch.WhichOneof("body") == "copy":
+            batch.copy(ch.op_index, ch.copy.offset, ch.copy.length)
+        else:
+            batch.write(ch.op_index, decode_chunk(ch.data, ch.compression))
+
+    def _commit(self, session: _Session) -> tuple[Batch, list[Outcome]]:
+        batch, session.batch = session.batch, None
+        if batch is None:  # the reader checked; cannot happen
+            raise ProtocolError("commit of a batch that is not open")
+        return batch, batch.commit()
+
+    def _abort_open(self, session: _Session, bound: Any) -> None:
+        batch, session.batch = session.batch, None
+        if batch is not None:
+            batch.abort()
+            bound.info("batch.aborted", seq=batch.seq)
+
+    def _manifest_pages(
+        self, rules: IgnoreRules, columnar: bool
+    ) -> tuple[int, list[pb.ServerMessage]]:
+        """The workspace manifest's size and its pages, built in bulk on the
+        session's thread (columns, if the client reads them). Its entries are
+        dropped before the garbage collector runs again: they hold no cycles,
+        and walking them would only cost time."""
+        with gc_paused():
+            manifest = self.ws.manifest(rules)
+            entries = len(manifest)
+            pages = manifest_messages(list(manifest.values()), columnar=columnar)
+            del manifest
+        return entries, pages
 
     def _after_commit(
         self, session: _Session, batch: Batch, outcomes: list[Outcome], bound: Any
@@ -381,17 +535,17 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         ops: list[StagedOp] = []
         for i, o in enumerate(msg.ops):
             kind = OP_NAMES.get(o.kind)
-            entry = entry_from_pb(o.entry) if o.HasField("entry") and o.entry.kind else None
-            path = o.entry.path
+            e = o.entry  # an unset entry reads as the default one, kind 0
+            path = e.path
             staged = StagedOp(
-                index=i,
-                kind=kind or "",
-                path=path,
-                entry=entry,
-                expected=entry_from_pb(o.expected) if o.HasField("expected") else None,
-                expected_absent=o.expected_absent,
-                from_path=o.from_path,
-                force=o.force,
+                i,
+                kind or "",
+                path,
+                entry_from_pb(e) if e.kind else None,
+                entry_from_pb(o.expected) if o.HasField("expected") else None,
+                o.expected_absent,
+                o.from_path,
+                o.force,
                 delta=o.delta,
                 chunked=o.chunked,
             )
@@ -401,15 +555,12 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                 )
             ops.append(staged)
         batch = self.ws.open_batch(msg.seq, ops)
-        for i, o in enumerate(msg.ops):
-            op = ops[i]
-            if op.kind == "write" and not op.chunked and op.problem is None:
-                assert op.entry is not None
-                try:
-                    limit = min(op.entry.size, MAX_CHUNK_BYTES)
-                    batch.inline(i, decode(o.content, o.compression, limit=limit))
-                except ProtocolError as e:
-                    op.problem = Outcome(False, op.path, e.reason, str(e))
+        inline = [
+            (op.index, o)
+            for op, o in zip(ops, msg.ops, strict=True)
+            if op.kind == "write" and not op.chunked and op.problem is None
+        ]
+        batch.inline_many(inline, _inline_content)
         return batch
 
     def _signature(self, path: str) -> pb.Signature:

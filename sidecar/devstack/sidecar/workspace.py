@@ -24,6 +24,8 @@ Safety rules, each enforced here and nowhere else:
 - A change applies only if the path holds what the laptop expected and,
   unless the sidecar is a replica or the person forced it, nothing changed
   it since sync last wrote it (the "ancestor"); otherwise it is a conflict.
+  Where the laptop expects nothing, the rename (``RENAME_NOREPLACE``) or the
+  ``mkdir`` itself refuses to replace what is there: no look, then a window.
 - Devices, fifos and sockets are never created, replaced or removed.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -38,10 +41,10 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from devstack.core.errors import ConfigError, ProtocolError, UnsafePathError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
@@ -52,7 +55,7 @@ from devstack.core.manifest import (
     Entry,
     Kind,
     Manifest,
-    SyncState,
+    gc_paused,
     hash_fd,
     scan,
     stat_key,
@@ -65,6 +68,7 @@ from devstack.core.paths import (
 )
 
 log = get_logger("sidecar.workspace")
+T = TypeVar("T")
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -75,8 +79,9 @@ DIR_CACHE_LIMIT = 32
 #: Folder descriptors kept while following symlinks.
 SCRATCH_LIMIT = 8
 #: The journal is folded into the snapshot once it is larger than this and
-#: larger than the snapshot (so folding costs O(1) per record, amortised).
-JOURNAL_MIN_BYTES = 256 * 1024
+#: larger than the snapshot (so folding costs O(1) per record, amortised;
+#: replaying this much at start-up takes a few tens of milliseconds).
+JOURNAL_MIN_BYTES = 4 * 1024 * 1024
 #: Seconds between saves of the digest cache (a cache: losing it costs a rehash).
 CACHE_SAVE_SECONDS = 5.0
 #: errnos that mean the sidecar itself ran out of something.
@@ -127,7 +132,7 @@ class Outcome:
     actual: Entry | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class StagedOp:
     """One op of an open batch."""
 
@@ -145,6 +150,7 @@ class StagedOp:
     fd: int = -1
     staged_name: str = ""
     staged: bool = False  # the staged file exists
+    sealed: bool = False  # complete, its mode and owner set, its fd closed
     written: int = 0
     hasher: Any = None  # a hashlib.blake2b while staging
     old_fd: int = -1
@@ -227,8 +233,9 @@ class _DirCache:
             os.close(self.fds.pop(next(iter(self.fds))))
 
     def forget(self, folder: str) -> None:
+        below = folder + "/"
         for cache in (self.fds, self.scratch):
-            for key in [k for k in cache if k == folder or k.startswith(folder + "/")]:
+            for key in [k for k in cache if k.startswith(below) or k == folder]:
                 os.close(cache.pop(key))
 
     def close(self) -> None:
@@ -245,6 +252,40 @@ class _DirCache:
             return os.readlink(name, dir_fd=self.get(head, transient=True))
         except (OSError, UnsafePathError):
             return None
+
+
+_RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+@functools.cache
+def _renameat2() -> tuple[Callable[..., int], Callable[[], int]] | None:
+    """libc's ``renameat2`` and ``get_errno`` (None without it). ctypes is
+    loaded on the first commit only: the idle sidecar does without it."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn, ctypes.get_errno
+
+
+def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> bool:
+    """``renameat2(..., RENAME_NOREPLACE)``: rename unless something is at
+    ``dst`` (then ``FileExistsError``), in one atomic step. False when the C
+    library, kernel or filesystem cannot (nothing happened then)."""
+    libc = _renameat2()
+    if libc is None:
+        return False
+    fn, get_errno = libc
+    if fn(src_dir_fd, os.fsencode(src), dst_dir_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), dst)  # FileExistsError for EEXIST
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -287,6 +328,11 @@ class Workspace:
                 with contextlib.suppress(OSError):
                     os.unlink(leftover, dir_fd=self.staging_fd)
             self.options = self._check_owner(options or WriteOptions())
+            #: The umask new files get, when creating a staged file with its
+            #: final mode gives exactly that mode minus it (else None).
+            self.umask = self._probe_umask()
+            #: Whether renames may refuse to replace (see ``rename_noreplace``).
+            self.noreplace = True
             self.cache = DigestCache.load(self.state_dir / "digests.json")
             self._snapshot = self.state_dir / "ancestors.json"
             self._journal = self.state_dir / "ancestors.journal"
@@ -344,6 +390,35 @@ class Workspace:
             os.close(fd)
             os.unlink(probe, dir_fd=self.staging_fd)
         return options
+
+    def _probe_umask(self) -> int | None:
+        """The process's umask, if a file created in staging gets the mode
+        asked for minus it (no default ACL there); else None, and every
+        staged file is chmodded. Read from /proc, never changed."""
+        try:
+            with open("/proc/self/status", "rb") as f:
+                umask = next(int(line.split()[1], 8) for line in f if line.startswith(b"Umask:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return None
+        try:
+            if "system.posix_acl_default" in os.listxattr(self.staging_fd):
+                return None
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return None
+        probe = f"mode-probe-{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(probe, flags, 0o666, dir_fd=self.staging_fd)
+        except OSError:  # staging fails later, with a clear error, if it must
+            return None
+        try:
+            got = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe, dir_fd=self.staging_fd)
+        return umask if got == 0o666 & ~umask else None
 
     # ------------------------------------------------------------- state
 
@@ -454,30 +529,17 @@ class Workspace:
             self.ancestors[path] = anc
             self._unjournaled[path] = anc
 
-    def _state(self, e: Entry) -> SyncState:
-        anc = self.ancestors.get(e.path)
-        if anc is None:
-            return SyncState.UNTRACKED
-        if anc == (int(e.kind), e.digest, e.target):
-            return SyncState.SYNCED
-        return SyncState.DIRTY
-
     def manifest(self, rules: IgnoreRules) -> Manifest:
-        """The workspace as it is now, each entry with its sync state."""
-        with self.lock:
-            found = scan(self.root, rules=rules, cache=self.cache)
-            self.cache.retain(found)
-            out: Manifest = {}
-            for p, e in found.items():
-                st = self._state(e)
-                out[p] = (
-                    e
-                    if st == SyncState.UNTRACKED
-                    else Entry(e.path, e.kind, e.size, e.mode, e.digest, e.target, st)
-                )
+        """The workspace as it is now, each entry with its sync state: one
+        scan, ignore rules and states applied as it walks."""
+        with self.lock, gc_paused():
+            out = scan(self.root, rules=rules, cache=self.cache, ancestors=self.ancestors)
+            self.cache.retain(out)
             # Forget ancestors of paths that are gone (the app deleted them).
-            for p in [p for p in self.ancestors if p not in found and not rules.ignored(p)]:
-                self._record(p, None)
+            gone = self.ancestors.keys() - out.keys()
+            if gone:
+                for p in [p for p in self.ancestors if p in gone and not rules.ignored(p)]:
+                    self._record(p, None)
             try:
                 self._journal_flush()
             except WorkspaceIOError as e:  # forgetting can wait for the next flush
@@ -561,6 +623,8 @@ class Batch:
         self._writing: StagedOp | None = None  # whose staging fd is open
         self._reading: StagedOp | None = None  # whose delta base fd is open
         self._done = False
+        #: Names this batch's staged files (with its seq and each op's index).
+        self._token = f"{seq}-{secrets.token_hex(6)}"
         try:
             for op in ops:
                 if op.problem is None:
@@ -590,7 +654,7 @@ class Batch:
         assert op.entry is not None
         if op.entry.kind != Kind.FILE or len(op.entry.digest) != DIGEST_SIZE:
             raise ProtocolError(f"{op.path!r}: a write needs a file entry with a digest")
-        op.staged_name = f"{self.seq}-{op.index}-{secrets.token_hex(6)}"
+        op.staged_name = f"{self._token}-{op.index}"
         op.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
         if op.delta:
             # Only look now (a soft problem if it is not there); the base is
@@ -644,6 +708,21 @@ class Batch:
         op.staged = True
         self._writing = op
 
+    def _seal(self, op: StagedOp) -> None:
+        """Give ``op``'s complete staging file its mode and owner and close
+        it: nothing more is written to it, so commit only renames it."""
+        assert op.entry is not None
+        opts = self.ws.options
+        os.fchmod(op.fd, opts.file_perm(op.entry.mode))
+        if opts.uid is not None or opts.gid is not None:
+            os.fchown(
+                op.fd,
+                opts.uid if opts.uid is not None else -1,
+                opts.gid if opts.gid is not None else -1,
+            )
+        self._close_fd(op)
+        op.sealed = True
+
     def _close_fd(self, op: StagedOp) -> None:
         if op.fd >= 0:
             fd, op.fd = op.fd, -1
@@ -659,22 +738,28 @@ class Batch:
             self._reading = None
 
     def _append(self, op: StagedOp, data: bytes) -> None:
+        """Write ``data`` after what is staged, hashing it in the same pass;
+        seal the file once it is complete."""
         assert op.entry is not None and op.hasher is not None
-        if op.written + len(data) > op.entry.size:
+        size = len(data)
+        end = op.written + size
+        if end > op.entry.size:
             raise ProtocolError(
                 f"{op.path!r}: more content than the declared {op.entry.size} bytes"
             )
-        if not data:
+        if not size:
             return
-        self._open_staged(op)
-        view = memoryview(data)
-        while view:
-            n = os.write(op.fd, view)
-            view = view[n:]
+        if op.fd < 0:
+            self._open_staged(op)
+        n = os.write(op.fd, data)
+        if n < size:  # a short write (rare): finish the rest
+            view = memoryview(data)[n:]
+            while view:
+                view = view[os.write(op.fd, view) :]
         op.hasher.update(data)
-        op.written += len(data)
-        if op.written == op.entry.size:  # complete: nothing more will come
-            self._close_fd(op)
+        op.written = end
+        if end == op.entry.size:  # complete: nothing more will come
+            self._seal(op)
             self._close_base(op)
 
     def _staging(self, what: str, fn: Any, *args: Any) -> None:
@@ -736,6 +821,77 @@ class Batch:
             self._staging(f"cannot stage {op.path!r}", self._append, op, data)
             self.bytes += len(data)
 
+    def inline_many(
+        self, items: Sequence[tuple[int, T]], content: Callable[[StagedOp, T], bytes]
+    ) -> None:
+        """Stage the inline content of many ops, each in one go (its staging
+        file open only while it is written): ``content(op, item)`` gives an
+        op's bytes; a ``ProtocolError`` from it, or content longer than
+        declared, is that op's problem. Any ``OSError`` discards the whole
+        batch, as in ``inline``."""
+        if self._writing is not None:
+            self._close_fd(self._writing)
+        ops = self.ops
+        for index, item in items:
+            op = ops[index]
+            if op.problem is not None:
+                continue
+            try:
+                data = content(op, item)
+                self._write_whole(op, data)
+            except ProtocolError as e:
+                op.problem = Outcome(False, op.path, e.reason, str(e))
+                continue
+            except OSError as e:
+                self.abort()
+                raise _io_error(
+                    f"batch {self.seq} was discarded, cannot stage {op.path!r}", e
+                ) from e
+            self.bytes += len(data)
+
+    def _write_whole(self, op: StagedOp, data: bytes) -> None:
+        """``_append`` for ``inline_many``: the staging file is open only
+        while ``data`` is written (sealed if complete, closed otherwise), and
+        one that is complete at once is created with its final mode when the
+        umask lets it (no chmod then)."""
+        assert op.entry is not None and op.hasher is not None
+        size = len(data)
+        end = op.written + size
+        if end > op.entry.size:
+            raise ProtocolError(
+                f"{op.path!r}: more content than the declared {op.entry.size} bytes"
+            )
+        if not size:
+            return
+        ws = self.ws
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        mode = 0o600
+        final = False  # created with its final mode: no chmod
+        if op.staged:
+            flags |= os.O_APPEND
+        else:
+            flags |= os.O_CREAT | os.O_EXCL
+            if end == op.entry.size and ws.umask is not None:
+                perm = ws.options.file_perm(op.entry.mode)
+                if not perm & (~0o777 | ws.umask):
+                    mode, final = perm, True
+        op.fd = os.open(op.staged_name, flags, mode, dir_fd=ws.staging_fd)
+        op.staged = True
+        try:
+            n = os.write(op.fd, data)
+            if n < size:  # a short write (rare): finish the rest
+                view = memoryview(data)[n:]
+                while view:
+                    view = view[os.write(op.fd, view) :]
+            op.hasher.update(data)
+            op.written = end
+            if final and ws.options.uid is None and ws.options.gid is None:
+                op.sealed = True
+            elif end == op.entry.size:
+                self._seal(op)
+        finally:
+            self._close_fd(op)
+
     # ------------------------------------------------------------- commit
 
     def abort(self) -> None:
@@ -766,6 +922,7 @@ class Batch:
         if self._done:
             raise ProtocolError(f"batch {self.seq} was already committed or discarded")
         with ws.lock:
+            finished = False
             try:
                 for op in self.ops:
                     self._dirs.trim()
@@ -782,16 +939,19 @@ class Batch:
                             False, op.path, "io-error", f"{op.path!r}: {e.strerror or e}"
                         )
                     finally:
-                        with contextlib.suppress(OSError):
-                            self._release(op, unlink=True)
+                        if op.fd >= 0 or op.old_fd >= 0 or op.staged_name:
+                            with contextlib.suppress(OSError):
+                                self._release(op, unlink=True)
                     outcomes.append(outcome)
                     if outcome.reason == "conflict":
                         ws.counters.conflicts += 1
+                finished = True
             finally:
                 self._done = True
-                for op in self.ops:  # only if something unexpected broke the loop
-                    with contextlib.suppress(OSError):
-                        self._release(op, unlink=True)
+                if not finished:  # something unexpected broke the loop
+                    for op in self.ops:
+                        with contextlib.suppress(OSError):
+                            self._release(op, unlink=True)
                 self._dirs.close()
             ws.counters.batches_applied += 1
             ws.counters.bytes_received += self.bytes
@@ -859,6 +1019,16 @@ class Batch:
             ws._record(path, current)
             return Outcome(True, path)
 
+        if op.expected_absent and not ws.replica:
+            done = (
+                self._write_new(op, head, name)
+                if kind == "write"
+                else self._mkdir_new(op, head, name)
+                if kind == "mkdir"
+                else None
+            )
+            if done is not None:
+                return done
         current = ws._current(dirs, path)
         if kind == "adopt":
             assert op.entry is not None
@@ -927,7 +1097,7 @@ class Batch:
         if kind == "symlink":
             target = op.entry.target
             resolve_link(path, target, lambda p: target if p == path else dirs.readlink(p))
-            tmp = f"{self.seq}-{op.index}-{secrets.token_hex(6)}.link"
+            tmp = f"{self._token}-{op.index}.link"
             os.symlink(op.entry.target, tmp, dir_fd=ws.staging_fd)
             if opts.uid is not None or opts.gid is not None:
                 os.chown(
@@ -945,40 +1115,80 @@ class Batch:
             return Outcome(True, path)
 
         if kind == "write":
-            assert op.hasher is not None
-            if op.written != op.entry.size:
-                return Outcome(
-                    False,
-                    path,
-                    "incomplete",
-                    f"{path!r}: got {op.written} of {op.entry.size} bytes; nothing written",
-                )
-            if op.hasher.digest() != op.entry.digest:
-                return Outcome(
-                    False, path, "digest-mismatch", f"{path!r}: content does not match its digest"
-                )
-            self._open_staged(op)  # creates it for an empty file
-            os.fchmod(op.fd, opts.file_perm(op.entry.mode))
-            if opts.uid is not None or opts.gid is not None:
-                os.fchown(
-                    op.fd,
-                    opts.uid if opts.uid is not None else -1,
-                    opts.gid if opts.gid is not None else -1,
-                )
-            self._close_fd(op)
+            problem = self._verify(op)
+            if problem is not None:
+                return problem
             if current is not None and current.kind == Kind.DIRECTORY:
                 self._remove(parent, name, current)
                 dirs.forget(path)
             os.rename(op.staged_name, name, src_dir_fd=ws.staging_fd, dst_dir_fd=parent)
-            op.staged_name = ""
-            op.staged = False
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            ws.cache.put(path, stat_key(st), op.entry.digest)
-            ws._record(path, op.entry)
-            ws.counters.files_written += 1
-            return Outcome(True, path)
+            return self._written(op, parent, name)
 
         raise ProtocolError(f"{path!r}: unknown op {kind!r}")
+
+    def _verify(self, op: StagedOp) -> Outcome | None:
+        """Why a write's staged content may not go in place (None: it may),
+        its staging file created (an empty file's) and sealed."""
+        assert op.entry is not None and op.hasher is not None
+        if op.written != op.entry.size:
+            return Outcome(
+                False,
+                op.path,
+                "incomplete",
+                f"{op.path!r}: got {op.written} of {op.entry.size} bytes; nothing written",
+            )
+        if op.hasher.digest() != op.entry.digest:
+            return Outcome(
+                False, op.path, "digest-mismatch", f"{op.path!r}: content does not match its digest"
+            )
+        if not op.sealed:  # an empty file: no content created it yet
+            self._open_staged(op)
+            self._seal(op)
+        return None
+
+    def _written(self, op: StagedOp, parent: int, name: str) -> Outcome:
+        """Record a write that was renamed into place."""
+        assert op.entry is not None
+        ws = self.ws
+        op.staged_name = ""
+        op.staged = False
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        ws.cache.put(op.path, stat_key(st), op.entry.digest)
+        ws._record(op.path, op.entry)
+        ws.counters.files_written += 1
+        return Outcome(True, op.path)
+
+    def _write_new(self, op: StagedOp, head: str, name: str) -> Outcome | None:
+        """A write where nothing is expected: renamed into place only if
+        nothing is there, in one step (no look first, no window between the
+        look and the rename). None: something is there, its content is not
+        ready, or the filesystem cannot; the general path decides then."""
+        ws = self.ws
+        if not ws.noreplace or self._verify(op) is not None:
+            return None
+        parent = self._dirs.get(head)
+        try:
+            if not rename_noreplace(ws.staging_fd, op.staged_name, parent, name):
+                ws.noreplace = False
+                return None
+        except FileExistsError:
+            return None
+        return self._written(op, parent, name)
+
+    def _mkdir_new(self, op: StagedOp, head: str, name: str) -> Outcome | None:
+        """A folder where nothing is expected: made without a look first
+        (``mkdir`` refuses if anything is there). None: something is there;
+        the general path decides then."""
+        assert op.entry is not None
+        parent = self._dirs.get(head)
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            return None
+        self._chmod_chown(parent, name, self.ws.options.dir_perm(op.entry.mode), directory=True)
+        self._dirs.forget(op.path)
+        self.ws._record(op.path, op.entry)
+        return Outcome(True, op.path)
 
     def _links_below(self, folder: str) -> list[tuple[str, str]]:
         """(path relative to ``folder``, target) of every symlink under it."""

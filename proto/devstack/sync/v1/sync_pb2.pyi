@@ -227,6 +227,7 @@ class Hello(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     IGNORE_FIELD_NUMBER: _builtins.int
+    COLUMNAR_MANIFEST_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """The protocol version the client speaks. The sidecar refuses versions it
     does not support with FAILED_PRECONDITION.
@@ -243,6 +244,12 @@ class Hello(_message.Message):
     """
     max_chunk_bytes: _builtins.int
     """Largest chunk payload the client will send, in bytes."""
+    columnar_manifest: _builtins.bool
+    """The client reads the manifest in columnar form (ManifestPage.columns),
+    which both sides encode and decode in bulk. A sidecar that predates this
+    field ignores it and sends ManifestPage.entries, which every client
+    still reads.
+    """
     @_builtins.property
     def ignore(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Gitignore-style patterns the client never syncs; the sidecar leaves
@@ -258,10 +265,11 @@ class Hello(_message.Message):
         token: _builtins.str = ...,
         max_chunk_bytes: _builtins.int = ...,
         ignore: _abc.Iterable[_builtins.str] | None = ...,
+        columnar_manifest: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "ignore", b"ignore", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "token", b"token", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "columnar_manifest", b"columnar_manifest", "ignore", b"ignore", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "token", b"token", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,25 +335,99 @@ class ManifestPage(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     last: _builtins.bool
     """True on the final page."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
-        """Entries of the workspace, in no particular order."""
+        """Entries of the workspace, in no particular order (when the client did
+        not ask for the columnar form).
+        """
+
+    @_builtins.property
+    def columns(self) -> Global___ManifestColumns:
+        """Entries of the workspace in columnar form, when Hello asked for it
+        (columnar_manifest); `entries` is then empty.
+        """
 
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___Entry] | None = ...,
         last: _builtins.bool = ...,
+        columns: Global___ManifestColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "last", b"last"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "entries", b"entries", "last", b"last"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ManifestPage: _TypeAlias = ManifestPage  # noqa: Y015
+
+@_typing.final
+class ManifestColumns(_message.Message):
+    """Manifest entries column by column, one list per Entry field: entry i is
+    (paths[i], kinds[i], sizes[i], modes[i], digests[i], states[i]) and, if it
+    is a symlink, the next unread value of `targets`. Every list but
+    `targets` has one value per entry.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATHS_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    SIZES_FIELD_NUMBER: _builtins.int
+    MODES_FIELD_NUMBER: _builtins.int
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Entry.path of each entry."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___Kind.ValueType]:
+        """Entry.kind of each entry."""
+
+    @_builtins.property
+    def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Entry.size of each entry."""
+
+    @_builtins.property
+    def modes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Entry.mode of each entry."""
+
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Entry.digest of each entry (empty for directories and symlinks)."""
+
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Entry.target of each symlink entry, in the order the symlinks appear."""
+
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___SyncState.ValueType]:
+        """Entry.state of each entry."""
+
+    def __init__(
+        self,
+        *,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        kinds: _abc.Iterable[Global___Kind.ValueType] | None = ...,
+        sizes: _abc.Iterable[_builtins.int] | None = ...,
+        modes: _abc.Iterable[_builtins.int] | None = ...,
+        digests: _abc.Iterable[_builtins.bytes] | None = ...,
+        targets: _abc.Iterable[_builtins.str] | None = ...,
+        states: _abc.Iterable[Global___SyncState.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests", b"digests", "kinds", b"kinds", "modes", b"modes", "paths", b"paths", "sizes", b"sizes", "states", b"states", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestColumns: _TypeAlias = ManifestColumns  # noqa: Y015
 
 @_typing.final
 class Op(_message.Message):
