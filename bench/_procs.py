@@ -172,11 +172,17 @@ def connect_cmd(src: Path, address: str, token_file: Path, *extra: str) -> list[
 
 
 def connect_once(
-    src: Path, address: str, token_file: Path, cache: Path, logs: LogDir, *, name: str = "connect"
+    src: Path,
+    address: str,
+    token_file: Path,
+    cache: Path,
+    logs: LogDir,
+    *extra: str,
+    name: str = "connect",
 ) -> float:
     """Wall time of one ``devstack connect --once`` process."""
     return run_logged(
-        connect_cmd(src, address, token_file, "--once"),
+        connect_cmd(src, address, token_file, "--once", *extra),
         logs.new(name),
         env={"XDG_CACHE_HOME": str(cache)},
         what="devstack connect --once",

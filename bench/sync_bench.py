@@ -231,8 +231,8 @@ def sidecar(ctx: Ctx, workspace: Path) -> _procs.Sidecar:
     return _procs.Sidecar(workspace, ctx.token_file, ctx.logs).start()
 
 
-def connect_once(ctx: Ctx, src: Path, address: str, cache: Path) -> float:
-    return _procs.connect_once(src, address, ctx.token_file, cache, ctx.logs)
+def connect_once(ctx: Ctx, src: Path, address: str, cache: Path, *extra: str) -> float:
+    return _procs.connect_once(src, address, ctx.token_file, cache, ctx.logs, *extra)
 
 
 def check_copy(src: Path, dst: Path, expected: int, *, full: bool) -> None:
@@ -274,7 +274,15 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
         rsync.start_daemon()
     try:
         for rep in range(ctx.sizes.repeat):
-            for name in ("cp", "tar", "rsync-pipe", "rsync-daemon", "devstack", "syncthing"):
+            for name in (
+                "cp",
+                "tar",
+                "rsync-pipe",
+                "rsync-daemon",
+                "devstack",
+                "devstack-raw",
+                "syncthing",
+            ):
                 tool = name.split("-")[0]
                 if not ctx.wants("initial", tool):
                     continue
@@ -308,14 +316,18 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
                     sc = sidecar(ctx, dst)
                     try:
                         time.sleep(0.5)  # settle: "idle" is after start
-                        rss_idle.append(vm_kib(sc.pid, "VmRSS"))
+                        raw = name == "devstack-raw"  # the same, without compression
+                        if not raw:
+                            rss_idle.append(vm_kib(sc.pid, "VmRSS"))
                         sc0 = _peers.tree_cpu(sc.pid)
                         cpu0 = children_cpu()
+                        extra = ("--compress", "never") if raw else ()
                         with RssSampler(sc.pid) as sampler:
-                            took = connect_once(ctx, src, sc.address, ctx.fresh("cache"))
+                            took = connect_once(ctx, src, sc.address, ctx.fresh("cache"), *extra)
                         extra_cpu = _peers.tree_cpu(sc.pid) - sc0
-                        rss_peak.append(sampler.peak_kib)
-                        whole.append(time.perf_counter() - t0 - 0.5)
+                        if not raw:
+                            rss_peak.append(sampler.peak_kib)
+                            whole.append(time.perf_counter() - t0 - 0.5)
                     finally:
                         sc.stop()
                 used = children_cpu() - cpu0 + extra_cpu
@@ -754,6 +766,24 @@ def rows(ctx: Ctx) -> list[Row]:
                     **peer,
                     target="ratio <= 1.0" if is_rsync else "report",
                     passed=(ratio <= 1.0) if is_rsync and ratio is not None else None,
+                )
+            )
+        raw = ini.get("devstack-raw")
+        for key, label in (("rsync-pipe", "rsync over a pipe"), ("rsync-daemon", "rsync daemon")):
+            if raw is None:
+                break
+            peer = _peer(ctx, "rsync", ini.get(key))
+            ratio = raw / peer["peer_value"] if "peer_value" in peer else None
+            out.append(
+                Row(
+                    f"initial-raw:{key}",
+                    what + ", `--compress never` (rsync does not compress either)",
+                    "s",
+                    raw,
+                    label,
+                    **peer,
+                    target="report",
+                    passed=None,
                 )
             )
     noop = r.get("noop", {})

@@ -34,6 +34,8 @@ FIGURES: dict[str, str | None] = {
     "initial:tar": "tar",
     "initial:cp": "cp",
     "initial:syncthing": "syncthing",
+    "initial-raw:rsync-pipe": "rsync",
+    "initial-raw:rsync-daemon": "rsync",
     "noop:rsync-pipe": "rsync",
     "latency-median:syncthing": "syncthing",
     "latency-median:tar-one-file": "tar",
