@@ -321,3 +321,87 @@ async def test_no_kubeconfig_anywhere_is_one_clear_error(
     with pytest.raises(ConfigError):
         async with k8s.kube_client(str(broken)):
             pass
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "want"),
+    [
+        pytest.param({}, "https://api.example:6443", None, id="no-proxy-set"),
+        pytest.param(
+            {"HTTPS_PROXY": "http://px:3128"},
+            "https://api.example:6443",
+            "http://px:3128",
+            id="https",
+        ),
+        pytest.param(
+            {"https_proxy": "http://px:3128"}, "http://api.example", None, id="scheme-must-match"
+        ),
+        pytest.param(
+            {"HTTP_PROXY": "http://px:3128", "NO_PROXY": "example,10.0.0.1"},
+            "http://api.example",
+            None,
+            id="no-proxy-name",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": "http://px:3128", "NO_PROXY": ".example"},
+            "http://k8s.api.example",
+            None,
+            id="no-proxy-suffix",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": "http://px:3128", "NO_PROXY": "other"},
+            "http://api.example",
+            "http://px:3128",
+            id="no-proxy-other",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": "http://px:3128", "NO_PROXY": "*"}, "http://a", None, id="star"
+        ),
+    ],
+)
+def test_the_proxy_is_read_from_the_environment_as_kubectl_reads_it(
+    env: dict[str, str], url: str, want: str | None
+) -> None:
+    assert k8s.proxy_for(url, env) == want
+
+
+async def test_requests_go_through_the_environments_proxy_read_once(
+    kube: EmulatorThread, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is honoured (as kubectl does) although aiohttp no longer
+    looks the environment up on every request."""
+    import aiohttp
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        seen.append(str(request.url))
+        async with (
+            aiohttp.ClientSession(trust_env=False) as s,
+            s.request(request.method, str(request.url), data=await request.read()) as r,
+        ):
+            return web.Response(
+                status=r.status, body=await r.read(), content_type="application/json"
+            )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with k8s.kube_client(str(kubeconfig)) as api:
+            got = await api.request("GET", "/api/v1/namespaces/app/configmaps")
+            assert got.get("items") == []
+            assert len(seen) == 1 and seen[0].endswith("/api/v1/namespaces/app/configmaps")
+            # Changing the environment later changes nothing: it was read once.
+            monkeypatch.setenv("NO_PROXY", "*")
+            await api.request("GET", "/api/v1/namespaces/app/configmaps")
+            assert len(seen) == 2
+    finally:
+        await runner.cleanup()
