@@ -185,19 +185,34 @@ def client_id() -> str:
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _open_regular(root: str, path: str) -> tuple[int, os.stat_result] | None:
+    """An fd on ``root/path`` (never through a final symlink) and its stat,
+    or None if it vanished or is not a regular file."""
+    try:
+        fd = os.open(f"{root}/{path}", _O_READ)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
 def _read_inline(root: str, entry: Entry) -> tuple[Entry, bytes, StatKey | None] | None:
     """Content of a small file, its entry as actually read (the file may
     have changed since it was scanned, or the scan deferred its digest) and
     the stat key that digest belongs to (None if the file grew while it was
     read). None if it vanished or changed kind."""
-    try:
-        fd = os.open(f"{root}/{entry.path}", _O_READ)
-    except OSError:
+    opened = _open_regular(root, entry.path)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
         want = st.st_size + 1
         data = os.read(fd, want)
         if len(data) == want:  # it grew since: read to the end
@@ -219,14 +234,11 @@ def _read_inline(root: str, entry: Entry) -> tuple[Entry, bytes, StatKey | None]
 def _hash_now(root: str, entry: Entry) -> tuple[Entry, StatKey] | None:
     """The entry of a file whose digest the scan deferred, hashed now, and
     its stat key; None if it vanished, changed kind or cannot be read."""
-    try:
-        fd = os.open(f"{root}/{entry.path}", _O_READ)
-    except OSError:
+    opened = _open_regular(root, entry.path)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
         digest = hash_fd(fd)
     except OSError:
         return None

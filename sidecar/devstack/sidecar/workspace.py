@@ -741,14 +741,10 @@ class Batch:
         """Write ``data`` after what is staged, hashing it in the same pass;
         seal the file once it is complete."""
         assert op.entry is not None and op.hasher is not None
-        size = len(data)
-        end = op.written + size
-        if end > op.entry.size:
-            raise ProtocolError(
-                f"{op.path!r}: more content than the declared {op.entry.size} bytes"
-            )
-        if not size:
+        end = _end_after(op, data)
+        if end == op.written:
             return
+        size = len(data)
         if op.fd < 0:
             self._open_staged(op)
         n = os.write(op.fd, data)
@@ -855,14 +851,10 @@ class Batch:
         one that is complete at once is created with its final mode when the
         umask lets it (no chmod then)."""
         assert op.entry is not None and op.hasher is not None
-        size = len(data)
-        end = op.written + size
-        if end > op.entry.size:
-            raise ProtocolError(
-                f"{op.path!r}: more content than the declared {op.entry.size} bytes"
-            )
-        if not size:
+        end = _end_after(op, data)
+        if end == op.written:
             return
+        size = len(data)
         ws = self.ws
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         mode = 0o600
@@ -1262,3 +1254,13 @@ def open_workspace(root: Path, **kwargs: object) -> Iterator[Workspace]:
         yield ws
     finally:
         ws.close()
+
+
+def _end_after(op: StagedOp, data: bytes) -> int:
+    """Where ``op``'s staged content ends once ``data`` is appended; a
+    :class:`ProtocolError` if that passes the size the laptop declared."""
+    assert op.entry is not None and op.hasher is not None
+    end = op.written + len(data)
+    if end > op.entry.size:
+        raise ProtocolError(f"{op.path!r}: more content than the declared {op.entry.size} bytes")
+    return end
