@@ -14,8 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.cli.channel import BROKEN_STREAM_DETAILS, classify
 from devstack.cli.syncer import RetryPolicy, Stats, Syncer, Target
-from devstack.core.errors import UnreachableError
+from devstack.core.errors import PeerFailedError, UnreachableError
 from devstack.core.plan import Plan
 from devstack.sync.v1 import sync_pb2 as pb
 from tests.support.fakesidecar import Failure, FakeSidecar
@@ -180,3 +181,14 @@ def test_the_token_never_shows_in_a_repr() -> None:
     t = Target("127.0.0.1:1", "s3cr3t-t0ken", authority="x.localtest.me")
     assert "s3cr3t-t0ken" not in repr(t) and "s3cr3t-t0ken" not in str(t)
     assert "127.0.0.1:1" in repr(t)
+
+
+def test_a_stream_that_broke_under_a_write_is_a_dropped_connection_not_a_failure() -> None:
+    """grpc.aio turns a write on a stream the network just cut into
+    ``INTERNAL: Internal error from Core`` (grpc/grpc#36066); counted as a
+    sidecar failure, three flaky cuts in a row would end ``connect``."""
+    broke = classify(grpc.StatusCode.INTERNAL, BROKEN_STREAM_DETAILS, "127.0.0.1:1")
+    assert isinstance(broke, UnreachableError)
+    assert "broke mid-stream" in str(broke)
+    failed = classify(grpc.StatusCode.INTERNAL, "disk on fire", "127.0.0.1:1")
+    assert isinstance(failed, PeerFailedError)

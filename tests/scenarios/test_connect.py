@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.cli.syncer import EXIT_UNSETTLED, ONCE_ROUNDS, Stats, Syncer, Target
+from devstack.cli.syncer import EXIT_UNSETTLED, ONCE_ROUNDS, RetryPolicy, Stats, Syncer, Target
 from devstack.core.manifest import DigestCache
 from devstack.core.plan import Plan
 from devstack.sync.v1 import sync_pb2 as pb
@@ -117,7 +117,16 @@ def test_every_kind_of_change_while_watching(env: tuple[Path, Sidecar]) -> None:
     assert "Traceback" not in err
 
 
-def wait_same_filtered(src: Path, ws: Path) -> None:
+def wait_same_filtered(
+    src: Path,
+    ws: Path,
+    proc: ConnectProcess | None = None,
+    sc: Sidecar | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Wait for the workspace to match; on a timeout, say which paths differ
+    and what ``proc`` (a watching ``connect``) printed last."""
+
     def ok() -> bool:
         try:
             synced(src, ws)
@@ -125,7 +134,18 @@ def wait_same_filtered(src: Path, ws: Path) -> None:
         except (AssertionError, FileNotFoundError):
             return False
 
-    wait_until(ok, 30, "the workspace to match")
+    try:
+        wait_until(ok, timeout, "the workspace to match")
+    except AssertionError as e:
+        want = {k: v for k, v in tree_state(src).items() if not k.startswith(".git")}
+        have = tree_state(ws)
+        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        said = "\n".join(proc.lines[-40:]) if proc is not None else "-"
+        logged = "\n".join(sc.raw[-30:]) if sc is not None else "-"
+        raise AssertionError(
+            f"{e}; paths that differ: {differ[:20]}\n"
+            f"connect printed:\n{said}\nthe sidecar logged:\n{logged}"
+        ) from None
 
 
 def test_wrong_token_is_one_clear_line(env: tuple[Path, Sidecar], tmp_path: Path) -> None:
@@ -247,11 +267,48 @@ def test_a_connection_dropped_mid_batch_reconnects_and_resends_nothing_unchanged
         assert len(landed(sc.workspace, src, "part*.bin")) < n
         wait_until(lambda: bool(proc and proc.events("connect.retry")), 60, "a retry")
         proxy.restore()
-        wait_same_filtered(src, sc.workspace)
+        wait_same_filtered(src, sc.workspace, proc, sc, timeout=120)
         assert proc.proc.poll() is None  # the same process reconnected
         assert any(line.startswith("disconnected (") for line in proc.lines)
         # Every file was written exactly once: what landed before the cut
         # was not sent again.
+        assert status(sc.address, "tok-123").files_written == n
+        assert proc.stop() == 0
+    finally:
+        if proc is not None and proc.proc.poll() is None:
+            proc.proc.kill()
+        proxy.stop()
+
+
+def test_a_connection_cut_mid_batch_again_and_again_is_never_a_sidecar_failure(
+    env: tuple[Path, Sidecar],
+) -> None:
+    """A flaky network that cuts the stream under a write, more times in a
+    row than ``connect`` tolerates sidecar failures, still converges."""
+    src, sc = env
+    n = 30
+    for i in range(n):
+        (src / f"part{i:02}.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    proxy = TcpProxy(sc.port).start()
+    proc: ConnectProcess | None = None
+    cuts = RetryPolicy().failure_attempts + 1
+    try:
+        proxy.cut_after(20 * 1024 * 1024)
+        proc = ConnectProcess(src, proxy.address, sc.token_file, *NO_RESCAN)
+        for cut in range(1, cuts + 1):
+            assert proxy.tripped.wait(120), f"cut {cut} never happened"
+            wait_until(
+                lambda p=proc, k=cut: len(p.events("connect.retry")) >= k,
+                60,
+                f"retry {cut}",
+            )
+            proxy.restore()
+            if cut < cuts:  # the next session gets 5 MB through, then is cut
+                proxy.cut_after(5 * 1024 * 1024)
+        assert proc is not None
+        wait_same_filtered(src, sc.workspace, proc, sc, timeout=120)
+        assert proc.proc.poll() is None, proc.stderr
+        assert not any("giving up" in line for line in proc.lines), proc.stderr
         assert status(sc.address, "tok-123").files_written == n
         assert proc.stop() == 0
     finally:

@@ -77,10 +77,20 @@ def translate(e: grpc.RpcError, target: str) -> DevstackError:
     return classify(code, details or "", target)
 
 
+#: What grpc.aio reports, as ``INTERNAL``, when a write fails because the
+#: stream ended under it: the connection broke (or the sidecar ended the call)
+#: and grpc overwrote the real status (grpc/grpc#36066). It is a dropped
+#: connection, not a sidecar failure; the next session's handshake shows the
+#: sidecar's own status if there is one.
+BROKEN_STREAM_DETAILS = "Internal error from Core"
+
+
 def classify(code: grpc.StatusCode | None, details: str, target: str) -> DevstackError:
     """``translate`` for a status already at hand (e.g. a finished call's)."""
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthError(f"the sidecar at {target} refused the token: {details}")
+    if code == grpc.StatusCode.INTERNAL and details == BROKEN_STREAM_DETAILS:
+        return UnreachableError(f"the connection to the sidecar at {target} broke mid-stream")
     if code in RETRYABLE:
         return UnreachableError(f"cannot reach the sidecar at {target}: {details}")
     if code is None or code in FAILED:
