@@ -744,14 +744,9 @@ class Batch:
         end = _end_after(op, data)
         if end == op.written:
             return
-        size = len(data)
         if op.fd < 0:
             self._open_staged(op)
-        n = os.write(op.fd, data)
-        if n < size:  # a short write (rare): finish the rest
-            view = memoryview(data)[n:]
-            while view:
-                view = view[os.write(op.fd, view) :]
+        _write_all(op.fd, data)
         op.hasher.update(data)
         op.written = end
         if end == op.entry.size:  # complete: nothing more will come
@@ -854,7 +849,6 @@ class Batch:
         end = _end_after(op, data)
         if end == op.written:
             return
-        size = len(data)
         ws = self.ws
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         mode = 0o600
@@ -870,11 +864,7 @@ class Batch:
         op.fd = os.open(op.staged_name, flags, mode, dir_fd=ws.staging_fd)
         op.staged = True
         try:
-            n = os.write(op.fd, data)
-            if n < size:  # a short write (rare): finish the rest
-                view = memoryview(data)[n:]
-                while view:
-                    view = view[os.write(op.fd, view) :]
+            _write_all(op.fd, data)
             op.hasher.update(data)
             op.written = end
             if final and ws.options.uid is None and ws.options.gid is None:
@@ -1254,6 +1244,15 @@ def open_workspace(root: Path, **kwargs: object) -> Iterator[Workspace]:
         yield ws
     finally:
         ws.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a short write is rare)."""
+    n = os.write(fd, data)
+    if n < len(data):
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _end_after(op: StagedOp, data: bytes) -> int:
