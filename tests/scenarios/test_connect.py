@@ -61,14 +61,18 @@ def make_tree(src: Path) -> None:
     (src / "app" / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"junk")
 
 
-def synced(src: Path, ws: Path) -> None:
-    """The workspace equals the source tree, minus what is ignored."""
-    expected = {
+def expected_state(src: Path) -> dict[str, object]:
+    """``tree_state`` of the source tree, minus what is ignored."""
+    return {
         k: v
         for k, v in tree_state(src).items()
         if not k.startswith(".git") and "__pycache__" not in k
     }
-    assert tree_state(ws) == expected
+
+
+def synced(src: Path, ws: Path) -> None:
+    """The workspace equals the source tree, minus what is ignored."""
+    assert tree_state(ws) == expected_state(src)
 
 
 def test_initial_sync_then_noop(env: tuple[Path, Sidecar]) -> None:
@@ -137,8 +141,7 @@ def wait_same_filtered(
     try:
         wait_until(ok, timeout, "the workspace to match")
     except AssertionError as e:
-        want = {k: v for k, v in tree_state(src).items() if not k.startswith(".git")}
-        have = tree_state(ws)
+        want, have = expected_state(src), tree_state(ws)
         differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
         said = "\n".join(proc.lines[-40:]) if proc is not None else "-"
         logged = "\n".join(sc.raw[-30:]) if sc is not None else "-"
@@ -251,9 +254,17 @@ def test_ctrl_c_during_the_initial_sync_stops_it_there(
     synced(src, sc.workspace)
 
 
-def test_a_connection_dropped_mid_batch_reconnects_and_resends_nothing_unchanged(
-    env: tuple[Path, Sidecar],
+@pytest.mark.parametrize(
+    "cuts",
+    [1, RetryPolicy().failure_attempts + 1],
+    ids=["once", "more-times-in-a-row-than-sidecar-failures-are-tolerated"],
+)
+def test_a_connection_cut_mid_batch_reconnects_and_resends_nothing_unchanged(
+    env: tuple[Path, Sidecar], cuts: int
 ) -> None:
+    """The network cuts the stream under a write, ``cuts`` times in a row:
+    the same ``connect`` reconnects each time (a cut is a dropped
+    connection, never a sidecar failure) and converges."""
     src, sc = env
     n = 30
     for i in range(n):
@@ -261,42 +272,12 @@ def test_a_connection_dropped_mid_batch_reconnects_and_resends_nothing_unchanged
     proxy = TcpProxy(sc.port).start()
     proc: ConnectProcess | None = None
     try:
-        proxy.cut_after(25 * 1024 * 1024)  # inside the 12th file
-        proc = ConnectProcess(src, proxy.address, sc.token_file, *NO_RESCAN)
-        assert proxy.tripped.wait(120), "the sync never got half-way"
-        assert len(landed(sc.workspace, src, "part*.bin")) < n
-        wait_until(lambda: bool(proc and proc.events("connect.retry")), 60, "a retry")
-        proxy.restore()
-        wait_same_filtered(src, sc.workspace, proc, sc, timeout=120)
-        assert proc.proc.poll() is None  # the same process reconnected
-        assert any(line.startswith("disconnected (") for line in proc.lines)
-        # Every file was written exactly once: what landed before the cut
-        # was not sent again.
-        assert status(sc.address, "tok-123").files_written == n
-        assert proc.stop() == 0
-    finally:
-        if proc is not None and proc.proc.poll() is None:
-            proc.proc.kill()
-        proxy.stop()
-
-
-def test_a_connection_cut_mid_batch_again_and_again_is_never_a_sidecar_failure(
-    env: tuple[Path, Sidecar],
-) -> None:
-    """A flaky network that cuts the stream under a write, more times in a
-    row than ``connect`` tolerates sidecar failures, still converges."""
-    src, sc = env
-    n = 30
-    for i in range(n):
-        (src / f"part{i:02}.bin").write_bytes(os.urandom(2 * 1024 * 1024))
-    proxy = TcpProxy(sc.port).start()
-    proc: ConnectProcess | None = None
-    cuts = RetryPolicy().failure_attempts + 1
-    try:
-        proxy.cut_after(20 * 1024 * 1024)
+        proxy.cut_after(25 * 1024 * 1024)  # inside the 13th file
         proc = ConnectProcess(src, proxy.address, sc.token_file, *NO_RESCAN)
         for cut in range(1, cuts + 1):
             assert proxy.tripped.wait(120), f"cut {cut} never happened"
+            if cut == 1:
+                assert len(landed(sc.workspace, src, "part*.bin")) < n
             wait_until(
                 lambda p=proc, k=cut: len(p.events("connect.retry")) >= k,
                 60,
@@ -305,10 +286,12 @@ def test_a_connection_cut_mid_batch_again_and_again_is_never_a_sidecar_failure(
             proxy.restore()
             if cut < cuts:  # the next session gets 5 MB through, then is cut
                 proxy.cut_after(5 * 1024 * 1024)
-        assert proc is not None
         wait_same_filtered(src, sc.workspace, proc, sc, timeout=120)
-        assert proc.proc.poll() is None, proc.stderr
+        assert proc.proc.poll() is None, proc.stderr  # the same process reconnected
+        assert any(line.startswith("disconnected (") for line in proc.lines)
         assert not any("giving up" in line for line in proc.lines), proc.stderr
+        # Every file was written exactly once: what landed before a cut
+        # was not sent again.
         assert status(sc.address, "tok-123").files_written == n
         assert proc.stop() == 0
     finally:
