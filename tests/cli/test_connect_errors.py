@@ -161,6 +161,19 @@ def test_chunks_never_exceed_the_sidecars_limit(fake: FakeSidecar, src: Path) ->
     assert fake.inline["a.txt"] == b"a\n"
 
 
+def test_an_ack_that_could_not_list_every_problem_makes_connect_read_the_workspace_again(
+    fake: FakeSidecar, src: Path
+) -> None:
+    """An op an Ack leaves unlisted may or may not have been applied:
+    ``connect`` trusts none of them and reconnects for a fresh manifest."""
+    fake.omit_problems = 60_000
+    done = connect(src, fake.address, "--once")
+    assert done.returncode == 0, done.stderr
+    assert fake.sessions == 2
+    assert "reading the workspace again" in done.stderr
+    assert fake.inline["a.txt"] == b"a\n"
+
+
 def test_hello_carries_the_workspace_name(fake: FakeSidecar, src: Path) -> None:
     assert connect(src, fake.address, "--once", "--workspace", "shop").returncode == 0
     assert fake.hellos[-1].workspace == "shop"

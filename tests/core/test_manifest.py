@@ -1,21 +1,32 @@
+import concurrent.futures
 import gc
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from devstack.core import ignore
 from devstack.core.manifest import (
+    HELD_FOLDERS_MAX,
     DigestCache,
     Entry,
     Kind,
+    Skipped,
     SyncState,
     gc_paused,
     hash_bytes,
+    hash_file,
     make_entry,
+    open_regular,
     scan,
     stat_key,
 )
+from devstack.core.paths import MAX_PATH_BYTES
+
+T = TypeVar("T")
 
 
 def _scan(root: Path, cache: DigestCache | None = None, **kw: object):  # type: ignore[no-untyped-def]
@@ -194,3 +205,137 @@ def test_make_entry_builds_the_same_value_as_the_constructor() -> None:
     e = make_entry(("p", Kind.FILE, 3, 0o644, b"d" * 16, "", SyncState.SYNCED))
     assert e == Entry("p", Kind.FILE, 3, 0o644, b"d" * 16, state=SyncState.SYNCED)
     assert isinstance(e, Entry) and e.state is SyncState.SYNCED
+
+
+# ------------------------------------------------------------------ hostile trees
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY
+
+
+def _chain(root: Path, names: list[str], *, leaves: tuple[str, ...] = ()) -> str:
+    """Folders ``names[0]/names[1]/...`` under ``root``, each with the empty
+    subfolders ``leaves`` and a file ``f`` ("f" + its depth), made one level
+    at a time (no absolute path names the deepest); the deepest's path."""
+    fd = os.open(root, _DIR)
+    try:
+        for depth, name in enumerate(names):
+            os.mkdir(name, dir_fd=fd)
+            for leaf in leaves:
+                os.mkdir(leaf, dir_fd=fd)
+            f = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(f, b"f%d" % depth)
+            os.close(f)
+            fd, old = os.open(name, _DIR, dir_fd=fd), fd
+            os.close(old)
+    finally:
+        os.close(fd)
+    return "/".join(names)
+
+
+def test_scan_reads_back_a_tree_deeper_than_an_absolute_path_can_name(tmp_path: Path) -> None:
+    # 4,080 bytes of folders: with the root's own path, more than PATH_MAX.
+    deep = _chain(tmp_path, ["d" * 9] * 408)
+    assert len(os.fsencode(tmp_path)) + 1 + len(deep) > MAX_PATH_BYTES
+    last = "/".join(deep.split("/")[:-1]) + "/f"
+    m = _scan(tmp_path)
+    assert m[deep].kind == Kind.DIRECTORY
+    assert m[last].digest == hash_bytes(b"f407")
+    assert _scan(tmp_path, under=last) == {last: m[last]}  # the laptop's rescan of one path
+    assert set(_scan(tmp_path, under=deep)) == {deep}
+
+
+def test_paths_longer_than_the_protocol_allows_are_skipped(tmp_path: Path) -> None:
+    # One name past MAX_PATH_BYTES: no sync operation could name it.
+    deep = _chain(tmp_path, ["d" * 9] * 409 + ["e" * 20])
+    skipped: list[Skipped] = []
+    m = _scan(tmp_path, skipped=skipped)
+    too_long = deep.rpartition("/")[0] + "/" + "e" * 20
+    assert too_long == deep and len(deep) > MAX_PATH_BYTES
+    fits = deep.rpartition("/")[0] + "/f"
+    assert len(fits) <= MAX_PATH_BYTES and fits in m and deep not in m
+    assert [(s.path, s.reason) for s in skipped] == [
+        (deep, f"path longer than {MAX_PATH_BYTES} bytes is never synced")
+    ]
+    assert _scan(tmp_path, under=deep + "/x") == {}
+
+
+def test_scan_keeps_a_bounded_number_of_folders_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At every level, subfolders still to list beside the one it goes down
+    # into: one descriptor per level would be three times the bound.
+    deep = _chain(tmp_path, ["a"] * (3 * HELD_FOLDERS_MAX), leaves=("b", "c"))
+    live: set[int] = set()
+    most = 0
+    real_open, real_close = os.open, os.close
+
+    def counting_open(*args: Any, **kw: Any) -> int:
+        nonlocal most
+        fd = real_open(*args, **kw)
+        live.add(fd)
+        most = max(most, len(live))
+        return fd
+
+    def counting_close(fd: int) -> None:
+        live.discard(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(os, "close", counting_close)
+    m = _scan(tmp_path)
+    monkeypatch.undo()
+    assert live == set()
+    assert most <= HELD_FOLDERS_MAX + 3  # the root, the one listed, one being walked
+    assert len(m) == 4 * 3 * HELD_FOLDERS_MAX and deep in m
+    assert m[deep.rpartition("/")[0] + "/b"].kind == Kind.DIRECTORY
+
+
+def _never_blocks(fifo: Path, fn: Callable[[], T]) -> T:
+    """``fn()``; if it hangs opening ``fifo`` for reading, a writer comes
+    (so the thread ends) and the test fails."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(fn)
+    try:
+        return future.result(timeout=30)
+    except concurrent.futures.TimeoutError:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError(f"blocked on the FIFO {fifo}") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def test_a_fifo_is_never_opened_for_a_blocking_read(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "p")
+    os.mkfifo(tmp_path / "sub" / ".gitignore")
+    (tmp_path / "sub" / "kept").write_text("k")
+    assert _never_blocks(tmp_path / "p", lambda: open_regular(str(tmp_path / "p"))) is None
+    assert _never_blocks(tmp_path / "p", lambda: hash_file(str(tmp_path / "p"))) is None
+    skipped: list[Skipped] = []
+    m = _never_blocks(tmp_path / "sub" / ".gitignore", lambda: _scan(tmp_path, skipped=skipped))
+    assert set(m) == {"sub", "sub/kept"}
+    assert {s.path for s in skipped} == {"p", "sub/.gitignore"}
+    m = _never_blocks(tmp_path / "sub" / ".gitignore", lambda: _scan(tmp_path, under="sub/kept"))
+    assert set(m) == {"sub/kept"}
+
+
+def test_a_nested_gitignore_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
+    # As git (2.32 and later): an in-tree .gitignore is never followed.
+    (tmp_path / "rules").write_text("*.log\n")
+    for folder in ("link", "real"):
+        (tmp_path / folder / "in").mkdir(parents=True)
+        (tmp_path / folder / "in" / "x.log").write_text("x")
+    os.symlink("../rules", tmp_path / "link" / ".gitignore")
+    (tmp_path / "real" / ".gitignore").write_text("*.log\n")
+    m = _scan(tmp_path)
+    assert "link/in/x.log" in m and "real/in/x.log" not in m
+    # The same when only a folder below is scanned again.
+    assert set(_scan(tmp_path, under="link/in")) == {"link/in", "link/in/x.log"}
+    assert set(_scan(tmp_path, under="real/in")) == {"real/in"}
+
+
+def test_a_socket_is_not_a_regular_file(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s"))
+        assert open_regular(str(tmp_path / "s")) is None  # not ENXIO
+        assert hash_file(str(tmp_path / "s")) is None

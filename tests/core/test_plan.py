@@ -92,8 +92,34 @@ CASES: dict[str, Case] = {
     "a folder that became a file": Case(
         m(f("a")), m(d("a"), f("a/x")), [("delete", "a/x"), ("delete", "a"), ("write", "a")]
     ),
-    "a file that became a folder": Case(
-        m(d("a"), f("a/x")), m(f("a")), [("delete", "a"), ("mkdir", "a"), ("write", "a/x")]
+    "a file that became a folder is replaced in one op": Case(
+        m(d("a"), f("a/x")), m(f("a")), [("mkdir", "a"), ("write", "a/x")]
+    ),
+    "a seeded file that became a symlink is replaced, never deleted first": Case(
+        m(ln("a", "b")), m(f("a", state=U)), [("symlink", "a")]
+    ),
+    "a file the app changed that became a folder is a conflict": Case(
+        m(d("a")), m(f("a", state=D)), [], ["a"]
+    ),
+    "a folder that became a file keeps it when it holds the pod's files": Case(
+        m(f("a")), m(d("a"), f("a/x"), f("a/pods", state=U)), [("delete", "a/x")], ["a"]
+    ),
+    "a folder that became a file keeps it when the app changed a file in it": Case(
+        m(f("a")), m(d("a"), f("a/x", state=D)), [], ["a", "a/x"]
+    ),
+    "force replaces a folder holding what the app changed": Case(
+        m(f("a")),
+        m(d("a"), f("a/x", state=D)),
+        [("delete", "a/x"), ("delete", "a"), ("write", "a")],
+        [],
+        {"force": True},
+    ),
+    "a replica replaces a folder holding the pod's files": Case(
+        m(f("a")),
+        m(d("a"), f("a/pods", state=U)),
+        [("delete", "a/pods"), ("delete", "a"), ("write", "a")],
+        [],
+        {"replica": True},
     ),
     "a changed symlink": Case(m(ln("l", "b")), m(ln("l", "a")), [("symlink", "l")]),
     "a symlink mode never matters": Case(
@@ -116,6 +142,12 @@ def test_expected_states_are_what_the_remote_holds() -> None:
     by = {c.path: c for c in p.changes}
     assert by["a"].expected == f("a", b"old")
     assert by["b"].expected is None
+
+
+def test_a_replacing_op_expects_what_is_there() -> None:
+    p = plan(m(d("a")), m(f("a", b"app", state=D)), force=True)
+    [c] = p.changes
+    assert (c.action, c.expected, c.force) == (Action.MKDIR, f("a", b"app", state=D), True)
 
 
 def test_held_conflicts_stay_put_until_a_side_changes() -> None:
@@ -175,7 +207,7 @@ def test_hidden_is_asked_when_folder_and_file_trade_places() -> None:
     asked.clear()
     # A file that became a symlink is still not a folder: not asked.
     p = plan(m(ln("x", "y")), m(f("x")), hidden=hidden)
-    assert asked == [] and [c.action for c in p.changes] == [Action.DELETE, Action.SYMLINK]
+    assert asked == [] and [c.action for c in p.changes] == [Action.SYMLINK]
 
 
 def test_an_identical_tree_is_settled_without_asking_anything() -> None:

@@ -262,7 +262,8 @@ def stage_all(ws: Workspace, seq: int, files: dict[str, tuple[bytes, int]]) -> l
     return batch.commit()
 
 
-MODES = [0o644, 0o664, 0o666, 0o755, 0o600, 0o444, 0o700, 0o4755, 0o2750]
+#: The last ones carry setuid, setgid and sticky bits, which sync drops.
+MODES = [0o644, 0o664, 0o666, 0o755, 0o600, 0o444, 0o700, 0o4755, 0o2750, 0o7777]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000], ids=oct)
@@ -287,7 +288,7 @@ def test_new_files_get_their_exact_mode_whatever_the_umask(tmp_path: Path, umask
         os.umask(old)
     for m in MODES:
         for name in (f"m{m:o}", f"empty{m:o}", f"c{m:o}"):
-            assert (tmp_path / "w" / name).stat().st_mode & 0o7777 == m, name
+            assert (tmp_path / "w" / name).stat().st_mode & 0o7777 == m & 0o777, name
     assert (tmp_path / "w" / "m444").read_bytes() == b"mode 444"
     assert (tmp_path / "w" / "c444").read_bytes() == b"two parts"
 
@@ -324,3 +325,55 @@ def test_without_an_atomic_no_replace_rename_the_rules_still_hold(
     assert o.reason == "conflict"
     assert (ws.root / "a").read_bytes() == b"v1"
     assert (ws.root / "b").read_bytes() == b"the app"
+
+
+def test_a_descriptor_handed_out_stays_that_folders_until_trim(tmp_path: Path) -> None:
+    """What an op holds is never closed under it: neither the lookups of
+    resolving a link (transient, in a small cache) nor forgetting a folder
+    close it before the op ends; only ``trim``, between ops, does."""
+    for name in ["held", *(f"other{i}" for i in range(3 * workspace.SCRATCH_LIMIT))]:
+        (tmp_path / name).mkdir()
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    dirs = workspace._DirCache(root_fd)
+    try:
+        assert dirs.readlink("held/x") is None  # "held" is looked into first
+        held = dirs.get("held")
+        for i in range(3 * workspace.SCRATCH_LIMIT):
+            assert dirs.readlink(f"other{i}/x") is None
+        dirs.forget("held")
+        assert os.path.samestat(os.fstat(held), (tmp_path / "held").stat())
+        dirs.trim()
+        assert dirs.get("held") != -1 and "held" in dirs.fds
+    finally:
+        dirs.close()
+        os.close(root_fd)
+
+
+def test_chmod_never_follows_a_symlink_or_blocks_on_a_fifo(tmp_path: Path) -> None:
+    """The app swaps a symlink or a fifo in where sync made a file, between
+    sync's look and its chmod: neither is changed, nor what a link points to."""
+    (tmp_path / "w").mkdir()
+    outside = tmp_path / "outside"
+    outside.write_text("x")
+    outside.chmod(0o600)
+    ws = Workspace(tmp_path / "w")
+    try:
+        os.symlink(outside, tmp_path / "w" / "swapped")
+        os.mkfifo(tmp_path / "w" / "fifo")
+        batch = ws.open_batch(1, [])
+        for name in ("swapped", "fifo"):
+            for directory in (False, True):
+                with pytest.raises(workspace.UnsafePathError, match="no longer what sync made"):
+                    batch._chmod_chown(ws.root_fd, name, 0o777, directory=directory)
+        batch.abort()
+    finally:
+        ws.close()
+    assert outside.stat().st_mode & 0o777 == 0o600
+
+
+def test_modes_with_special_bits_are_refused_as_options() -> None:
+    for kw in ({"file_mode": 0o4755}, {"dir_mode": 0o2775}, {"file_mode": 0o1000}):
+        with pytest.raises(ConfigError, match="only permission bits"):
+            WriteOptions(**kw)  # type: ignore[arg-type]
+    assert WriteOptions(file_mode=0o664).file_perm(0o4755) == 0o775
+    assert WriteOptions().dir_perm(0o7777) == 0o777

@@ -31,6 +31,9 @@ class Failure:
 @dataclass
 class FakeSidecar(sync_pb2_grpc.SyncServicer):
     failure: Failure | None = None
+    #: Acks of the first session say this many problems were left out
+    #: (``Ack.problems_omitted``), listing none.
+    omit_problems: int = 0
     max_chunk_bytes: int = 0
     workspace: str = "fake"
     port: int = 0
@@ -97,4 +100,9 @@ class FakeSidecar(sync_pb2_grpc.SyncServicer):
                         self.files[op.entry.path] = ([len(c) for c in parts], b"".join(parts))
                     elif op.kind == pb.OP_WRITE:
                         self.inline[op.entry.path] = op.content
+                if self.omit_problems and self.sessions == 1:
+                    yield pb.ServerMessage(
+                        ack=pb.Ack(seq=msg.commit.seq, problems_omitted=self.omit_problems)
+                    )
+                    continue
                 yield pb.ServerMessage(ack=pb.Ack(seq=msg.commit.seq, applied=len(ops)))

@@ -3,6 +3,8 @@ connect` never would (hostile paths, oversized chunks, dropped batches)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from devstack.core.manifest import Entry, Kind, hash_bytes
@@ -11,10 +13,10 @@ from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
 
 
-def hello(token: str) -> pb.ClientMessage:
-    return pb.ClientMessage(
-        hello=pb.Hello(protocol_version=PROTOCOL_VERSION, client_id="test", token=token)
-    )
+def hello(token: str, **fields: Any) -> pb.ClientMessage:
+    """A Hello with ``token``; ``fields`` set (or override) its other fields."""
+    given: dict[str, Any] = {"protocol_version": PROTOCOL_VERSION, "client_id": "test"}
+    return pb.ClientMessage(hello=pb.Hello(**{**given, **fields}, token=token))
 
 
 def write_op(path: str, data: bytes, *, chunked: bool = False, mode: int = 0o644) -> pb.Op:
@@ -74,7 +76,7 @@ def copy_chunk(seq: int, index: int, offset: int, length: int) -> pb.ClientMessa
 class RawSession:
     """A synchronous bidi session driven message by message."""
 
-    def __init__(self, address: str, token: str) -> None:
+    def __init__(self, address: str, token: str, **hello_fields: Any) -> None:
         self.channel = grpc.insecure_channel(
             address, options=[("grpc.max_send_message_length", 64 << 20)]
         )
@@ -84,7 +86,7 @@ class RawSession:
         import queue
 
         self.q: queue.Queue[pb.ClientMessage | None] = queue.Queue()
-        self.q.put(hello(token))
+        self.q.put(hello(token, **hello_fields))
 
         def gen():  # type: ignore[no-untyped-def]
             while True:

@@ -66,14 +66,34 @@ def wait_same(src: Path, dst: Path, timeout: float = 30.0) -> None:
         raise AssertionError(f"trees differ: {sorted(diff)[:20]}") from None
 
 
-class Sidecar:
-    """``devstack sidecar`` as a real process on 127.0.0.1."""
+#: Runs a command as root without the capabilities that bypass file
+#: permissions, as a non-root sidecar in a pod runs: a folder made mode 000
+#: is then unreadable to it (util-linux's setpriv; a plain user could not
+#: run this checkout's interpreter, which lives under /root).
+WITHOUT_DAC = (
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+)
 
-    def __init__(self, workspace: Path, token_file: Path, *extra: str, port: int = 0) -> None:
+
+class Sidecar:
+    """``devstack sidecar`` as a real process on 127.0.0.1 (``prefix``, such
+    as ``WITHOUT_DAC``, goes before the command)."""
+
+    def __init__(
+        self,
+        workspace: Path,
+        token_file: Path,
+        *extra: str,
+        port: int = 0,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.workspace = workspace
         self.token_file = token_file
         self.extra = extra
         self.port = port
+        self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: list[dict[str, object]] = []
         self.raw: list[str] = []
@@ -83,16 +103,19 @@ class Sidecar:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> Sidecar:
-        cmd = devstack_cmd(
-            "sidecar",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--workspace",
-            str(self.workspace),
-            "--token-file",
-            str(self.token_file),
-            *self.extra,
-        )
+        cmd = [
+            *self.prefix,
+            *devstack_cmd(
+                "sidecar",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--workspace",
+                str(self.workspace),
+                "--token-file",
+                str(self.token_file),
+                *self.extra,
+            ),
+        ]
         env = {**os.environ, "DEVSTACK_LOG_LEVEL": "debug", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env

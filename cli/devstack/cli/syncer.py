@@ -33,6 +33,7 @@ from devstack.core.errors import (
     DevstackError,
     PeerFailedError,
     PermanentError,
+    StaleViewError,
     TemporaryError,
     UnreachableError,
 )
@@ -48,6 +49,7 @@ from devstack.core.manifest import (
     hash_bytes,
     hash_fd,
     make_entry,
+    open_regular,
     scan,
 )
 from devstack.core.plan import Action, Change, Plan, apply_to, plan
@@ -182,25 +184,14 @@ def client_id() -> str:
     return f"{user}@{socket.gethostname()}/{os.getpid()}"
 
 
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _open_regular(root: str, path: str) -> tuple[int, os.stat_result] | None:
-    """An fd on ``root/path`` (never through a final symlink) and its stat,
-    or None if it vanished or is not a regular file."""
+    """An fd on ``root/path`` (never through a final symlink, never blocking
+    on a fifo swapped in since the scan) and its stat, or None if it
+    vanished or is not a regular file."""
     try:
-        fd = os.open(f"{root}/{path}", _O_READ)
+        return open_regular(f"{root}/{path}")
     except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return None
-    return fd, st
 
 
 def _read_inline(root: str, entry: Entry) -> tuple[Entry, bytes, StatKey | None] | None:
@@ -895,6 +886,8 @@ class Syncer:
         for out in outgoing:
             ch = out.change
             prob = problems.get(ch.path) if problems else None
+            if prob is None and ack.problems_omitted:
+                continue  # unknown: not recorded either way (see below)
             if prob is None:
                 apply_to(self.remote, ch)
                 self.held.pop(ch.path, None)
@@ -923,6 +916,14 @@ class Syncer:
                 self.held[ch.path] = (self.local.get(ch.path), self.remote.get(ch.path))
                 self.stats.problems[ch.path] = prob.message
                 self.reporter.note(f"rejected: {prob.message}")
+        if ack.problems_omitted:
+            # The ops it did not list may or may not have been applied: what
+            # was recorded above still holds; the rest comes from a new
+            # session's manifest.
+            raise StaleViewError(
+                f"batch {ack.seq}: {ack.problems_omitted} more problem(s) than its "
+                "acknowledgement could list; reading the workspace again"
+            )
 
     async def _prepare_batch(
         self, session: _Session, changes: list[Change], start: int
@@ -1037,10 +1038,10 @@ class Syncer:
     ) -> list[deltas.Copy | deltas.Literal] | None:
         from devstack.core import delta as deltas
 
-        try:
-            fd = os.open(f"{self._root_s}/{entry.path}", _O_READ)
-        except OSError:
+        opened = _open_regular(self._root_s, entry.path)
+        if opened is None:
             return None
+        fd = opened[0]
         try:
             return deltas.delta(fd, entry.size, blocks)
         finally:
@@ -1064,10 +1065,10 @@ class Syncer:
 
         assert out.change.entry is not None
         entry = out.change.entry
-        try:
-            fd = os.open(f"{self._root_s}/{entry.path}", _O_READ)
-        except OSError:
+        opened = _open_regular(self._root_s, entry.path)
+        if opened is None:
             return  # vanished: the sidecar reports it incomplete; the next round sees why
+        fd = opened[0]
         encoder = ContentEncoder(entry.path, entry.size, self.compress)
         reading: concurrent.futures.Future[tuple[int, bytes, int]] | None = None
 

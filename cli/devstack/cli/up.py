@@ -154,10 +154,11 @@ def _spawn(
 
 
 def _get(url: str, host: str, headers: dict[str, str] | None = None) -> dict[str, Any] | None:
-    # Only ever http://127.0.0.1:<port>/, built by this module.
+    # Only ever http://127.0.0.1:<port>/, built by this module. Generous: on
+    # a busy laptop the app's first call to LocalStack can take seconds.
     req = urllib.request.Request(url, headers={"Host": host, **(headers or {})})  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310
             data: dict[str, Any] = json.loads(resp.read())
             return data
     except (urllib.error.URLError, OSError, ValueError):

@@ -80,3 +80,10 @@ class PeerFailedError(TemporaryError):
     a bug or a crash on its side). Retrying may help, but only a few times."""
 
     reason = "peer-failed"
+
+
+class StaleViewError(TemporaryError):
+    """The client no longer knows what the workspace holds (an Ack too large
+    to list every problem): it reconnects and reads the manifest again."""
+
+    reason = "stale-view"

@@ -4,7 +4,8 @@ readable key=value output on a terminal; ``$DEVSTACK_LOG_FORMAT``
 
 Events have stable names (``sync.batch_applied``) and bound context
 (``session``, ``path``, ``owner``). Values whose key looks secret are masked
-so a token never reaches a log.
+so a token never reaches a log, and every string value is bounded (see
+``clip``): a client chooses many of them (its id, paths, patterns).
 """
 
 from __future__ import annotations
@@ -21,6 +22,29 @@ from devstack.core.errors import ConfigError
 
 LOG_FORMATS = ("json", "console")
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "credential", "key_id")
+#: Characters kept of a string a client chose, in a log line or in a reply.
+CLIP_CHARS = 300
+#: A formatted traceback keeps more: its frames are ours, its end says what failed.
+_TRACEBACK_CHARS = 8000
+
+
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters: its start and its end
+    (where a message says what went wrong) around a count of what was left
+    out, e.g. ``"abc…(+999,994 chars)…xyz"``. The one bound for strings a
+    client chose (a megabyte ``client_id``, a long path) wherever the
+    sidecar logs them or answers with them."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}…(+{len(text) - 2 * keep:,} chars)…{text[len(text) - keep :]}"
+
+
+def _clip_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = clip(value, _TRACEBACK_CHARS if key == "exception" else CLIP_CHARS)
+    return event
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -70,6 +94,7 @@ def configure(*, json: bool | None = None, level: str | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_secrets,
             structlog.processors.format_exc_info,
+            _clip_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

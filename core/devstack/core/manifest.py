@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from devstack.core.ignore import IgnoreRules, for_folder
-from devstack.core.paths import RESERVED_DIR
+from devstack.core.ignore import IgnoreRules
+from devstack.core.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, RESERVED_DIR
 
 DIGEST_SIZE = 16
 _READ_BLOCK = 1 << 20
@@ -134,12 +134,43 @@ def hash_fd(fd: int) -> bytes:
         h.update(block)
 
 
-def hash_file(path: str | Path, *, dir_fd: int | None = None) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+#: Opening a file to read it: never through a final symlink (ELOOP), and
+#: never waiting (a FIFO's open blocks until a writer comes; ``O_NONBLOCK``
+#: has no effect on a regular file).
+_O_FILE = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(name: str, *, dir_fd: int | None = None) -> tuple[int, os.stat_result] | None:
+    """``name`` opened for reading, with its ``fstat``, if it is a regular
+    file; None if it is anything else (a FIFO, socket, device or folder,
+    perhaps swapped in since it was looked at). The caller closes the fd.
+    Raises ``OSError`` if it cannot be opened (``ELOOP``: a symlink)."""
     try:
-        return hash_fd(fd)
-    finally:
+        fd = os.open(name, _O_FILE, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket, or a device with no driver
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+    except BaseException:
         os.close(fd)
+        raise
+    if stat.S_ISREG(st.st_mode):
+        return fd, st
+    os.close(fd)
+    return None
+
+
+def hash_file(name: str, *, dir_fd: int | None = None) -> bytes | None:
+    """Digest of the regular file ``name``; None if it is not one."""
+    opened = open_regular(name, dir_fd=dir_fd)
+    if opened is None:
+        return None
+    try:
+        return hash_fd(opened[0])
+    finally:
+        os.close(opened[0])
 
 
 StatKey = tuple[int, int, int, int]
@@ -308,6 +339,10 @@ Ancestor = tuple[int, bytes, str]
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 #: A folder the scan cannot list: it reports it in ``skipped`` and goes on.
 _UNLISTABLE = (FileNotFoundError, NotADirectoryError, PermissionError)
+_SPECIAL = "special file (device, fifo or socket) is never synced"
+_TOO_LONG = f"path longer than {MAX_PATH_BYTES} bytes is never synced"
+#: Folder descriptors a scan keeps open at most (see ``_Folders``).
+HELD_FOLDERS_MAX = 64
 
 
 def _state(ancestors: Mapping[str, Ancestor] | None, e: Entry) -> Entry:
@@ -319,11 +354,16 @@ def _state(ancestors: Mapping[str, Ancestor] | None, e: Entry) -> Entry:
 
 
 def _read_lines_at(dir_fd: int, name: str) -> list[str]:
-    """``ignore._read_lines`` for a file in an open folder."""
+    """``ignore._read_lines`` for a file in an open folder. Only a regular
+    file is read: not a FIFO (which would block), nor through a symlink
+    (as git does not)."""
     try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+        opened = open_regular(name, dir_fd=dir_fd)
     except OSError:
         return []
+    if opened is None:
+        return []
+    fd = opened[0]
     try:
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read().decode(errors="replace").splitlines()
@@ -331,6 +371,86 @@ def _read_lines_at(dir_fd: int, name: str) -> list[str]:
         return []
     finally:
         os.close(fd)
+
+
+class _Folders:
+    """Opens the folders of one scan, each relative to its parent's
+    descriptor with ``O_NOFOLLOW``: no folder on the way is a symlink (not
+    even one swapped in since it was listed), and no path given to the
+    kernel is longer than one name, so a tree of any depth reads back.
+
+    A listed folder's descriptor stays open while some of its subfolders
+    are still to be opened, but at most ``HELD_FOLDERS_MAX`` of them,
+    whatever the depth (the first kept is closed first): a folder whose
+    parent's descriptor was closed is reached by walking down from the
+    nearest ancestor still open, keeping on the way those needed again."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        #: folder -> how many of its subfolders are still to be opened.
+        self.pending: dict[str, int] = {}
+        #: folder -> its descriptor, the first kept first.
+        self.held: dict[str, int] = {}
+
+    def open(self, folder: str) -> int:
+        """Open ``folder`` (not the root); the caller owns the descriptor
+        until it hands it to ``listed``."""
+        head, _, name = folder.rpartition("/")
+        try:
+            parent = self.held.get(head) if head else self.root_fd
+            if parent is not None:
+                return os.open(name, _O_DIR, dir_fd=parent)
+            parent, owned = self._reach(head)
+            try:
+                return os.open(name, _O_DIR, dir_fd=parent)
+            finally:
+                if owned:
+                    os.close(parent)
+        finally:
+            left = self.pending.pop(head, 0) - 1
+            if left > 0:
+                self.pending[head] = left
+            elif (fd := self.held.pop(head, None)) is not None:
+                os.close(fd)
+
+    def listed(self, folder: str, fd: int, subfolders: int) -> None:
+        """``folder`` was listed through ``fd``, with ``subfolders`` to
+        open next: keep ``fd`` for them, or close it."""
+        if not folder:
+            return
+        if subfolders:
+            self.pending[folder] = subfolders
+            self._hold(folder, fd)
+        else:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self.held.values():
+            os.close(fd)
+        self.held.clear()
+
+    def _hold(self, folder: str, fd: int) -> None:
+        if len(self.held) >= HELD_FOLDERS_MAX:
+            os.close(self.held.pop(next(iter(self.held))))
+        self.held[folder] = fd
+
+    def _reach(self, folder: str) -> tuple[int, bool]:
+        """A descriptor of ``folder`` (not held), and whether the caller
+        closes it."""
+        held = self.held
+        base = max((k for k in held if folder.startswith(k + "/")), key=len, default="")
+        fd, owned, path = held[base] if base else self.root_fd, False, base
+        for name in folder[len(base) + 1 if base else 0 :].split("/"):
+            try:
+                child = os.open(name, _O_DIR, dir_fd=fd)
+            finally:
+                if owned:
+                    os.close(fd)
+            path = f"{path}/{name}" if path else name
+            fd, owned = child, not self.pending.get(path)
+            if not owned:  # a subfolder of it is still to be opened
+                self._hold(path, fd)
+        return fd, owned
 
 
 def scan(
@@ -347,9 +467,11 @@ def scan(
 ) -> Manifest:
     """Walk ``root`` (or only the subtree ``under``, itself included) and
     return its manifest. Ignored paths, the reserved ``.devstack/`` folder
-    and special files (devices, fifos, sockets) are left out; the latter are
-    reported in ``skipped``. Each folder is opened once (never through a
-    symlink) and its entries are looked at relative to it.
+    and special files (devices, fifos, sockets) are left out, and so are
+    paths longer than ``MAX_PATH_BYTES`` (no sync operation could name
+    them); the latter two are reported in ``skipped``. Each folder is opened
+    once, relative to its parent and never through a symlink (see
+    ``_Folders``), and its entries are looked at relative to it.
 
     Each folder's ``.gitignore`` applies below it; ``nested`` collects the
     lines of every one that was applied (folder -> lines), the root's aside.
@@ -359,24 +481,42 @@ def scan(
     it to send it). With ``ancestors`` (the sidecar's record of what sync
     wrote), each entry gets its ``SyncState``; otherwise all are untracked."""
     manifest: Manifest = {}
-    root_s = os.fspath(root)
-    stack: list[tuple[str, IgnoreRules, bool]]
-    if under:
-        try:
-            st = os.lstat(os.path.join(root_s, under))
-        except (FileNotFoundError, NotADirectoryError):
-            return manifest
-        folder = under.rpartition("/")[0]
-        rules = for_folder(root, rules, folder)
-        entry = _entry(root_s, under, st, cache, skipped, deferred, defer_max)
-        if entry is None:
-            return manifest
-        manifest[under] = _state(ancestors, entry)
-        if entry.kind != Kind.DIRECTORY:
-            return manifest
-        stack = [(under, rules, rules.clean(under))]
-    else:
-        stack = [("", rules, True)]
+    try:
+        root_fd = os.open(root, _O_DIR)
+    except OSError as e:
+        if not isinstance(e, _UNLISTABLE) and e.errno != errno.ELOOP:
+            raise
+        return manifest
+    folders = _Folders(root_fd)
+    try:
+        stack: list[tuple[str, IgnoreRules, bool]] = [("", rules, True)]
+        if under:
+            entry, rules = _under(root_fd, under, rules, cache, skipped, deferred, defer_max)
+            if entry is None:
+                return manifest
+            manifest[under] = _state(ancestors, entry)
+            if entry.kind != Kind.DIRECTORY:
+                return manifest
+            stack = [(under, rules, rules.clean(under))]
+        _walk(folders, stack, manifest, cache, skipped, nested, deferred, defer_max, ancestors)
+    finally:
+        folders.close()
+        os.close(root_fd)
+    return manifest
+
+
+def _walk(
+    folders: _Folders,
+    stack: list[tuple[str, IgnoreRules, bool]],
+    manifest: Manifest,
+    cache: DigestCache,
+    skipped: list[Skipped] | None,
+    nested: dict[str, tuple[str, ...]] | None,
+    deferred: list[str] | None,
+    defer_max: int,
+    ancestors: Mapping[str, Ancestor] | None,
+) -> None:
+    """``scan``'s loop: list the folders on ``stack`` and those below."""
     entries = cache._entries
     ancestor = ancestors.get if ancestors is not None else None
     make = make_entry
@@ -389,13 +529,14 @@ def scan(
         try:
             # O_NOFOLLOW: a folder replaced by a symlink since it was seen
             # is not listed (ELOOP), as a folder that vanished is not.
-            dir_fd = os.open(f"{root_s}/{folder}" if folder else root_s, _O_DIR)
+            dir_fd = folders.open(folder) if folder else folders.root_fd
         except OSError as e:
             if not isinstance(e, _UNLISTABLE) and e.errno != errno.ELOOP:
                 raise
             if skipped is not None and folder:
                 skipped.append(Skipped(folder, f"cannot list: {e.strerror}"))
             continue
+        subfolders = 0
         try:
             try:
                 with os.scandir(dir_fd) as it:
@@ -403,7 +544,7 @@ def scan(
             except _UNLISTABLE as e:
                 if skipped is not None and folder:
                     skipped.append(Skipped(folder, f"cannot list: {e.strerror}"))
-                continue
+                listing = []
             if folder:
                 for de in listing:
                     if de.name == ".gitignore":
@@ -414,6 +555,9 @@ def scan(
                                 nested[folder] = tuple(lines)
                         break
             prefix = folder + "/" if folder else ""
+            # Bytes left for a name here; only a deep folder checks its names.
+            room = MAX_PATH_BYTES - len(prefix.encode("utf-8", "surrogateescape"))
+            tight = room < MAX_NAME_BYTES
             child_ignored = folder_rules.child_ignored
             for de in listing:
                 name = de.name
@@ -431,10 +575,18 @@ def scan(
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                except PermissionError as e:  # listable, not searchable (r without x)
+                    if skipped is not None and folder:
+                        skipped.append(Skipped(folder, f"cannot list: {e.strerror}"))
+                    break
                 mode = st.st_mode
                 is_dir = s_isdir(mode)
                 hidden, child_clean = child_ignored(rel, name, is_dir=is_dir, clean=clean)
                 if hidden:
+                    continue
+                if tight and len(name.encode("utf-8", "surrogateescape")) > room:
+                    if skipped is not None:
+                        skipped.append(Skipped(rel, _TOO_LONG))
                     continue
                 state = untracked
                 if s_isreg(mode):
@@ -451,11 +603,16 @@ def scan(
                         deferred.append(rel)  # type: ignore[union-attr]
                     else:
                         try:
-                            digest = hash_file(name, dir_fd=dir_fd)
+                            read = hash_file(name, dir_fd=dir_fd)
                         except OSError as e:
+                            read, why = None, f"cannot read: {e.strerror or e}"
+                        else:
+                            why = _SPECIAL  # swapped in since it was listed
+                        if read is None:
                             if skipped is not None:
-                                skipped.append(Skipped(rel, f"cannot read: {e.strerror or e}"))
+                                skipped.append(Skipped(rel, why))
                             continue
+                        digest = read
                         cache.put(rel, key, digest)
                     if ancestor is not None and (anc := ancestor(rel)) is not None:
                         same = anc[1] == digest and anc[0] == k_file and not anc[2]
@@ -466,6 +623,7 @@ def scan(
                         state = synced if anc[0] == k_dir and not anc[1] and not anc[2] else dirty
                     manifest[rel] = make((rel, k_dir, 0, mode & 0o7777, b"", "", state))
                     stack.append((rel, folder_rules, child_clean))
+                    subfolders += 1
                 elif s_islnk(mode):
                     try:
                         target = os.readlink(name, dir_fd=dir_fd)
@@ -476,16 +634,55 @@ def scan(
                         state = synced if same else dirty
                     manifest[rel] = make((rel, k_link, 0, 0o777, b"", target, state))
                 elif skipped is not None:
-                    skipped.append(
-                        Skipped(rel, "special file (device, fifo or socket) is never synced")
-                    )
-        finally:
-            os.close(dir_fd)
-    return manifest
+                    skipped.append(Skipped(rel, _SPECIAL))
+        except BaseException:
+            if folder:
+                os.close(dir_fd)
+            raise
+        folders.listed(folder, dir_fd, subfolders)
+
+
+def _under(
+    root_fd: int,
+    under: str,
+    rules: IgnoreRules,
+    cache: DigestCache,
+    skipped: list[Skipped] | None,
+    deferred: list[str] | None,
+    defer_max: int,
+) -> tuple[Entry | None, IgnoreRules]:
+    """The entry at ``under`` (None if there is nothing to scan there) and
+    ``rules`` with the ``.gitignore`` of every folder above it, the root's
+    aside: its folders are walked one at a time as ``_Folders`` does."""
+    if len(under.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        if skipped is not None:
+            skipped.append(Skipped(under, _TOO_LONG))
+        return None, rules
+    head, _, name = under.rpartition("/")
+    fd, sub = root_fd, ""
+    try:
+        for part in head.split("/") if head else ():
+            child = os.open(part, _O_DIR, dir_fd=fd)
+            if fd != root_fd:
+                os.close(fd)
+            fd, sub = child, f"{sub}/{part}" if sub else part
+            lines = _read_lines_at(fd, ".gitignore")
+            if lines:
+                rules = rules.nested(sub, lines)
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return _entry(fd, name, under, st, cache, skipped, deferred, defer_max), rules
+    except OSError as e:
+        if not isinstance(e, _UNLISTABLE) and e.errno != errno.ELOOP:
+            raise
+        return None, rules
+    finally:
+        if fd != root_fd:
+            os.close(fd)
 
 
 def _entry(
-    root_s: str,
+    dir_fd: int,
+    name: str,
     rel: str,
     st: os.stat_result,
     cache: DigestCache,
@@ -493,7 +690,8 @@ def _entry(
     deferred: list[str] | None,
     defer_max: int,
 ) -> Entry | None:
-    """The entry for one path, as ``scan`` makes it."""
+    """The entry for ``name`` in the open folder ``dir_fd``, as ``scan``
+    makes it for ``rel``."""
     mode = st.st_mode
     perm = stat.S_IMODE(mode)
     if stat.S_ISREG(mode):
@@ -507,21 +705,26 @@ def _entry(
                 return Entry(rel, Kind.FILE, st.st_size, perm, b"")
             else:
                 try:
-                    digest = hash_file(os.path.join(root_s, rel))
+                    read = hash_file(name, dir_fd=dir_fd)
                 except OSError as e:
                     if skipped is not None:
                         skipped.append(Skipped(rel, f"cannot read: {e.strerror or e}"))
                     return None
+                if read is None:
+                    if skipped is not None:
+                        skipped.append(Skipped(rel, _SPECIAL))
+                    return None
+                digest = read
             cache.put(rel, key, digest)
         return Entry(rel, Kind.FILE, st.st_size, perm, digest)
     if stat.S_ISDIR(mode):
         return Entry(rel, Kind.DIRECTORY, 0, perm)
     if stat.S_ISLNK(mode):
         try:
-            target = os.readlink(os.path.join(root_s, rel))
+            target = os.readlink(name, dir_fd=dir_fd)
         except OSError:
             return None
         return Entry(rel, Kind.SYMLINK, 0, 0o777, b"", target)
     if skipped is not None:
-        skipped.append(Skipped(rel, "special file (device, fifo or socket) is never synced"))
+        skipped.append(Skipped(rel, _SPECIAL))
     return None

@@ -114,6 +114,10 @@ def resolve_link(path: str, target: str, readlink: Callable[[str], str | None]) 
     workspace path ``p``, or None if ``p`` is not a symlink or does not
     exist. Pure: the caller decides what the disk holds.
     """
+    if target.startswith("/"):
+        raise UnsafePathError(
+            f"{path!r} -> {target!r}: absolute symlink targets leave the workspace"
+        )
     where: list[str] = path.split("/")[:-1]
     pending = target.split("/")
     hops = 0

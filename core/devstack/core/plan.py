@@ -11,6 +11,11 @@ written by sync (``UNTRACKED``: seeded from the image or made by the app).
   overwrite, unless the sidecar is a replica or the person forces it.
 - Entries only in the workspace are deleted only if sync made them (or in
   replica mode): the pod's own files are never removed behind its back.
+  These rules live in ``devstack.core.rules``, which the sidecar applies
+  to every op whatever the client sends; the plan only follows them.
+- A file or symlink that becomes another kind of thing is replaced in one
+  op that expects what is there; a folder that becomes a file goes after
+  its content, and only if all of it may go.
 - A delete plus a create with the same content is a rename: no bytes move.
 """
 
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 
 from devstack.core.manifest import Entry, Kind, Manifest, SyncState, make_entry
 from devstack.core.paths import depth
+from devstack.core.rules import Deed, refusal
 
 
 class Action(enum.Enum):
@@ -102,7 +108,6 @@ def plan(
     entry the scan found as the same kind of thing is not hidden.
     """
     held = held or {}
-    overwrite = replica or force
     kind_changes: list[str] = []
     mkdirs: list[Change] = []
     writes: list[Change] = []
@@ -110,7 +115,7 @@ def plan(
     creates: list[Entry] = []
     conflicts: list[Conflict] = []
     k_dir, k_link, k_file = Kind.DIRECTORY, Kind.SYMLINK, Kind.FILE
-    synced, dirty, untracked = SyncState.SYNCED, SyncState.DIRTY, SyncState.UNTRACKED
+    synced, dirty = SyncState.SYNCED, SyncState.DIRTY
 
     def visit(p: str, lo: Entry | None, re_: Entry | None) -> None:
         if re_ is None:
@@ -129,7 +134,7 @@ def plan(
                 return
         if lo is None:
             assert re_ is not None
-            if re_.state == synced or replica or (re_.state == dirty and force):
+            if refusal(Deed.REMOVE, re_.state, re_.kind, replica=replica, force=force) is None:
                 deletes[p] = re_
             elif re_.state == dirty:
                 conflicts.append(
@@ -143,16 +148,20 @@ def plan(
                 creates.append(lo)
             return
         if lo.kind != re_.kind:
-            if re_.state == synced or overwrite or (re_.state == untracked and re_.kind != k_dir):
-                kind_changes.append(p)
-                if lo.kind == k_dir:
-                    mkdirs.append(Change(Action.MKDIR, p, lo, None))
-                else:
-                    creates.append(lo)
-            else:
+            if refusal(Deed.REPLACE, re_.state, re_.kind, replica=replica, force=force):
                 conflicts.append(
                     Conflict(p, lo, re_, f"is a {re_.kind.name.lower()} in the workspace")
                 )
+            elif re_.kind == k_dir:  # its content goes first (below), then the folder
+                kind_changes.append(p)
+                creates.append(lo)
+            else:  # replaced in one op, expecting what is there
+                forced = force and re_.state == dirty
+                if lo.kind == k_dir:
+                    mkdirs.append(Change(Action.MKDIR, p, lo, re_, force=forced))
+                else:
+                    action = Action.WRITE if lo.kind == k_file else Action.SYMLINK
+                    writes.append(Change(action, p, lo, re_, force=forced))
             return
         if lo.digest == re_.digest and lo.target == re_.target:  # same content
             if modes and lo.mode != re_.mode and lo.kind != k_link:
@@ -160,7 +169,7 @@ def plan(
             elif re_.state != synced:
                 writes.append(Change(Action.ADOPT, p, lo, re_))
             return
-        if re_.state == dirty and not overwrite:
+        if refusal(Deed.OVERWRITE, re_.state, re_.kind, replica=replica, force=force):
             conflicts.append(Conflict(p, lo, re_, "changed on the laptop and in the workspace"))
             return
         action = Action.WRITE if lo.kind == k_file else Action.SYMLINK
@@ -188,16 +197,30 @@ def plan(
         for p in scope:
             visit(p, local_get(p), remote_get(p))
 
-    # Entries under a path that changes kind go too (their folder is replaced).
+    # A folder whose content may not all go stays, and that is a conflict.
     early_deletes: dict[str, Entry] = {}
-    if kind_changes:
-        for p in kind_changes:
-            early_deletes[p] = remote[p]
-        changed_dirs = [p for p in kind_changes if remote[p].kind == Kind.DIRECTORY]
-        for q, e in remote.items():
-            if any(_under(q, d) for d in changed_dirs):
-                early_deletes[q] = e
-                deletes.pop(q, None)
+    for p in kind_changes:
+        below = {q: e for q, e in remote.items() if _under(q, p)}
+        kept = next(
+            (
+                q
+                for q, e in below.items()
+                if refusal(Deed.REMOVE, e.state, e.kind, replica=replica, force=force)
+            ),
+            None,
+        )
+        if kept is not None:
+            creates = [e for e in creates if e.path != p]
+            conflicts.append(
+                Conflict(
+                    p, local.get(p), remote[p], f"is a folder in the workspace that holds {kept!r}"
+                )
+            )
+            continue
+        early_deletes[p] = remote[p]
+        for q, e in below.items():
+            early_deletes[q] = e
+            deletes.pop(q, None)
 
     # Keep folders that still hold entries the plan leaves in place.
     if deletes:

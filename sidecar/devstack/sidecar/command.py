@@ -1,6 +1,10 @@
 """``devstack sidecar --listen ADDR --workspace DIR --token-file FILE``:
 the entry point that wires the workspace, the reloader and the gRPC server,
-and shuts down gracefully on SIGTERM."""
+and shuts down gracefully on SIGTERM.
+
+``DEVSTACK_HELLO_TIMEOUT`` (seconds, default ``HELLO_TIMEOUT_SECONDS``)
+sets how long a new stream may take to send its Hello; it is meant for
+tests and unusual networks, so it has no option."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from devstack.core import logging as dlog
 from devstack.core.errors import ConfigError
 from devstack.core.protocol import TOKEN_FILE_ENV, read_token
 from devstack.sidecar import reload as reload_mod
-from devstack.sidecar.server import SyncService, start_server
+from devstack.sidecar.server import HELLO_TIMEOUT_SECONDS, SyncService, start_server
 from devstack.sidecar.workspace import Workspace, WriteOptions
 
 log = dlog.get_logger("sidecar")
@@ -101,6 +105,22 @@ def _owner(value: str | None) -> tuple[int | None, int | None]:
     return uid, gid
 
 
+def hello_timeout() -> float:
+    """``$DEVSTACK_HELLO_TIMEOUT`` in seconds (a positive number), else the default."""
+    value = os.environ.get("DEVSTACK_HELLO_TIMEOUT", "").strip()
+    if not value:
+        return HELLO_TIMEOUT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(
+            f"DEVSTACK_HELLO_TIMEOUT={value!r}: expected a positive number of seconds"
+        )
+    return seconds
+
+
 def options_from_args(args: argparse.Namespace) -> WriteOptions:
     uid, gid = _owner(args.owner)
     return WriteOptions(
@@ -119,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workspace {root}: not a directory")
     options = options_from_args(args)
     reload_config = reload_mod.config_from_args(args)
-    asyncio.run(serve(args, root, token, options, reload_config))
+    timeout = hello_timeout()
+    asyncio.run(serve(args, root, token, options, reload_config, hello_timeout=timeout))
     return 0
 
 
@@ -129,10 +150,12 @@ async def serve(
     token: str,
     options: WriteOptions,
     reload_config: reload_mod.ReloadConfig,
+    *,
+    hello_timeout: float = HELLO_TIMEOUT_SECONDS,
 ) -> None:
     ws = Workspace(root, replica=args.mode == "replica", options=options)
     name = args.name or ws.root.name
-    service = SyncService(ws, token=token, workspace_name=name)
+    service = SyncService(ws, token=token, workspace_name=name, hello_timeout=hello_timeout)
     reloader = reload_mod.build_reloader(
         reload_config, workspace=ws.root, on_event=service.on_reload_event
     )
@@ -157,6 +180,13 @@ async def serve(
     finally:
         await health.enter_graceful_shutdown()
         await server.stop(grace=5)
+        stuck = await service.drain()
         await reloader.close()
-        ws.close()
+        if stuck:
+            # Left behind (daemon threads): one may hold the workspace's lock.
+            # What they acknowledged is journaled already; only the digest
+            # cache goes unsaved.
+            log.warning("sidecar.threads_abandoned", threads=stuck)
+        else:
+            ws.close()
         log.info("sidecar.stopped")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from devstack.core.errors import ConfigError
 from devstack.core.exits import ExitInfo, describe
-from devstack.core.logging import get_logger
+from devstack.core.logging import clip, get_logger
 from devstack.core.paths import check_relpath
 from devstack.sidecar.process import kill_group, spawn
 from devstack.sync.v1 import sync_pb2 as pb
@@ -30,9 +30,24 @@ def _working_dir(workspace: Path, rel: str) -> Path:
     return cwd
 
 
+def _check_strings(req: pb.ExecRequest) -> None:
+    """Refuse what no process can be started with: a NUL byte in an
+    argument or in the environment, a variable name that is empty or holds
+    ``=`` (never an argument's or a value's text in the message)."""
+    for i, arg in enumerate(req.argv):
+        if "\0" in arg:
+            raise ConfigError(f"exec: argument {i} holds a NUL byte")
+    for name, value in req.env.items():
+        if "\0" in name or "\0" in value:
+            raise ConfigError(f"exec: environment variable {clip(name)!r} holds a NUL byte")
+        if not name or "=" in name:
+            raise ConfigError(f"exec: {clip(name)!r} is not an environment variable name")
+
+
 async def run_exec(workspace: Path, req: pb.ExecRequest) -> AsyncIterator[pb.ExecEvent]:
     if not req.argv:
         raise ConfigError("exec needs a command")
+    _check_strings(req)
     cwd = _working_dir(workspace, req.cwd)
     log.info("exec.start", program=req.argv[0], cwd=req.cwd or ".")
     proc = await spawn(list(req.argv), cwd=cwd, env=dict(req.env))

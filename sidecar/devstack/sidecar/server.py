@@ -5,6 +5,14 @@ thread, so one slow session never stalls the event loop.
 Authentication: ``Session`` checks the token in ``Hello``; ``Status`` and
 ``Exec`` check the ``authorization: Bearer`` metadata. Both compare in
 constant time. The standard health service is unauthenticated.
+
+Every resource a client can make the sidecar hold is bounded, whoever the
+client is: a stream that sends no ``Hello`` ends after
+``HELLO_TIMEOUT_SECONDS`` (at most ``MAX_HANDSHAKES`` wait at once), a
+``Hello``'s ignore patterns are limited, at most ``MAX_SESSIONS`` sessions
+are open, a session's outgoing messages (``OUTBOX_BYTES``) hold its reader
+back when its client does not read them, and an Ack lists at most
+``ACK_PROBLEM_BYTES`` of problems.
 """
 
 from __future__ import annotations
@@ -13,12 +21,15 @@ import asyncio
 import contextlib
 import errno
 import os
+import queue
 import secrets
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,8 +38,9 @@ from grpc_health.v1._async import HealthServicer
 from devstack.core.delta import signature
 from devstack.core.errors import DevstackError, ProtocolError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
-from devstack.core.logging import get_logger
+from devstack.core.logging import clip, get_logger
 from devstack.core.manifest import gc_paused
+from devstack.core.paths import MAX_PATH_BYTES
 from devstack.core.protocol import (
     MAX_CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
@@ -52,9 +64,34 @@ if TYPE_CHECKING:
 
 log = get_logger("sidecar.server")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 SERVICE_NAME = "devstack.sync.v1.Sync"
 MAX_SESSIONS = 16
+#: Seconds a new stream has to send its Hello (``DEVSTACK_HELLO_TIMEOUT``
+#: overrides it, see ``command``); then it ends with DEADLINE_EXCEEDED.
+HELLO_TIMEOUT_SECONDS = 10.0
+#: Streams waiting for their Hello at once; more are refused at once with
+#: RESOURCE_EXHAUSTED, so a flood of silent streams holds little memory
+#: (open sessions, Status, Exec and health are not affected).
+MAX_HANDSHAKES = 64
+#: Ignore patterns one Hello may carry, and characters in one: each costs
+#: the session's thread time to compile.
+MAX_IGNORE_PATTERNS = 5000
+MAX_PATTERN_CHARS = MAX_PATH_BYTES
+#: Bytes of messages a session may have waiting for its client: past them
+#: its reader takes no more messages (gRPC flow control then holds the
+#: client back) until the client reads.
+OUTBOX_BYTES = 4 << 20
+#: Bytes of problems an Ack lists, well under ``MAX_MESSAGE_BYTES``; more
+#: are only counted (``Ack.problems_omitted``).
+ACK_PROBLEM_BYTES = 3 << 20
+#: Problems of one batch that are logged, and conflicts sent as events, one
+#: by one; the rest are counted in one line.
+PROBLEMS_SHOWN = 20
+#: Seconds shutdown waits for the session threads after the gRPC server's
+#: grace: a thread stuck in a system call never keeps the sidecar running.
+DRAIN_SECONDS = 2.0
 #: Messages a session's reader hands its disk thread ahead of it: the event
 #: loop parses the next message while the thread stages or commits the last
 #: (each at most ``MAX_MESSAGE_BYTES``; gRPC flow control holds the client
@@ -79,10 +116,10 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
             if code in RESOURCE_ERRNOS
             else grpc.StatusCode.INTERNAL
         )
-        return status, f"sidecar I/O error: {text}"
+        return status, clip(f"sidecar I/O error: {text}")
     if isinstance(error, DevstackError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    return grpc.StatusCode.INTERNAL, f"sidecar error: {type(error).__name__}: {error}"
+        return grpc.StatusCode.INVALID_ARGUMENT, clip(str(error))
+    return grpc.StatusCode.INTERNAL, clip(f"sidecar error: {type(error).__name__}: {error}")
 
 
 def event_to_pb(ev: ReloadEvent) -> pb.Event:
@@ -112,23 +149,177 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
-def _outcome_to_pb(o: Outcome) -> pb.Problem:
-    p = pb.Problem(path=o.path, reason=o.reason, message=o.message)
+def _ignore_rules(patterns: Sequence[str]) -> IgnoreRules:
+    """A Hello's ignore rules, compiled (on the session's thread, as it
+    takes a while); a ``ProtocolError`` for too many, too long or bad
+    patterns."""
+    if len(patterns) > MAX_IGNORE_PATTERNS:
+        raise ProtocolError(
+            f"{len(patterns)} ignore patterns: a Hello may carry at most {MAX_IGNORE_PATTERNS}"
+        )
+    longest = max(map(len, patterns), default=0)
+    if longest > MAX_PATTERN_CHARS:
+        raise ProtocolError(
+            f"an ignore pattern of {longest} characters: at most {MAX_PATTERN_CHARS} are allowed"
+        )
+    try:
+        return IgnoreRules.from_patterns(patterns)
+    except Exception as e:  # pathspec raises several error types
+        raise ProtocolError(f"bad ignore pattern: {e}") from e
+
+
+@dataclass
+class _Committed:
+    """What one commit tells the client and the log, built on the disk
+    thread: the Ack (problems listed up to ``ACK_PROBLEM_BYTES``), the
+    applied paths, the first ``PROBLEMS_SHOWN`` problems and how many
+    others there are (conflicts among them)."""
+
+    ack: pb.ServerMessage
+    applied: list[str]
+    shown: list[Outcome]
+    more: int
+    more_conflicts: int
+
+
+def _committed(seq: int, outcomes: list[Outcome]) -> _Committed:
+    applied = [o.path for o in outcomes if o.applied]
+    problems = [o for o in outcomes if not o.applied]
+    msg = pb.ServerMessage()
+    ack = msg.ack
+    ack.seq = seq
+    ack.applied = len(applied)
+    room = ACK_PROBLEM_BYTES
+    for i, o in enumerate(problems):
+        p = ack.problems.add()
+        _fill_problem(p, o)
+        room -= p.ByteSize() + 8  # and its tag and length
+        if room < 0:
+            del ack.problems[-1]
+            ack.problems_omitted = len(problems) - i
+            break
+    rest = problems[PROBLEMS_SHOWN:]
+    conflicts = sum(o.reason == "conflict" for o in rest)
+    return _Committed(msg, applied, problems[:PROBLEMS_SHOWN], len(rest), conflicts)
+
+
+def _fill_problem(p: pb.Problem, o: Outcome) -> None:
+    p.path = o.path  # whole: the client matches it against its ops
+    p.reason = o.reason
+    p.message = clip(o.message)
     if o.actual is not None:
         p.actual.CopyFrom(entry_to_pb(o.actual))
-    return p
+
+
+_Item = pb.ServerMessage | BaseException | None
+
+
+class _Outbox:
+    """A session's messages to its client, in order.
+
+    ``put`` never waits: the disk thread's results and the reloader's
+    events arrive in callbacks. Instead the reader waits for ``room``
+    before it takes the next client message, so a client that does not
+    read its Acks is held back by gRPC flow control rather than growing
+    this queue. One message puts a bounded amount (an Ack of at most
+    ``ACK_PROBLEM_BYTES``, ``PROBLEMS_SHOWN`` + 2 events, a signature), so
+    the outbox holds at most ``OUTBOX_BYTES`` plus the output of the
+    ``PIPELINE_DEPTH`` tasks in flight. ``offer`` is for the reloader's
+    events, which a client that is behind misses: ``Status.last_reload``
+    still has the latest."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[_Item, int]] = deque()
+        self.bytes = 0
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def put(self, item: _Item) -> None:
+        size = item.ByteSize() if isinstance(item, pb.ServerMessage) else 0
+        self._items.append((item, size))
+        self.bytes += size
+        self._ready.set()
+        if self.bytes >= OUTBOX_BYTES:
+            self._room.clear()
+
+    def offer(self, item: pb.ServerMessage) -> bool:
+        """``put`` unless the outbox is full; whether it was put."""
+        if self.bytes >= OUTBOX_BYTES:
+            return False
+        self.put(item)
+        return True
+
+    async def get(self) -> _Item:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        item, size = self._items.popleft()
+        self.bytes -= size
+        if self.bytes < OUTBOX_BYTES:
+            self._room.set()
+        return item
+
+    @property
+    def full(self) -> bool:
+        return not self._room.is_set()
+
+    async def room(self) -> None:
+        """Wait until the outbox has room."""
+        await self._room.wait()
 
 
 @dataclass
 class _Session:
     id: str
     client: str
-    out: asyncio.Queue[pb.ServerMessage | BaseException | None] = field(
-        default_factory=asyncio.Queue
-    )
+    out: _Outbox
     #: The batch being staged, if any: discarded if the session ends first.
     #: Only the session's disk thread touches it.
     batch: Batch | None = None
+
+
+class _DiskThread(Executor):
+    """A session's disk thread: runs what it is given, in order.
+
+    A daemon thread, unlike ``ThreadPoolExecutor``'s, which the interpreter
+    joins at exit: a thread stuck in a system call (a file the app made
+    that never ends, a read that blocks) must not keep a stopped sidecar
+    from exiting. Shutdown waits for it at most ``DRAIN_SECONDS``."""
+
+    def __init__(self, name: str) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]
+        self._tasks = queue.SimpleQueue()
+        self._closed = False
+        self.thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("the session's disk thread is shut down")
+        future: Future[T] = Future()
+        self._tasks.put((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if not self._closed:
+            self._closed = True
+            self._tasks.put(None)
+        if wait:
+            self.thread.join()
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, call = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as e:
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            del task, future, call
 
 
 class _Skipped:
@@ -154,7 +345,7 @@ class _Pipeline:
 
     def __init__(
         self,
-        io: ThreadPoolExecutor,
+        io: _DiskThread,
         loop: asyncio.AbstractEventLoop,
         session: _Session,
         bound: Any,
@@ -221,7 +412,7 @@ class _Pipeline:
         self.failed = True
         if not isinstance(error, DevstackError | OSError):
             self._bound.error("session.crashed", exc_info=error)
-        self._session.out.put_nowait(error)
+        self._session.out.put(error)
 
 
 class SyncService(sync_pb2_grpc.SyncServicer):
@@ -234,24 +425,46 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         token: str,
         workspace_name: str,
         reloader: Reloader | None = None,
+        hello_timeout: float = HELLO_TIMEOUT_SECONDS,
     ) -> None:
         self.ws = workspace
         self._token = token
         self.workspace_name = workspace_name
         self.reloader = reloader
+        self.hello_timeout = hello_timeout
+        #: Every session from the moment its Hello is accepted (its slot).
         self.sessions: dict[str, _Session] = {}
+        self._handshakes = 0
+        self._threads: set[_DiskThread] = set()
         self.started = time.monotonic()
         self.last_reload: pb.Event | None = None
 
     # --------------------------------------------------------------- events
 
     def on_reload_event(self, ev: ReloadEvent) -> None:
-        """Reloader callback (event loop thread): broadcast to every session."""
+        """Reloader callback (event loop thread): broadcast to every session
+        that has room for it; a session whose client is behind misses it
+        (see ``_Outbox``). Never waits."""
         msg = event_to_pb(ev)
         if ev.kind != "reload-started":
             self.last_reload = msg
         for s in list(self.sessions.values()):
-            s.out.put_nowait(pb.ServerMessage(event=msg))
+            if not s.out.offer(pb.ServerMessage(event=msg)):
+                log.info("session.event_dropped", session=s.id, kind=ev.kind, queued=s.out.bytes)
+
+    async def drain(self, timeout: float = DRAIN_SECONDS) -> int:
+        """Wait up to ``timeout`` seconds for the session threads to finish
+        their work (each discards its open batch last); how many are still
+        busy, stuck in a system call or on something that never ends."""
+        deadline = time.monotonic() + timeout
+        threads = [t.thread for t in self._threads]
+
+        def join() -> int:
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            return sum(t.is_alive() for t in threads)
+
+        return await asyncio.to_thread(join)
 
     # --------------------------------------------------------------- auth
 
@@ -302,7 +515,8 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             async for ev in run_exec(self.ws.root, request):
                 yield ev
         except DevstackError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            log.warning("exec.refused", error=str(e))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, clip(str(e)))
 
     # --------------------------------------------------------------- Session
 
@@ -311,9 +525,8 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         request_iterator: AsyncIterator[pb.ClientMessage],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ServerMessage]:
-        try:
-            first = await anext(aiter(request_iterator))
-        except StopAsyncIteration:
+        first = await self._hello(request_iterator, context)
+        if first is None:
             return
         if first.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with Hello")
@@ -333,51 +546,56 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         if hello.workspace and hello.workspace != self.workspace_name:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"this sidecar serves workspace {self.workspace_name!r}, not {hello.workspace!r}",
+                f"this sidecar serves workspace {self.workspace_name!r}, "
+                f"not {clip(hello.workspace)!r}",
             )
         if len(self.sessions) >= MAX_SESSIONS:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many sessions")
 
-        session = _Session(id=secrets.token_hex(4), client=hello.client_id or "?")
+        # The slot is taken before anything is awaited, and given back
+        # however the session ends.
+        session = _Session(id=secrets.token_hex(4), client=hello.client_id or "?", out=_Outbox())
+        self.sessions[session.id] = session
         bound = log.bind(session=session.id, client=session.client)
-        io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{session.id}")
+        io = _DiskThread(f"session-{session.id}")
+        self._threads = {t for t in self._threads if t.thread.is_alive()} | {io}
         loop = asyncio.get_running_loop()
+        reader: asyncio.Task[None] | None = None
 
         async def run(fn: Callable[..., T], *args: Any) -> T:
             return await loop.run_in_executor(io, fn, *args)
 
         try:
-            rules = IgnoreRules.from_patterns(list(hello.ignore))
-        except Exception as e:  # pathspec raises several error types
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ignore pattern: {e}")
-            return
-        try:
-            entries, pages = await run(self._manifest_pages, rules, hello.columnar_manifest)
-        except (OSError, DevstackError) as e:
-            bound.warning("session.manifest_failed", error=str(e))
-            code, message = status_for(e)
-            io.shutdown(wait=False)
-            await context.abort(code, message)
-            return
-        bound.info("session.open", entries=entries)
-        yield pb.ServerMessage(
-            welcome=pb.Welcome(
-                protocol_version=PROTOCOL_VERSION,
-                session_id=session.id,
-                workspace=self.workspace_name,
-                replica=self.ws.replica,
-                max_chunk_bytes=MAX_CHUNK_BYTES,
-                manifest_entries=entries,
-                forces_modes=self.ws.options.forces_modes,
+            try:
+                rules = await run(_ignore_rules, list(hello.ignore))
+            except ProtocolError as e:
+                bound.warning("session.refused", error=str(e))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, clip(str(e)))
+                return
+            try:
+                entries, pages = await run(self._manifest_pages, rules, hello.columnar_manifest)
+            except (OSError, DevstackError) as e:
+                code, message = status_for(e)
+                bound.warning("session.manifest_failed", status=code.name, error=message)
+                await context.abort(code, message)
+                return
+            bound.info("session.open", entries=entries)
+            yield pb.ServerMessage(
+                welcome=pb.Welcome(
+                    protocol_version=PROTOCOL_VERSION,
+                    session_id=session.id,
+                    workspace=self.workspace_name,
+                    replica=self.ws.replica,
+                    max_chunk_bytes=MAX_CHUNK_BYTES,
+                    manifest_entries=entries,
+                    forces_modes=self.ws.options.forces_modes,
+                )
             )
-        )
-        for page in pages:
-            yield page
-        del pages
-        self.sessions[session.id] = session
-        pipe = _Pipeline(io, loop, session, bound)
-        reader = asyncio.create_task(self._read(request_iterator, session, pipe, bound))
-        try:
+            for page in pages:
+                yield page
+            del pages
+            pipe = _Pipeline(io, loop, session, bound)
+            reader = asyncio.create_task(self._read(request_iterator, session, pipe, bound))
             while True:
                 item = await session.out.get()
                 if item is None:
@@ -389,13 +607,41 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                 yield item
         finally:
             self.sessions.pop(session.id, None)
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             # Queued behind the work in flight on the session's thread (which
             # owns the open batch); runs even if this coroutine is torn down
             # right now.
             io.submit(self._abort_open, session, bound)
             io.shutdown(wait=False)
             bound.info("session.closed")
+
+    async def _hello(
+        self,
+        requests: AsyncIterator[pb.ClientMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.ClientMessage | None:
+        """A new stream's first message (None if it ends first), within
+        ``hello_timeout`` and while at most ``MAX_HANDSHAKES`` streams wait."""
+        if self._handshakes >= MAX_HANDSHAKES:
+            # Debug: a flood would flood the log. The streams that wait log
+            # their timeout, at most MAX_HANDSHAKES per HELLO_TIMEOUT_SECONDS.
+            log.debug("session.handshakes_full", peer=context.peer())
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams waiting to send Hello"
+            )
+        self._handshakes += 1
+        try:
+            return await asyncio.wait_for(anext(aiter(requests), None), self.hello_timeout)
+        except TimeoutError:
+            log.info("session.hello_timeout", peer=context.peer(), seconds=self.hello_timeout)
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no Hello within {self.hello_timeout:g} s: a session starts with Hello",
+            )
+            raise  # abort raises; never reached
+        finally:
+            self._handshakes -= 1
 
     async def _read(
         self,
@@ -413,6 +659,9 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             async for msg in requests:
                 if pipe.failed:
                     return
+                if out.full:
+                    bound.debug("session.backpressure", seq=last_seq, queued=out.bytes)
+                    await out.room()
                 which = msg.WhichOneof("msg")
                 if which == "chunk":
                     ch = msg.chunk
@@ -432,20 +681,20 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                         raise ProtocolError(f"commit of batch {msg.commit.seq}, which is not open")
                     open_seq = None
 
-                    def acknowledge(done: tuple[Batch, list[Outcome]]) -> None:
-                        self._after_commit(session, done[0], done[1], bound)
+                    def acknowledge(done: _Committed) -> None:
+                        self._after_commit(session, done, bound)
 
                     await pipe.submit(self._commit, session, then=acknowledge)
                 elif which == "signature_request":
                     await pipe.submit(
                         self._signature,
                         msg.signature_request.path,
-                        then=lambda sig: out.put_nowait(pb.ServerMessage(signature=sig)),
+                        then=lambda sig: out.put(pb.ServerMessage(signature=sig)),
                     )
                 else:
                     raise ProtocolError(f"unexpected {which or 'empty'} message in a session")
             # The end of the stream, after everything queued before it.
-            await pipe.submit(_nothing, then=lambda _: out.put_nowait(None))
+            await pipe.submit(_nothing, then=lambda _: out.put(None))
         except asyncio.CancelledError:
             raise
         except (DevstackError, OSError) as e:
@@ -453,7 +702,7 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             await pipe.submit(_raise, e)
         except grpc.RpcError as e:  # the peer went away
             bound.info("session.ended", cause=type(e).__name__)
-            out.put_nowait(None)
+            out.put(None)
         except Exception as e:
             pipe.fail(e)
 
@@ -472,11 +721,11 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         else:
             batch.write(ch.op_index, decode_chunk(ch.data, ch.compression))
 
-    def _commit(self, session: _Session) -> tuple[Batch, list[Outcome]]:
+    def _commit(self, session: _Session) -> _Committed:
         batch, session.batch = session.batch, None
         if batch is None:  # the reader checked; cannot happen
             raise ProtocolError("commit of a batch that is not open")
-        return batch, batch.commit()
+        return _committed(batch.seq, batch.commit())
 
     def _abort_open(self, session: _Session, bound: Any) -> None:
         batch, session.batch = session.batch, None
@@ -498,38 +747,46 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             del manifest
         return entries, pages
 
-    def _after_commit(
-        self, session: _Session, batch: Batch, outcomes: list[Outcome], bound: Any
-    ) -> None:
-        applied = [o.path for o in outcomes if o.applied]
-        problems = [o for o in outcomes if not o.applied]
-        ack = pb.Ack(
-            seq=batch.seq, applied=len(applied), problems=[_outcome_to_pb(o) for o in problems]
+    def _after_commit(self, session: _Session, done: _Committed, bound: Any) -> None:
+        """Acknowledge a commit (event loop thread): the Ack, the first
+        problems as log lines (conflicts also as events), one line and one
+        event for the rest, and the applied paths to the reloader."""
+        ack = done.ack.ack
+        out = session.out
+        out.put(done.ack)
+        bound.info(
+            "batch.applied",
+            seq=ack.seq,
+            applied=ack.applied,
+            problems=len(done.shown) + done.more,
+            unlisted=ack.problems_omitted,
         )
-        session.out.put_nowait(pb.ServerMessage(ack=ack))
-        bound.info("batch.applied", seq=batch.seq, applied=len(applied), problems=len(problems))
-        for o in problems:
+        for o in done.shown:
             if o.reason == "conflict":
                 bound.warning("sync.conflict", path=o.path, message=o.message)
-                session.out.put_nowait(
-                    pb.ServerMessage(
-                        event=pb.Event(kind="conflict", message=o.message, paths=[o.path])
-                    )
-                )
+                event = pb.Event(kind="conflict", message=clip(o.message), paths=[o.path])
+                out.put(pb.ServerMessage(event=event))
             else:
                 bound.warning("sync.rejected", path=o.path, reason=o.reason, message=o.message)
-        if applied:
-            session.out.put_nowait(
+        if done.more:
+            bound.warning(
+                "sync.more_problems", seq=ack.seq, problems=done.more, conflicts=done.more_conflicts
+            )
+        if done.more_conflicts:
+            message = f"{done.more_conflicts} more conflict(s) in batch {ack.seq}"
+            out.put(pb.ServerMessage(event=pb.Event(kind="conflict", message=message)))
+        if done.applied:
+            out.put(
                 pb.ServerMessage(
                     event=pb.Event(
                         kind="applied",
-                        message=f"applied {len(applied)} change(s) of batch {batch.seq}",
-                        paths=applied[:50],
+                        message=f"applied {len(done.applied)} change(s) of batch {ack.seq}",
+                        paths=done.applied[:50],
                     )
                 )
             )
             if self.reloader is not None:
-                self.reloader.notify(applied)
+                self.reloader.notify(done.applied)
 
     def _open_batch(self, msg: pb.Batch) -> Batch:
         ops: list[StagedOp] = []
@@ -585,6 +842,11 @@ class SyncService(sync_pb2_grpc.SyncServicer):
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Streams per connection (a client opens more connections for more),
+    # and connections with no call for two minutes are closed. No maximum
+    # connection age: a session lives as long as `connect` runs.
+    ("grpc.max_concurrent_streams", 100),
+    ("grpc.max_connection_idle_ms", 120_000),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

@@ -55,17 +55,22 @@ from devstack.core.manifest import (
     Entry,
     Kind,
     Manifest,
+    Skipped,
+    SyncState,
     gc_paused,
     hash_fd,
+    open_regular,
     scan,
     stat_key,
 )
 from devstack.core.paths import (
+    MAX_PATH_BYTES,
     RESERVED_DIR,
     check_link_target,
     check_relpath,
     resolve_link,
 )
+from devstack.core.rules import Deed, refusal
 
 log = get_logger("sidecar.workspace")
 T = TypeVar("T")
@@ -96,25 +101,40 @@ def _io_error(what: str, e: OSError) -> WorkspaceIOError:
     return WorkspaceIOError(f"{what}: {why}", errno=e.errno)
 
 
+#: The permission bits sync ever sets: never setuid, setgid or sticky, so a
+#: client cannot plant a setuid executable owned by the sidecar's user.
+PERM_BITS = 0o777
+
+
 @dataclass(frozen=True)
 class WriteOptions:
-    """Ownership and modes of what the sidecar writes."""
+    """Ownership and modes of what the sidecar writes. Only permission bits
+    (``PERM_BITS``) are ever set: special bits from the laptop are dropped,
+    and a forced mode may not hold any."""
 
     uid: int | None = None
     gid: int | None = None
     file_mode: int | None = None
     dir_mode: int | None = None
 
+    def __post_init__(self) -> None:
+        for flag, mode in (("--file-mode", self.file_mode), ("--dir-mode", self.dir_mode)):
+            if mode is not None and not 0 <= mode <= PERM_BITS:
+                raise ConfigError(
+                    f"{flag} {mode:04o}: only permission bits (0000 to 0777); sync never "
+                    "sets setuid, setgid or sticky bits"
+                )
+
     def file_perm(self, laptop_mode: int) -> int:
         if self.file_mode is None:
-            return laptop_mode & 0o7777
+            return laptop_mode & PERM_BITS
         mode = self.file_mode
         if laptop_mode & 0o111:  # keep it executable: x wherever r is granted
             mode |= (mode & 0o444) >> 2
         return mode
 
     def dir_perm(self, laptop_mode: int) -> int:
-        return (laptop_mode & 0o7777) if self.dir_mode is None else self.dir_mode
+        return (laptop_mode & PERM_BITS) if self.dir_mode is None else self.dir_mode
 
     @property
     def forces_modes(self) -> bool:
@@ -171,33 +191,46 @@ class Counters:
 class _DirCache:
     """Open descriptors of folders, resolved without following symlinks.
 
+    A descriptor ``get`` hands out stays open, and names the same folder,
+    until ``trim`` runs, which is only ever between ops: nothing an op does
+    (looking through symlinks, forgetting a folder it replaced) can close a
+    descriptor that op still holds, or let its number name another folder.
     Only the folders asked for are kept (never their ancestors), most
-    recently used last; ``trim`` closes the oldest beyond ``limit`` and is
-    called between ops, when no descriptor from ``get`` is in use."""
+    recently used last; ``trim`` closes the oldest beyond ``limit``."""
 
     root_fd: int
     limit: int = DIR_CACHE_LIMIT
     fds: dict[str, int] = field(default_factory=dict)
-    #: Folders looked into by ``readlink``: used only inside it, so they
-    #: may be closed as soon as the next one is opened.
+    #: Folders looked into by ``readlink`` only: never handed out, so they
+    #: may be closed as soon as another one is opened.
     scratch: dict[str, int] = field(default_factory=dict)
+    #: Forgotten (their folder was moved or removed), closed by ``trim``.
+    retired: list[int] = field(default_factory=list)
 
     def get(self, folder: str, *, transient: bool = False) -> int:
         """The folder's descriptor, opened with ``O_NOFOLLOW`` at every
-        level. ``transient``: only valid until the next transient ``get``."""
+        level. ``transient``: used at once and let go (``readlink``)."""
         if not folder:
             return self.root_fd
-        for cache in (self.fds, self.scratch):
-            hit = cache.pop(folder, None)
-            if hit is not None:
-                cache[folder] = hit  # most recently used
-                return hit
+        hit = self.fds.pop(folder, None)
+        if hit is not None:
+            self.fds[folder] = hit  # most recently used
+            return hit
+        hit = self.scratch.pop(folder, None)
+        if hit is not None:
+            if transient:
+                self.scratch[folder] = hit
+            else:  # handed out now: held until trim, like any other
+                self.fds[folder] = hit
+            return hit
         # Walk down from the deepest cached ancestor, closing intermediates.
         parts = folder.split("/")
         start, fd = 0, self.root_fd
         for i in range(len(parts) - 1, 0, -1):
             prefix = "/".join(parts[:i])
-            cached = self.fds.get(prefix) or self.scratch.get(prefix)
+            cached = self.fds.get(prefix)
+            if cached is None:
+                cached = self.scratch.get(prefix)
             if cached is not None:
                 start, fd = i, cached
                 break
@@ -229,16 +262,23 @@ class _DirCache:
         return fd
 
     def trim(self) -> None:
+        """Between ops only: close what was forgotten and the oldest
+        folders beyond ``limit``."""
+        while self.retired:
+            os.close(self.retired.pop())
         while len(self.fds) > self.limit:
             os.close(self.fds.pop(next(iter(self.fds))))
 
     def forget(self, folder: str) -> None:
+        """Stop naming ``folder`` and what is below it (moved or removed);
+        their descriptors stay open until ``trim``."""
         below = folder + "/"
         for cache in (self.fds, self.scratch):
             for key in [k for k in cache if k.startswith(below) or k == folder]:
-                os.close(cache.pop(key))
+                self.retired.append(cache.pop(key))
 
     def close(self) -> None:
+        self.trim()
         for cache in (self.fds, self.scratch):
             for fd in cache.values():
                 os.close(fd)
@@ -529,17 +569,44 @@ class Workspace:
             self.ancestors[path] = anc
             self._unjournaled[path] = anc
 
+    def state(self, path: str, current: Entry) -> SyncState:
+        """How ``current``, at ``path`` now, relates to what sync wrote there."""
+        anc = self.ancestors.get(path)
+        if anc is None:
+            return SyncState.UNTRACKED
+        same = anc == (int(current.kind), current.digest, current.target)
+        return SyncState.SYNCED if same else SyncState.DIRTY
+
+    def _move_ancestors(self, src: str, dst: str) -> None:
+        """What sync wrote below folder ``src``, now below ``dst`` (renamed)."""
+        for prefix, into in ((dst + "/", None), (src + "/", dst)):
+            below = [p for p in self.ancestors if p.startswith(prefix)]
+            for p in below:
+                anc = self.ancestors.pop(p)
+                self._unjournaled[p] = None
+                if into is not None:
+                    moved = into + p[len(src) :]
+                    self.ancestors[moved] = self._unjournaled[moved] = anc
+
     def manifest(self, rules: IgnoreRules) -> Manifest:
         """The workspace as it is now, each entry with its sync state: one
         scan, ignore rules and states applied as it walks."""
         with self.lock, gc_paused():
-            out = scan(self.root, rules=rules, cache=self.cache, ancestors=self.ancestors)
+            skipped: list[Skipped] = []
+            out = scan(
+                self.root, rules=rules, cache=self.cache, ancestors=self.ancestors, skipped=skipped
+            )
             self.cache.retain(out)
-            # Forget ancestors of paths that are gone (the app deleted them).
+            # Forget ancestors of paths that are gone (the app deleted them),
+            # not of those the scan could not look at (a folder the app made
+            # unreadable for a while still holds what it held).
             gone = self.ancestors.keys() - out.keys()
             if gone:
+                unseen = tuple(sk.path for sk in skipped)
+                below = tuple(f"{u}/" for u in unseen)
                 for p in [p for p in self.ancestors if p in gone and not rules.ignored(p)]:
-                    self._record(p, None)
+                    if p not in unseen and not p.startswith(below):
+                        self._record(p, None)
             try:
                 self._journal_flush()
             except WorkspaceIOError as e:  # forgetting can wait for the next flush
@@ -562,16 +629,19 @@ class Workspace:
         if stat.S_ISLNK(mode):
             return Entry(path, Kind.SYMLINK, 0, 0o777, b"", os.readlink(name, dir_fd=parent))
         if stat.S_ISREG(mode):
-            key = stat_key(st)
-            digest = self.cache.get(path, key)
+            digest = self.cache.get(path, stat_key(st))
             if digest is None:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                try:
-                    digest = hash_fd(fd)
-                finally:
-                    os.close(fd)
-                self.cache.put(path, key, digest)
-            return Entry(path, Kind.FILE, st.st_size, stat.S_IMODE(mode), digest)
+                # Never blocks: the app may have put a FIFO there since.
+                opened = open_regular(name, dir_fd=parent)
+                if opened is not None:
+                    fd, st = opened
+                    try:
+                        digest = hash_fd(fd)
+                    finally:
+                        os.close(fd)
+                    self.cache.put(path, stat_key(st), digest)
+            if digest is not None:
+                return Entry(path, Kind.FILE, st.st_size, stat.S_IMODE(st.st_mode), digest)
         raise UnsafePathError(f"{path!r} is a device, fifo or socket: the sidecar never touches it")
 
     def signature_source(self, path: str) -> tuple[int, int, bytes] | None:
@@ -582,19 +652,21 @@ class Workspace:
         try:
             head, name = _split(path)
             try:
-                fd = os.open(
-                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirs.get(head)
-                )
+                # Never blocks on a FIFO the app made there.
+                opened = open_regular(name, dir_fd=dirs.get(head))
             except OSError:
                 return None
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
+            if opened is None:
                 return None
-            digest = self.cache.get(path, stat_key(st))
-            if digest is None:
-                digest = hash_fd(fd)
-                self.cache.put(path, stat_key(st), digest)
+            fd, st = opened
+            try:
+                digest = self.cache.get(path, stat_key(st))
+                if digest is None:
+                    digest = hash_fd(fd)
+                    self.cache.put(path, stat_key(st), digest)
+            except BaseException:
+                os.close(fd)
+                raise
             return fd, st.st_size, digest
         finally:
             dirs.close()
@@ -666,7 +738,8 @@ class Batch:
         ``keep`` the descriptor stays in ``op.old_fd``."""
         head, name = _split(op.path)
         try:
-            fd = os.open(name, _O_READ, dir_fd=self._dirs.get(head))
+            # Never blocks on a FIFO the app made there.
+            opened = open_regular(name, dir_fd=self._dirs.get(head))
         except FileNotFoundError as e:
             raise ProtocolError(f"{op.path!r}: delta against a file that does not exist") from e
         except OSError as e:
@@ -675,13 +748,9 @@ class Batch:
             if e.errno in RESOURCE_ERRNOS:
                 raise
             raise _io_error(f"{op.path!r}: cannot read the delta base", e) from e
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ProtocolError(f"{op.path!r}: delta base is not a regular file")
-        except BaseException:
-            os.close(fd)
-            raise
+        if opened is None:
+            raise ProtocolError(f"{op.path!r}: delta base is not a regular file")
+        fd, st = opened
         if keep:
             op.old_fd = fd
         else:
@@ -944,7 +1013,8 @@ class Batch:
         return Outcome(False, op.path, "conflict", f"{op.path!r}: {why}", actual)
 
     def _check(self, op: StagedOp, path: str, current: Entry | None) -> Outcome | None:
-        """The conflict rules; None when the op may go ahead."""
+        """The conflict rules (``devstack.core.rules``, whatever the client
+        expected or asked for); None when the op may go ahead."""
         if self.ws.replica:
             return None
         if op.expected_absent:
@@ -959,12 +1029,18 @@ class Batch:
                 return self._conflict(
                     op, current, "changed in the workspace (not what the laptop expected)"
                 )
-        if op.force or current is None:
+        if current is None:
             return None
-        anc = self.ws.ancestors.get(path)
-        if anc is not None and anc != (int(current.kind), current.digest, current.target):
-            return self._conflict(op, current, "changed in the workspace since the last sync")
-        return None
+        if op.kind == "delete":
+            deed = Deed.REMOVE
+        elif op.entry is None or op.entry.kind == current.kind:
+            deed = Deed.OVERWRITE
+        else:
+            deed = Deed.REPLACE
+        why = refusal(
+            deed, self.ws.state(path, current), current.kind, replica=False, force=op.force
+        )
+        return None if why is None else self._conflict(op, current, why)
 
     def _apply(self, op: StagedOp) -> Outcome:
         ws = self.ws
@@ -973,33 +1049,7 @@ class Batch:
         head, name = _split(path)
         kind = op.kind
         if kind == "rename":
-            current = ws._current(dirs, op.from_path)
-            if current is None or (
-                not ws.replica and op.expected is not None and not current.same_content(op.expected)
-            ):
-                return self._conflict(
-                    op, current, f"rename source {op.from_path!r} is not as expected"
-                )
-            if not ws.replica:
-                anc = ws.ancestors.get(op.from_path)
-                if anc is not None and anc != (int(current.kind), current.digest, current.target):
-                    return self._conflict(op, current, "rename source changed since the last sync")
-            target_now = ws._current(dirs, path)
-            if target_now is not None and not ws.replica:
-                return self._conflict(op, target_now, "rename target exists in the workspace")
-            if current.kind == Kind.SYMLINK:
-                self._check_moved_links(op.from_path, path, [("", current.target)])
-            elif current.kind == Kind.DIRECTORY:
-                self._check_moved_links(op.from_path, path, self._links_below(op.from_path))
-            src_head, src_name = _split(op.from_path)
-            os.rename(src_name, name, src_dir_fd=dirs.get(src_head), dst_dir_fd=dirs.get(head))
-            dirs.forget(path)
-            if current.kind == Kind.DIRECTORY:
-                dirs.forget(op.from_path)
-            ws.cache.forget(op.from_path)
-            ws._record(op.from_path, None)
-            ws._record(path, current)
-            return Outcome(True, path)
+            return self._rename(op, head, name)
 
         if op.expected_absent and not ws.replica:
             done = (
@@ -1073,7 +1123,10 @@ class Batch:
             self._chmod_chown(
                 parent, name, mode, directory=current.kind == Kind.DIRECTORY, chown=False
             )
-            ws._record(path, current)
+            # A mode is not content: sync takes on (as ``adopt`` does) only
+            # what the laptop holds too, never a file of the app's by a chmod.
+            if ws.state(path, current) != SyncState.UNTRACKED or current.same_content(op.entry):
+                ws._record(path, current)
             return Outcome(True, path)
 
         if kind == "symlink":
@@ -1081,18 +1134,26 @@ class Batch:
             resolve_link(path, target, lambda p: target if p == path else dirs.readlink(p))
             tmp = f"{self._token}-{op.index}.link"
             os.symlink(op.entry.target, tmp, dir_fd=ws.staging_fd)
-            if opts.uid is not None or opts.gid is not None:
-                os.chown(
-                    tmp,
-                    opts.uid if opts.uid is not None else -1,
-                    opts.gid if opts.gid is not None else -1,
-                    dir_fd=ws.staging_fd,
-                    follow_symlinks=False,
-                )
-            if current is not None and current.kind == Kind.DIRECTORY:
-                self._remove(parent, name, current)
-                dirs.forget(path)
-            os.rename(tmp, name, src_dir_fd=ws.staging_fd, dst_dir_fd=parent)
+            try:
+                if opts.uid is not None or opts.gid is not None:
+                    os.chown(
+                        tmp,
+                        opts.uid if opts.uid is not None else -1,
+                        opts.gid if opts.gid is not None else -1,
+                        dir_fd=ws.staging_fd,
+                        follow_symlinks=False,
+                    )
+                if current is not None and current.kind == Kind.DIRECTORY:
+                    self._remove(parent, name, current)
+                    dirs.forget(path)
+                os.rename(tmp, name, src_dir_fd=ws.staging_fd, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=ws.staging_fd)
+                raise
+            if not self._placed(parent, head):
+                os.unlink(name, dir_fd=parent)
+                raise UnsafePathError(f"{path!r}: its folder moved while the link was made")
             ws._record(path, op.entry)
             return Outcome(True, path)
 
@@ -1107,6 +1168,65 @@ class Batch:
             return self._written(op, parent, name)
 
         raise ProtocolError(f"{path!r}: unknown op {kind!r}")
+
+    def _rename(self, op: StagedOp, head: str, name: str) -> Outcome:
+        """Move what sync wrote at ``op.from_path`` to ``op.path``: never
+        what the app made or changed (safe mode), never onto something
+        (unless a replica), and never a symlink, or a folder holding one,
+        to a place where it would lead out. What sync wrote below a moved
+        folder is remembered at its new place, so an app's edit in it is
+        still a conflict there."""
+        ws, dirs, src = self.ws, self._dirs, op.from_path
+        current = ws._current(dirs, src)
+        if current is None or (
+            not ws.replica and op.expected is not None and not current.same_content(op.expected)
+        ):
+            return self._conflict(op, current, f"rename source {src!r} is not as expected")
+        target_now = ws._current(dirs, op.path)
+        if not ws.replica:
+            why = refusal(Deed.MOVE, ws.state(src, current), current.kind, replica=False)
+            if why is not None:
+                return self._conflict(op, current, f"rename source {src!r}: {why}")
+            if target_now is not None:
+                return self._conflict(op, target_now, "rename target exists in the workspace")
+        if current.kind == Kind.SYMLINK:
+            self._check_moved_links(src, op.path, [("", current.target)])
+        elif current.kind == Kind.DIRECTORY:
+            links, longest = self._links_below(src)
+            if len(op.path.encode("utf-8", "surrogateescape")) + 1 + longest > MAX_PATH_BYTES:
+                raise UnsafePathError(
+                    f"rename {src!r} -> {op.path!r}: what it holds would lie deeper than "
+                    f"{MAX_PATH_BYTES} bytes, where sync cannot read it back"
+                )
+            self._check_moved_links(src, op.path, links)
+        src_head, src_name = _split(src)
+        src_fd, dst_fd = dirs.get(src_head), dirs.get(head)
+        os.rename(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        if current.kind != Kind.FILE and not self._placed(dst_fd, head):
+            os.rename(name, src_name, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
+            raise UnsafePathError(f"rename {src!r} -> {op.path!r}: the folder moved meanwhile")
+        dirs.forget(op.path)
+        if current.kind == Kind.DIRECTORY:
+            dirs.forget(src)
+            ws._move_ancestors(src, op.path)
+        ws.cache.forget(src)
+        ws._record(src, None)
+        ws._record(op.path, current)
+        return Outcome(True, op.path)
+
+    def _placed(self, fd: int, folder: str) -> bool:
+        """Whether ``fd`` is the folder at ``folder`` now, looked up afresh
+        (the check of a symlink's final place after it was put there)."""
+        if not folder:
+            return fd == self.ws.root_fd
+        fresh = _DirCache(self.ws.root_fd)
+        try:
+            a, b = os.fstat(fd), os.fstat(fresh.get(folder))
+        except (OSError, UnsafePathError):
+            return False
+        finally:
+            fresh.close()
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
     def _verify(self, op: StagedOp) -> Outcome | None:
         """Why a write's staged content may not go in place (None: it may),
@@ -1172,25 +1292,39 @@ class Batch:
         self.ws._record(op.path, op.entry)
         return Outcome(True, op.path)
 
-    def _links_below(self, folder: str) -> list[tuple[str, str]]:
-        """(path relative to ``folder``, target) of every symlink under it."""
+    def _links_below(self, folder: str) -> tuple[list[tuple[str, str]], int]:
+        """(path relative to ``folder``, target) of every symlink under it,
+        and the length in bytes of the longest relative path there. A folder
+        below it that cannot be listed or opened refuses the move
+        (``UnsafePathError``): a link the sidecar cannot see is not moved."""
+
+        def refuse(e: OSError) -> None:
+            where = f"{folder}/{e.filename}" if isinstance(e.filename, str) else folder
+            raise UnsafePathError(
+                f"{folder!r}: cannot read {where!r} ({e.strerror}) to recheck the symlinks "
+                "in it, so it is not moved"
+            ) from e
+
         out: list[tuple[str, str]] = []
-        walk = os.fwalk(".", dir_fd=self._dirs.get(folder), follow_symlinks=False)
+        longest = 0
+        walk = os.fwalk(".", dir_fd=self._dirs.get(folder), follow_symlinks=False, onerror=refuse)
         for dirpath, dirnames, filenames, dfd in walk:
             rel = "" if dirpath == "." else dirpath.removeprefix("./")
             for n in (*dirnames, *filenames):
+                path = f"{rel}/{n}" if rel else n
+                longest = max(longest, len(path.encode("utf-8", "surrogateescape")))
                 try:
                     target = os.readlink(n, dir_fd=dfd)
                 except OSError:  # not a symlink
                     continue
-                out.append((f"{rel}/{n}" if rel else n, target))
-        return out
+                out.append((path, target))
+        return out, longest
 
     def _check_moved_links(self, src: str, dst: str, links: list[tuple[str, str]]) -> None:
         """Raise ``UnsafePathError`` unless every symlink in ``links`` (paths
-        relative to ``src``) still resolves inside the workspace once ``src``
-        is renamed to ``dst``: judged before the rename, as if it had
-        happened."""
+        relative to ``src``) passes the rules for a link sync creates at its
+        place once ``src`` is renamed to ``dst``: judged before the rename,
+        as if it had happened."""
         dirs = self._dirs
 
         def readlink(p: str) -> str | None:
@@ -1203,6 +1337,7 @@ class Batch:
         for rel, target in links:
             new = f"{dst}/{rel}" if rel else dst
             try:
+                check_link_target(new, target)
                 resolve_link(new, target, readlink)
             except UnsafePathError as e:
                 raise UnsafePathError(f"rename {src!r} -> {dst!r}: {e}") from e
@@ -1218,21 +1353,37 @@ class Batch:
     def _chmod_chown(
         self, parent: int, name: str, mode: int, *, directory: bool, chown: bool = True
     ) -> None:
-        flags = (os.O_RDONLY | os.O_DIRECTORY if directory else os.O_RDONLY) | os.O_NOFOLLOW
+        """Set the mode (and, with ``--owner``, the owner) of the folder or
+        regular file at ``name``, never through a symlink the app swapped in
+        meanwhile, and never blocking on a fifo: it is opened without
+        following a final symlink and checked to be that kind first. One the
+        sidecar may not read is changed through an ``O_PATH`` descriptor."""
+        kind = os.O_DIRECTORY if directory else 0
+        path_only = False
         try:
-            fd = os.open(name, flags | os.O_CLOEXEC, dir_fd=parent)
+            fd = os.open(name, _O_READ | os.O_NONBLOCK | kind, dir_fd=parent)
         except PermissionError:
-            os.chmod(name, mode, dir_fd=parent)
-            return
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | kind, dir_fd=parent)
+            path_only = True
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(f"{name!r} is no longer what sync made: not changed") from e
+            raise
         try:
-            os.fchmod(fd, mode)
+            if not (stat.S_ISDIR if directory else stat.S_ISREG)(os.fstat(fd).st_mode):
+                raise UnsafePathError(f"{name!r} is no longer what sync made: not changed")
             opts = self.ws.options
-            if chown and (opts.uid is not None or opts.gid is not None):
-                os.fchown(
-                    fd,
-                    opts.uid if opts.uid is not None else -1,
-                    opts.gid if opts.gid is not None else -1,
-                )
+            uid = -1 if opts.uid is None else opts.uid
+            gid = -1 if opts.gid is None else opts.gid
+            owned = chown and (uid != -1 or gid != -1)
+            if path_only:  # an O_PATH descriptor takes no fchmod: its /proc link does
+                os.chmod(f"/proc/self/fd/{fd}", mode)
+                if owned:
+                    os.chown(f"/proc/self/fd/{fd}", uid, gid)
+            else:
+                os.fchmod(fd, mode)
+                if owned:
+                    os.fchown(fd, uid, gid)
         finally:
             os.close(fd)
 

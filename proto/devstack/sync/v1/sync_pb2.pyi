@@ -808,13 +808,22 @@ class Ack(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
+    PROBLEMS_OMITTED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """The batch."""
     applied: _builtins.int
     """Number of ops applied."""
+    problems_omitted: _builtins.int
+    """How many more ops were not applied than `problems` lists. When it is
+    not 0, an op missing from `problems` may or may not have been applied:
+    the client re-reads the workspace (a new session's manifest) before it
+    trusts any of them.
+    """
     @_builtins.property
     def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___Problem]:
-        """Ops that were not applied, with why."""
+        """Ops that were not applied, with why: as many as fit in about 3 MiB, in
+        op order (a batch of many bad ops would not fit in one message).
+        """
 
     def __init__(
         self,
@@ -822,10 +831,11 @@ class Ack(_message.Message):
         seq: _builtins.int = ...,
         applied: _builtins.int = ...,
         problems: _abc.Iterable[Global___Problem] | None = ...,
+        problems_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "problems", b"problems", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "problems", b"problems", "problems_omitted", b"problems_omitted", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
