@@ -59,6 +59,22 @@ def apps(admin: Kube) -> Iterator[str]:
     wait_for(lambda: admin.maybe(f"/api/v1/namespaces/{name}") is None, timeout=120)
 
 
+def _shop_objects(apps: str) -> tuple[str, str, list[str]]:
+    """The IngressRoutes' and Middlewares' collections in ``apps``, and the
+    paths of what the agent writes for ``shop`` and alice's copy of it."""
+    routes = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/ingressroutes"
+    middlewares = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/middlewares"
+    return (
+        routes,
+        middlewares,
+        [
+            f"{routes}/{ingress_route_name('shop', None)}",
+            f"{routes}/{ingress_route_name('shop', 'alice')}",
+            f"{middlewares}/{middleware_name('shop', 'alice')}",
+        ],
+    )
+
+
 def _service(admin: Kube, namespace: str, name: str, *, owner: str | None = None) -> Obj:
     labels = {SERVICE_LABEL: "shop"}
     if owner:
@@ -281,13 +297,7 @@ def test_the_agent_rides_out_an_api_server_restart_without_rewriting_anything(
     403 as lasting and waits 30 s before it watches again
     (``informer.failed``) when it hits that moment, so this test can take
     that long."""
-    routes = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/ingressroutes"
-    middlewares = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/middlewares"
-    written = [
-        f"{routes}/{ingress_route_name('shop', None)}",
-        f"{routes}/{ingress_route_name('shop', 'alice')}",
-        f"{middlewares}/{middleware_name('shop', 'alice')}",
-    ]
+    routes, middlewares, written = _shop_objects(apps)
     # A kube-apiserver that has just started serves requests before its RBAC
     # caches are filled and, for that moment, refuses what the roles grant
     # (seen here: a 403 on the agent's Lease). The agent retries; what the
@@ -323,13 +333,7 @@ def test_the_agent_recovers_when_its_slow_link_to_the_api_server_is_cut(
     (open connections closed, new ones refused) while a copy is made, then
     restored. The agent routes the copy once it is back, and rewrites none
     of what it wrote before."""
-    routes = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/ingressroutes"
-    middlewares = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/middlewares"
-    written = [
-        f"{routes}/{ingress_route_name('shop', None)}",
-        f"{routes}/{ingress_route_name('shop', 'alice')}",
-        f"{middlewares}/{middleware_name('shop', 'alice')}",
-    ]
+    routes, _, written = _shop_objects(apps)
     with running_toxiproxy(tmp_path) as toxiproxy:
         link = toxiproxy.proxy("apiserver", f"127.0.0.1:{testbed.apiserver_port}")
         link.toxic("latency", latency=200)
