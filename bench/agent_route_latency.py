@@ -7,6 +7,9 @@ process, and two upstream HTTP servers (baseline and copy). The emulator's
 garbage collector is off, so after a delete the agent itself must remove
 the copy's routes: the second figure measures the agent's path (Service
 deleted -> watch event -> reconcile -> DELETE -> Traefik reloads).
+(On the real API server, the same story is told, as tests, in
+tests/cluster/test_routing_traefik.py; the benchmark stays on the emulator
+so that its figures are the agent's and Traefik's, not the API server's.)
 
 Each run creates a personal Service (and its EndpointSlice) for a new owner
 and polls Traefik every 2 ms with that owner's routing key until the copy

@@ -1,4 +1,7 @@
-"""Fixtures for the agent's tests: the Kubernetes emulator and a kubeconfig for it."""
+"""Fixtures for the agent's tests: the Kubernetes emulator and a kubeconfig
+for it, for the tests that need what no real server does on demand (injected
+failures, a request log; docs/testing.md lists them). Tests that a real API
+server can serve live under tests/cluster/."""
 
 from __future__ import annotations
 

@@ -1,22 +1,15 @@
-"""``devstack agent``: flags, environment, errors, and the real process."""
+"""``devstack agent``: flags, environment and errors (no server). The real
+process against the real API server: tests/cluster/test_agent_command.py."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
-import sys
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from devstack.agent.command import add_arguments, config_from_args
 from devstack.core.errors import ConfigError
-from tests.support.kube import EmulatorThread
-from tests.support.net import free_port, wait_until
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None) -> argparse.Namespace:
@@ -103,54 +96,3 @@ def test_environment_then_flags() -> None:
 def test_bad_settings_are_one_clear_error(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
         config_from_args(parse(argv), env={})
-
-
-def test_the_command_runs_serves_and_stops_cleanly(kube: EmulatorThread, tmp_path: Path) -> None:
-    kubeconfig = kube.kubeconfig(tmp_path / "kc")
-    kube.emulator.register_service(
-        namespace="dev", name="shop", port=9, labels={"devstack.dev/service": "shop"}
-    )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEVSTACK_", "KUBE"))}
-    env.update({"POD_NAME": "agent-cli", "DEVSTACK_LEASE_NAMESPACE": "devstack"})
-    stderr = tmp_path / "stderr"
-    with open(stderr, "wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "devstack.cli.main",
-                "agent",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            env=env,
-            stderr=err,
-        )
-    try:
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, timeout=30)
-        routes = kube.emulator.resource("traefik.io/v1alpha1", "ingressroutes")
-        wait_until(lambda: kube.emulator.get(routes, "dev", "devstack-shop"), timeout=30)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/routes", timeout=5) as r:
-            assert json.loads(r.read())["services"][0]["host"] == "shop.localtest.me"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
-    assert code == 0
-    events = [json.loads(line) for line in stderr.read_text().splitlines() if line.startswith("{")]
-    names = [e["event"] for e in events]
-    assert "agent.started" in names and "agent.write" in names and names[-1] == "agent.stopped"
-    lease = kube.emulator.get(
-        kube.emulator.resource("coordination.k8s.io/v1", "leases"), "devstack", "devstack-agent"
-    )
-    assert lease is not None and lease["spec"]["holderIdentity"] == ""

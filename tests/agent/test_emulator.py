@@ -1,5 +1,10 @@
 """The test emulator itself (tests/support/kube.py), where the agent's tests
-rely on it behaving like a real API server."""
+rely on it behaving like a real API server.
+
+Stays on the emulator by nature: it tests the emulator, for as long as the
+tests that need injected failures (tests/agent/test_retries.py,
+test_controller.py, test_kube.py) use it. A real server's list and watch:
+tests/cluster/test_kube_client.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,12 @@
-"""The Kubernetes client module against the emulator: errors and the delays
-the server asks for, kubeconfig selection in kubectl's order, and the
-ConfigMap/Secret API the provisioning engine uses."""
+"""The Kubernetes client module: the delays a server asks for, kubeconfig
+selection in kubectl's order, and the environment's proxy; no server, or the
+emulator where a test needs an answer that neither the real server nor the
+fault proxy in front of it gives (an HTTP-date ``Retry-After``, ERROR events
+inside a watch stream).
+
+Its real answers (lists, watches, patches, 401/403/404/409/410/422, 429/5xx
+through the fault proxy, the ConfigMap/Secret API) are tested against the
+real API server: tests/cluster/test_kube_client.py."""
 
 from __future__ import annotations
 
@@ -14,74 +20,9 @@ import pytest
 import yaml
 
 from devstack.agent import kube as k8s
-from devstack.core.errors import ConfigError, PermanentError, TemporaryError
-from tests.support.kube import EmulatorThread, secret_value
+from devstack.core.errors import ConfigError
+from tests.support.kube import EmulatorThread
 from tests.support.net import free_port
-
-
-async def test_apply_and_delete_config_maps_and_secrets(
-    kube: EmulatorThread, kubeconfig: Path
-) -> None:
-    emu = kube.emulator
-    cms, secrets = emu.resource("v1", "configmaps"), emu.resource("v1", "secrets")
-    async with k8s.kube_client(str(kubeconfig)) as api:
-        await k8s.apply_config_map(
-            api, namespace="app", name="out", data={"a": "1", "b": "2"}, labels={"x": "y"}
-        )
-        first = emu.get(cms, "app", "out")
-        assert first is not None and first["data"] == {"a": "1", "b": "2"}
-        # Applying the same again writes nothing.
-        await k8s.apply_config_map(
-            api, namespace="app", name="out", data={"a": "1", "b": "2"}, labels={"x": "y"}
-        )
-        assert emu.get(cms, "app", "out") == first
-        # A changed apply holds exactly the new data; foreign labels stay.
-        emu.patch(cms, "app", "out", {"metadata": {"labels": {"team": "t"}}})
-        await k8s.apply_config_map(
-            api, namespace="app", name="out", data={"a": "9"}, labels={"x": "y"}
-        )
-        now = emu.get(cms, "app", "out")
-        assert now is not None and now["data"] == {"a": "9"}
-        assert now["metadata"]["labels"] == {"x": "y", "team": "t"}
-
-        await k8s.apply_secret(
-            api, namespace="app", name="creds", data={"password": "s3cret"}, labels={}
-        )
-        secret = emu.get(secrets, "app", "creds")
-        assert secret is not None and secret["type"] == "Opaque"
-        assert secret_value(secret, "password") == "s3cret"
-
-        await k8s.delete_config_map(api, namespace="app", name="out")
-        await k8s.delete_secret(api, namespace="app", name="creds")
-        await k8s.delete_secret(api, namespace="app", name="creds")  # gone already: fine
-        assert emu.get(cms, "app", "out") is None and emu.get(secrets, "app", "creds") is None
-
-
-@pytest.mark.parametrize(
-    ("status", "error", "temporary"),
-    [
-        (409, k8s.ConflictError, True),
-        (410, k8s.GoneError, True),
-        (429, k8s.KubeTemporaryError, True),
-        (500, k8s.KubeTemporaryError, True),
-        (503, k8s.KubeTemporaryError, True),
-        (404, k8s.NotFoundError, False),
-        (403, k8s.KubeAuthError, False),
-        (422, k8s.KubeRequestError, False),
-    ],
-)
-async def test_statuses_become_devstack_errors(
-    kube: EmulatorThread, kubeconfig: Path, status: int, error: type[Exception], temporary: bool
-) -> None:
-    kube.emulator.fail(status, verbs={"list"}, plural="services", retry_after=3)
-    async with k8s.kube_client(str(kubeconfig)) as api:
-        with pytest.raises(error) as caught:
-            await api.list(k8s.SERVICES)
-    assert isinstance(caught.value, TemporaryError if temporary else PermanentError)
-    assert caught.value.status == status  # type: ignore[attr-defined]
-    if status in (429, 500, 503):
-        assert caught.value.delay == 3.0  # type: ignore[attr-defined]
-
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -133,6 +74,8 @@ async def test_the_emulator_advertises_proper_retry_after_values(
     header: str | None,
     details: int | None,
 ) -> None:
+    """The emulator itself (the tests above and tests/agent/test_retries.py
+    rely on it): it sends Retry-After as a real API server does."""
     import aiohttp
 
     kube.emulator.fail(
@@ -151,6 +94,8 @@ async def test_the_emulator_advertises_proper_retry_after_values(
 async def test_a_watch_error_event_carries_its_retry_after(
     kube: EmulatorThread, kubeconfig: Path
 ) -> None:
+    """Stays on the emulator: an exact injected failure (a 429 ERROR event
+    inside a watch stream), which no real server sends on demand."""
     kube.emulator.fail(429, verbs={"watch"}, in_stream=True, retry_after=6)
     async with k8s.kube_client(str(kubeconfig)) as api:
         with pytest.raises(k8s.KubeTemporaryError) as caught:
@@ -162,6 +107,8 @@ async def test_a_watch_error_event_carries_its_retry_after(
 async def test_an_http_date_retry_after_from_the_server(
     kube: EmulatorThread, kubeconfig: Path
 ) -> None:
+    """Stays on the emulator: an injected 503 with an HTTP-date Retry-After,
+    which no real server sends on demand."""
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     kube.emulator.fail(
         503, verbs={"list"}, retry_after=email.utils.format_datetime(later, usegmt=True)
@@ -173,6 +120,8 @@ async def test_an_http_date_retry_after_from_the_server(
 
 
 async def test_a_watch_error_event_is_an_error(kube: EmulatorThread, kubeconfig: Path) -> None:
+    """Stays on the emulator: an injected 500 ERROR event inside a watch
+    (a real server's 410 one is in tests/cluster/test_kube_client.py)."""
     kube.emulator.fail(500, verbs={"watch"}, in_stream=True)
     async with k8s.kube_client(str(kubeconfig)) as api:
         with pytest.raises(k8s.KubeTemporaryError):
@@ -241,32 +190,13 @@ def _pretend_in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: i
     return f"https://127.0.0.1:{port}"
 
 
-async def test_kubeconfig_list_is_merged_as_client_go_merges_it(
-    kube: EmulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_kube_env: Path
-) -> None:
-    nowhere = f"http://127.0.0.1:{free_port()}"
-    # The first file sets current-context "b" and defines "a"; the second
-    # defines "b" (the emulator), its own "a" and a current-context of its own.
-    first = _kubeconfig(tmp_path / "first", {"a": nowhere}, current="b")
-    second = _kubeconfig(tmp_path / "second", {"a": kube.url, "b": kube.url}, current="a")
-    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}:{first}:{second}")
-    # The first file's current-context wins (kubernetes-asyncio alone would
-    # take the last one's), and "b" comes from the second file.
-    async with k8s.kube_client() as api:
-        assert api.host == kube.url
-        items, _ = await api.list(k8s.SERVICES)
-        assert items == []
-    # For a name both files define, the first file wins.
-    async with k8s.kube_client(context="a") as api:
-        assert api.host == nowhere
-    with pytest.raises(ConfigError):
-        async with k8s.kube_client(context="no-such-context"):
-            pass
-
-
 async def test_kubeconfig_order_is_kubectls(
-    kube: EmulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_kube_env: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_kube_env: Path
 ) -> None:
+    """No server: only which one the client would talk to (the merge with
+    a real server's credentials: tests/cluster/test_kube_client.py)."""
+    emu = "http://emu.invalid:1"
+
     def config(name: str) -> Path:
         return _kubeconfig(
             tmp_path / f"{name}.kubeconfig", {name: f"http://{name}.invalid:1"}, current=name
@@ -288,11 +218,11 @@ async def test_kubeconfig_order_is_kubectls(
     async with k8s.kube_client() as api:
         assert api.host == "http://env.invalid:1"
     # --kubeconfig beats them all; --context picks a context in it.
-    explicit = _kubeconfig(tmp_path / "explicit", {"x": "http://x.invalid:1", "emu": kube.url}, "x")
+    explicit = _kubeconfig(tmp_path / "explicit", {"x": "http://x.invalid:1", "emu": emu}, "x")
     async with k8s.kube_client(str(explicit)) as api:
         assert api.host == "http://x.invalid:1"
     async with k8s.kube_client(str(explicit), context="emu") as api:
-        assert api.host == kube.url
+        assert api.host == emu
     # $KUBECONFIG naming only missing files: no kubeconfig, so the pod's account.
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     async with k8s.kube_client() as api:
@@ -366,24 +296,19 @@ def test_the_proxy_is_read_from_the_environment_as_kubectl_reads_it(
 
 
 async def test_requests_go_through_the_environments_proxy_read_once(
-    kube: EmulatorThread, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTTP_PROXY is honoured (as kubectl does) although aiohttp no longer
-    looks the environment up on every request."""
-    import aiohttp
+    looks the environment up on every request. The API server's address
+    serves nothing: only through the proxy (which answers itself, as a
+    caching proxy could) does the request get an answer."""
     from aiohttp import web
 
     seen: list[str] = []
 
     async def forward(request: web.Request) -> web.Response:
         seen.append(str(request.url))
-        async with (
-            aiohttp.ClientSession(trust_env=False) as s,
-            s.request(request.method, str(request.url), data=await request.read()) as r,
-        ):
-            return web.Response(
-                status=r.status, body=await r.read(), content_type="application/json"
-            )
+        return web.json_response({"kind": "ConfigMapList", "items": []})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
@@ -395,10 +320,12 @@ async def test_requests_go_through_the_environments_proxy_read_once(
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
+        server = f"http://127.0.0.1:{free_port()}"
+        kubeconfig = _kubeconfig(tmp_path / "kubeconfig", {"c": server}, current="c")
         async with k8s.kube_client(str(kubeconfig)) as api:
             got = await api.request("GET", "/api/v1/namespaces/app/configmaps")
             assert got.get("items") == []
-            assert len(seen) == 1 and seen[0].endswith("/api/v1/namespaces/app/configmaps")
+            assert seen == [f"{server}/api/v1/namespaces/app/configmaps"]
             # Changing the environment later changes nothing: it was read once.
             monkeypatch.setenv("NO_PROXY", "*")
             await api.request("GET", "/api/v1/namespaces/app/configmaps")

@@ -1,7 +1,15 @@
-"""How the agent waits and retries against the emulator: Retry-After (in
-seconds, as an HTTP-date, in ``details.retryAfterSeconds``) on list, watch,
-create, patch and delete; watches resuming from the last ``resourceVersion``
-without relisting; a server that keeps answering 410.
+"""How the agent waits and retries, where the case needs an exact sequence
+of answers that no real component gives on demand.
+
+The real API server covers the rest, in tests/cluster/test_agent_faults.py:
+429s with ``Retry-After`` (seconds, as kube-apiserver sends it) on the
+agent's list and watch, 500s and 503s on its creates, patches and deletes
+(done exactly once), a slow server, a real 410 Gone and a real refusal
+(403) after a restart. What stays here, each test saying why: the other
+forms of ``Retry-After`` (an HTTP-date, ``details.retryAfterSeconds``
+alone, a 429 inside a watch stream), a watch the server ends cleanly on
+demand, and a server that keeps answering 410, all on the emulator (kmock);
+and the backoff sequence after refusals, against a scripted API object.
 
 The agent waits through a recording clock (tests/agent/helpers.py): each
 test checks which delay it chose and that the wait came between the failed
@@ -16,18 +24,30 @@ import datetime
 import email.utils
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import structlog
 
 from devstack.agent.informer import Backoff, Informer
-from devstack.agent.kube import SERVICES, RawObject, kube_client
+from devstack.agent.kube import (
+    SERVICES,
+    KubeApi,
+    KubeError,
+    KubeUnreachableError,
+    RawObject,
+    Resource,
+    WatchEvent,
+    error_for_status,
+    kube_client,
+)
 from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 from tests.agent.helpers import (
     RecordingClock,
     Wait,
     clock_for,
-    controller_settled,
-    running_controller,
 )
-from tests.support.kube import EmulatorThread, LoggedRequest, running_emulator
+from tests.support.kube import EmulatorThread, LoggedRequest
 from tests.support.net import eventually
 
 # The base delays are tiny, so a wait as long as the advertised one can only
@@ -79,12 +99,17 @@ async def informer(
 async def test_a_list_that_fails_waits_as_long_as_the_server_asks(
     kube: EmulatorThread, kubeconfig: Path
 ) -> None:
+    """On the emulator because kube-apiserver never sends these forms of
+    ``Retry-After``: a delay only in the Status body's
+    ``details.retryAfterSeconds``, and an HTTP-date (RFC 9110 allows both;
+    a proxy or a gateway in front of a cluster may send them). The header
+    in seconds, as the real server sends it, is tested on the real server
+    (tests/cluster/test_agent_faults.py)."""
     add_service(kube, "shop")
     http_date = email.utils.format_datetime(
         datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1), usegmt=True
     )
     emu = kube.emulator
-    emu.fail(500, verbs={"list"}, plural="services", retry_after=7)  # header + details
     emu.fail(429, verbs={"list"}, plural="services", retry_after=3, retry_after_in={"details"})
     emu.fail(503, verbs={"list"}, plural="services", retry_after=http_date)  # an HTTP-date
     clock = clock_for(kube)
@@ -92,18 +117,20 @@ async def test_a_list_that_fails_waits_as_long_as_the_server_asks(
         await eventually(lambda: inf.synced.is_set())
         assert [k[1] for k in inf.cache] == ["shop"]
     lists = requests(kube, "list", "services")
-    assert [r.status for _, r in lists] == [500, 429, 503, 200]
+    assert [r.status for _, r in lists] == [429, 503, 200]
     (first,) = waits_between(clock, lists[0][0], lists[1][0])
     (second,) = waits_between(clock, lists[1][0], lists[2][0])
-    (third,) = waits_between(clock, lists[2][0], lists[3][0])
-    assert first.delay >= 7
-    assert second.delay >= 3
-    assert 3500 < third.delay <= 3600
+    assert first.delay >= 3
+    assert 3500 < second.delay <= 3600
 
 
 async def test_a_watch_that_fails_waits_and_resumes_without_relisting(
     kube: EmulatorThread, kubeconfig: Path
 ) -> None:
+    """On the emulator for the 429 sent as an ``ERROR`` event inside a watch
+    stream the server had accepted (200), with only
+    ``details.retryAfterSeconds``: kube-apiserver cannot be made to do that
+    on demand, nor to fail three watches in a row with no list between."""
     add_service(kube, "shop")
     emu = kube.emulator
     # An HTTP 503 with Retry-After, then a 429 as an ERROR event in the stream
@@ -130,6 +157,11 @@ async def test_a_watch_that_fails_waits_and_resumes_without_relisting(
 async def test_an_ended_watch_resumes_from_the_last_resource_version(
     kube: EmulatorThread, kubeconfig: Path
 ) -> None:
+    """On the emulator because the real server ends a watch cleanly only at
+    its ``timeoutSeconds`` (five minutes for the agent) or when it stops,
+    and a restarted server answers the next watch with a 410 (its watch
+    cache starts afresh): a clean end of every stream, on demand, with the
+    history still there, only the emulator gives."""
     add_service(kube, "shop")
     clock = clock_for(kube)
     async with informer(kubeconfig, clock) as inf:
@@ -153,6 +185,10 @@ async def test_an_ended_watch_resumes_from_the_last_resource_version(
 async def test_a_server_that_keeps_answering_410_is_not_relisted_in_a_tight_loop(
     kube: EmulatorThread, kubeconfig: Path
 ) -> None:
+    """On the emulator because no real server answers 410 to a watch from
+    the resourceVersion of the list it has just served (a broken one, or a
+    proxy that mangles versions, would): the sequence must be injected. The
+    usual 410, once, is tested on the real server."""
     add_service(kube, "shop")
     kube.emulator.fail(410, verbs={"watch"}, plural="services", times=4, in_stream=True)
     clock = clock_for(kube)
@@ -172,53 +208,96 @@ async def test_a_server_that_keeps_answering_410_is_not_relisted_in_a_tight_loop
     assert delays == [[1.0], [2.0], [4.0]]
 
 
-async def test_create_patch_and_delete_are_retried_after_the_advertised_delay(
-    tmp_path: Path,
-) -> None:
-    with running_emulator(garbage_collect=False) as kube:
-        emu = kube.emulator
-        services = emu.resource("v1", "services")
-        routes = emu.resource("traefik.io/v1alpha1", "ingressroutes")
-        add_service(kube, "shop")
-        clock = clock_for(kube)
-        async with running_controller(
-            kube.kubeconfig(tmp_path / "kc"), clock=clock, backoff=TINY
-        ) as controller:
-            await controller_settled(controller)
+class ScriptedApi:
+    """A stand-in for :class:`~devstack.agent.kube.KubeApi` that gives the
+    informer's lists and watches scripted answers, in order: an exception
+    to raise, a list's items, or a watch's events (then, if given, an
+    exception in the middle of the stream). When the script runs out, lists
+    are empty and watches wait for ever."""
 
-            # create: a 429 that asks for 9 s, then a 500 with no hint.
-            emu.fail(429, verbs={"create"}, plural="middlewares", retry_after=9)
-            emu.fail(500, verbs={"create"}, plural="ingressroutes")
-            add_service(kube, "shop-alice", "alice")
-            await eventually(lambda: emu.get(routes, "dev", "devstack-shop--alice") is not None)
-            await controller_settled(controller)
+    Answer = Exception | list[RawObject] | tuple[list[WatchEvent], Exception | None]
 
-            # patch: the baseline's port changes; two 500s, one asking for 6 s.
-            emu.fail(500, verbs={"patch"}, plural="ingressroutes", retry_after=6)
-            emu.fail(500, verbs={"patch"}, plural="ingressroutes")
-            emu.patch(services, "dev", "shop", {"spec": {"ports": [{"name": "http", "port": 81}]}})
+    def __init__(self, lists: list[Answer], watches: list[Answer]) -> None:
+        self.lists, self.watches = lists, watches
 
-            def port_is_81() -> bool:
-                route = emu.get(routes, "dev", "devstack-shop") or {}
-                return route["spec"]["routes"][0]["services"][0]["port"] == 81
+    async def list(
+        self, resource: Resource, *, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[RawObject], str]:
+        answer = self.lists.pop(0) if self.lists else []
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, list)
+        return answer, "1"
 
-            await eventually(port_is_81)
-            await controller_settled(controller)
+    async def watch(self, resource: Resource, **_: Any) -> AsyncIterator[WatchEvent]:
+        if not self.watches:
+            await asyncio.Event().wait()
+        answer = self.watches.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, tuple)
+        events, error = answer
+        for event in events:
+            yield event
+        if error is not None:
+            raise error
 
-            # delete: alice leaves (no garbage collector: the agent deletes).
-            emu.fail(503, verbs={"delete"}, plural="ingressroutes", retry_after=8)
-            emu.delete(services, "dev", "shop-alice")
-            await eventually(lambda: emu.get(routes, "dev", "devstack-shop--alice") is None)
-            await controller_settled(controller)
 
-    for verb, plural, statuses, advertised in (
-        ("create", "middlewares", [429, 201], 9),
-        ("patch", "ingressroutes", [500, 500, 200], 6),
-        ("delete", "ingressroutes", [503, 200], 8),
-    ):
-        seen = requests(kube, verb, plural)
-        assert [r.status for _, r in seen] == statuses, (verb, plural)
-        (first_retry,) = [w for w in waits_between(clock, seen[0][0], seen[1][0])]
-        assert first_retry.kind == "timer" and first_retry.delay >= advertised, (verb, plural)
-    creates = requests(kube, "create", "ingressroutes")
-    assert [r.status for _, r in creates] == [201, 500, 201]  # baseline, alice, alice again
+async def test_refusals_back_off_from_short_whatever_came_before() -> None:
+    """The backoff after refusals (403), exactly. Not on the real server:
+    it needs an exact sequence (an outage, then refusals of the list, then
+    refusals of the watch after good lists, then one after a watch that
+    worked), where a real server's refusals come as they come. A real
+    refusal after a restart is tested in tests/cluster/test_agent_faults.py.
+
+    The first refusal waits the backoff's initial delay even after an
+    outage had grown it (the server answers again); the delays grow while
+    refusals go on, even across good lists (a watch refused after every
+    list must not relist in a tight loop), up to the maximum; a watch that
+    delivered something starts the run afresh. Each refusal is an error in
+    the log (``informer.failed``) and counted."""
+    services = "/api/v1/services"
+    unreachable = KubeUnreachableError(f"GET {services}: connection refused")
+
+    def refused() -> KubeError:
+        return error_for_status(403, what=f"GET {services}", body={"message": "forbidden"})
+
+    event = WatchEvent(type="ADDED", object={"metadata": {"name": "a", "resourceVersion": "2"}})
+    api = ScriptedApi(
+        lists=[unreachable, unreachable, unreachable, refused(), refused(), refused()],
+        watches=[(refused()), (refused()), ([event], refused())],
+    )
+    clock = RecordingClock()
+    backoff = Backoff(initial=0.1, maximum=1.0, factor=2.0, jitter=0.0)
+    inf = Informer(
+        cast(KubeApi, api),
+        SERVICES,
+        namespace=None,
+        label_selector=SERVICE_LABEL,
+        on_change=lambda old, new: None,
+        backoff=backoff,
+        clock=clock,
+    )
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(inf.run())
+        try:
+            await eventually(lambda: not api.watches and not api.lists and len(clock.waits) == 9)
+            await eventually(lambda: inf.lists == 4)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert [w.delay for w in clock.waits] == pytest.approx(
+        [
+            *(0.1, 0.2, 0.4),  # no answer: the usual backoff
+            *(0.1, 0.2, 0.4),  # the list refused: from short again
+            *(0.8, 1.0),  # the watch refused after good lists: still growing, up to the maximum
+            0.1,  # refused after the watch delivered something: from short
+        ]
+    )
+    failed = [e for e in logs if e["event"] == "informer.failed"]
+    assert [e["log_level"] for e in failed] == ["error"] * 6
+    assert all(": 403 " in e["error"] for e in failed)
+    counted = inf.metrics.get(
+        "devstack_agent_watch_restarts_total", resource=inf.name, reason=refused().reason
+    )
+    assert counted == 6

@@ -1,6 +1,7 @@
 """The agent benchmarks still run, at a tiny size, and print every figure
 they promise. Timings are printed by the benchmarks, never asserted here
-(the full-size runs belong on a quiet machine)."""
+(the full-size runs belong on a quiet machine). The benchmarks run on the
+emulator on purpose (see bench/agent_scale.py's docstring)."""
 
 from __future__ import annotations
 

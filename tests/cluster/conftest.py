@@ -27,3 +27,15 @@ def namespace(admin: Kube) -> Iterator[str]:
     wait_for(lambda: admin.maybe(f"/api/v1/namespaces/{name}/serviceaccounts/default"))
     yield name
     admin.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def apps(admin: Kube) -> Iterator[str]:
+    """The namespace the routed Services live in; gone before the next test
+    starts, so that a later agent watching every namespace never meets its
+    Services while the namespace terminates (a 403 it would log)."""
+    name = f"apps-{uuid.uuid4().hex[:8]}"
+    admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    admin.delete(f"/api/v1/namespaces/{name}")
+    wait_for(lambda: admin.maybe(f"/api/v1/namespaces/{name}") is None, timeout=120)

@@ -178,7 +178,7 @@ def _rules(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def test_cluster_scope_grants_the_routing_rules_cluster_wide_and_the_lease_by_name() -> None:
-    """Which verbs: tests/scenarios/test_rbac.py compares them with what the agent calls.
+    """Which verbs: tests/cluster/test_rbac.py compares them with the audit log.
     Here: where they are granted."""
     docs = documents(render(AGENT_CHART, {}, name="devstack", namespace="devstack-system"))
     cluster = _rules(one(docs, "ClusterRole"))
@@ -287,7 +287,7 @@ def test_provisioning_hooks_run_provision_before_install_and_teardown_before_del
 
 
 def test_the_hook_role_may_write_only_the_outputs(example_chart: Path) -> None:
-    """Where the verbs apply; which verbs: tests/scenarios/test_rbac.py."""
+    """Where the verbs apply; which verbs: tests/cluster/test_rbac.py."""
     values = {"devstack": {**ENABLED, "provision": {"outputs": {"secret": "hello-secrets"}}}}
     role = one(documents(render(example_chart, values)), "Role", "hello-devstack-provision")
     named = {

@@ -1,8 +1,8 @@
-"""Outputs: variable names, where secret values go, files, and Kubernetes (kmock)."""
+"""Outputs: variable names, where secret values go, and files. The
+Kubernetes sink on the real API server: tests/cluster/test_provision_outputs.py."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -10,10 +10,8 @@ import pytest
 
 from devstack.provision import outputs, spec
 from devstack.provision.desired import desired_state
-from devstack.provision.kube import AgentKubeWriter
 from devstack.provision.names import PhysicalName
 from devstack.provision.plan import Observed
-from tests.support.kube import EmulatorThread, kube, secret_value  # noqa: F401
 
 
 def states() -> list[tuple[object, Observed]]:
@@ -94,60 +92,3 @@ def test_file_sink_round_trips_and_is_private(tmp_path: Path, name: str) -> None
     sink.delete()
     assert not path.exists()
     sink.delete()  # twice is fine
-
-
-def test_outputs_to_kubernetes_configmap_and_secret(
-    kube: EmulatorThread,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    """Through devstack.agent.kube to the kmock emulator, over real HTTP."""
-    kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
-    labels = outputs.labels(release="shop", owner="alice")
-    sink = outputs.KubernetesSink(
-        AgentKubeWriter(kubeconfig=str(kubeconfig)),
-        namespace="apps",
-        config_map="shop-devstack-aws",
-        secret="shop-devstack-aws-secret",
-        labels=labels,
-    )
-    first = outputs.Outputs({"DEVSTACK_SQS_JOBS_URL": "u1"}, {"DEVSTACK_SECRET_PW_VALUE": "s3cr3t"})
-    sink.write(first)
-    cms = kube.emulator.resource("v1", "configmaps")
-    secrets = kube.emulator.resource("v1", "secrets")
-    cm = kube.emulator.get(cms, "apps", "shop-devstack-aws")
-    assert cm["data"] == {"DEVSTACK_SQS_JOBS_URL": "u1"}
-    assert cm["metadata"]["labels"] == labels
-    assert "s3cr3t" not in str(cm)
-    sec = kube.emulator.get(secrets, "apps", "shop-devstack-aws-secret")
-    assert secret_value(sec, "DEVSTACK_SECRET_PW_VALUE") == "s3cr3t"
-
-    # A rerun with other values replaces the data exactly.
-    sink.write(outputs.Outputs({"DEVSTACK_SQS_JOBS_URL": "u2"}, {}))
-    assert kube.emulator.get(cms, "apps", "shop-devstack-aws")["data"] == {
-        "DEVSTACK_SQS_JOBS_URL": "u2"
-    }
-    assert not kube.emulator.get(secrets, "apps", "shop-devstack-aws-secret").get("data")
-
-    sink.delete()
-    assert kube.emulator.get(cms, "apps", "shop-devstack-aws") is None
-    assert kube.emulator.get(secrets, "apps", "shop-devstack-aws-secret") is None
-    sink.delete()  # already gone is fine
-
-
-def test_without_a_secret_name_secret_values_are_written_nowhere(
-    kube: EmulatorThread,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    sink = outputs.KubernetesSink(
-        AgentKubeWriter(kubeconfig=str(kube.kubeconfig(tmp_path / "kubeconfig"))),
-        namespace="apps",
-        config_map="cm",
-        secret=None,
-        labels={},
-    )
-    sink.write(outputs.Outputs({"A": "1"}, {"S": "hidden"}))
-    assert kube.emulator.get(kube.emulator.resource("v1", "configmaps"), "apps", "cm")["data"] == {
-        "A": "1"
-    }
-    assert kube.emulator.objects(kube.emulator.resource("v1", "secrets")) == []
-    assert os.environ.get("S") is None

@@ -3,8 +3,9 @@
 - DynamoDB tables: LocalStack's DynamoDB downloads its engine (DynamoDB Local)
   on first use and these machines are offline, so that story cannot run on
   LocalStack here.
-- Outputs to Kubernetes: the AWS side is the same on both backends (covered in
-  test_provision.py); this one is about the ConfigMap and Secret.
+
+(Outputs to Kubernetes, the hook's ConfigMap and Secret, run against moto on
+the real API server: tests/cluster/test_provision_outputs.py.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import yaml
 
 from devstack.cli.main import main
 from tests.support.aws import Backend, moto, moto_endpoint  # noqa: F401
-from tests.support.kube import EmulatorThread, kube, secret_value  # noqa: F401
 
 pytestmark = [pytest.mark.slow]
 
@@ -114,36 +114,3 @@ def test_a_table_with_keys_and_indexes_converges(
     out = run(capsys, moto, spec, "--owner", "alice", "--teardown")
     assert "deleted       dynamodb alice-orders" in out
     assert moto.table_names() == set()
-
-
-def test_the_hook_writes_outputs_to_a_configmap_and_a_secret(
-    moto: Backend,  # noqa: F811
-    kube: EmulatorThread,  # noqa: F811
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """The hook Job's command line, with the outputs going to the Kubernetes API
-    (the kmock emulator here): non-secret values in the ConfigMap, secret ones
-    only in the Secret; the pre-delete hook removes both."""
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        yaml.safe_dump({"sqs": [{"name": "jobs"}], "secrets": [{"name": "pw", "value": "s3cr3t"}]})
-    )
-    hook_args = [
-        "--release", "shop", "--namespace", "apps", "--kubeconfig",
-        str(kube.kubeconfig(tmp_path / "kubeconfig")),
-        "--outputs-configmap", "shop-devstack-aws", "--outputs-secret", "shop-devstack-aws-secret",
-    ]  # fmt: skip
-    run(capsys, moto, spec, *hook_args)
-    cms, secrets = (kube.emulator.resource("v1", p) for p in ("configmaps", "secrets"))
-    cm = kube.emulator.get(cms, "apps", "shop-devstack-aws")
-    assert cm["data"]["DEVSTACK_SQS_JOBS_NAME"] == "jobs"
-    assert cm["metadata"]["labels"]["devstack.dev/release"] == "shop"
-    assert "s3cr3t" not in str(cm)
-    sec = kube.emulator.get(secrets, "apps", "shop-devstack-aws-secret")
-    assert secret_value(sec, "DEVSTACK_SECRET_PW_VALUE") == "s3cr3t"
-
-    run(capsys, moto, spec, *hook_args, "--teardown")
-    assert kube.emulator.get(cms, "apps", "shop-devstack-aws") is None
-    assert kube.emulator.get(secrets, "apps", "shop-devstack-aws-secret") is None
-    assert moto.everything() == set()

@@ -9,7 +9,8 @@ itself so it can behave like a real API server where 0.8 does not (see
   ``resourceVersion``; core discovery says ``groupVersion: v1``;
 - watches accept ``watch=True`` and ``watch=true``, start from a
   ``resourceVersion`` (replaying what happened since), answer ``410 Gone``
-  (an ``ERROR`` event) for a version older than the retained history, honour
+  (an ``ERROR`` event) for a version older than the retained history
+  (``history_limit``), honour
   ``timeoutSeconds``, ``labelSelector``, ``fieldSelector`` and
   ``sendInitialEvents`` with the ``k8s.io/initial-events-end`` bookmark that
   client-go (Traefik, Helm, kubectl) waits for;
@@ -23,12 +24,15 @@ itself so it can behave like a real API server where 0.8 does not (see
   deletes dependents whose owners (``ownerReferences``) are all gone
   (``garbage_collect=False`` turns it off, so a test sees what the agent
   itself deletes);
-- objects of a resource with a known CRD schema are validated (422);
-- ``/openapi/v3`` serves a permissive document that advertises server-side
-  field validation, so kubectl and Helm skip client-side validation.
+- objects of a resource with a known CRD schema are validated (422).
+
+What is left of it serves only the tests that need what no real server
+does on demand (injected failures, a request log) and the agent benchmarks;
+everything else runs on the real API server (docs/testing.md, "What still
+runs on the emulator").
 
 It runs in its own thread with its own event loop (:class:`EmulatorThread`),
-so a test can drive it from sync code (Helm's Go SDK blocks) or async code
+so a test or a benchmark can drive it from sync code or async code
 alike; its methods (``create``, ``get``, ``patch``, ``delete``, ``objects``)
 are thread-safe. It records every request (:attr:`KubeEmulator.log`)
 and can be told to fail some (:meth:`KubeEmulator.fail`), advertising a
@@ -42,7 +46,6 @@ Import :func:`running_emulator` or use the ``kube`` fixture
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import copy
 import datetime
@@ -64,11 +67,6 @@ import kmock
 import pytest
 import yaml
 from kmock._internal import parsing as kmock_parsing
-
-# The polling and port helpers live in tests.support.net (their one home);
-# these names stay importable from here for code that still imports them so.
-from tests.support.net import eventually, wait_until  # noqa: F401
-from tests.support.net import free_port as free_port_hint  # noqa: F401
 
 Obj = dict[str, Any]
 
@@ -532,16 +530,6 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             self.faults.append(fault)
         return fault
 
-    def compact(self) -> None:
-        """Forget the history: a watch from any older ``resourceVersion`` now
-        gets 410 Gone, as after etcd compaction."""
-        with self._mutex:
-            for key in self._history:
-                self._history[key].clear()
-                self._oldest[key] = self._rv
-            for rdef in self._defs.values():
-                self._oldest[(rdef.group, rdef.plural)] = self._rv
-
     def drop_watches(self) -> None:
         """End every open watch stream (as an API server restart would)."""
         with self._mutex:
@@ -904,10 +892,6 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
         raw: aiohttp.web.BaseRequest = request._raw_request
-        if raw.path == "/openapi/v3" or raw.path.startswith("/openapi/v3/"):
-            return aiohttp.web.json_response(self._openapi(raw.path))
-        if raw.path == "/openapi/v2":
-            return aiohttp.web.json_response({"swagger": "2.0", "info": {}, "paths": {}})
         parsed = kmock_parsing.parse_path(raw.path)
         rdef = None
         if parsed.group is not None and parsed.plural is not None and parsed.version is not None:
@@ -1119,49 +1103,6 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             payload["groupVersion"] = payload["groupVersion"][1:]
         return payload
 
-    def _openapi(self, path: str) -> Obj:
-        gvs = sorted({(d.group, d.version) for d in self._defs.values()})
-
-        def gv_path(g: str, v: str) -> str:
-            return f"apis/{g}/{v}" if g else f"api/{v}"
-
-        if path.rstrip("/") == "/openapi/v3":
-            return {
-                "paths": {
-                    gv_path(g, v): {"serverRelativeURL": f"/openapi/v3/{gv_path(g, v)}?hash=0"}
-                    for g, v in gvs
-                }
-            }
-        wanted = path[len("/openapi/v3/") :]
-        params = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
-        paths: Obj = {}
-        schemas: Obj = {}
-        for d in self._defs.values():
-            if gv_path(d.group, d.version) != wanted:
-                continue
-            base = "/" + wanted + ("/namespaces/{namespace}" if d.namespaced else "")
-            op = {
-                "parameters": params,
-                "responses": {"200": {}},
-                # client-go's field-validation check looks for the kind on the operation
-                # itself; without it Helm falls back to client-side validation (OpenAPI v2)
-                "x-kubernetes-group-version-kind": {
-                    "group": d.group,
-                    "version": d.version,
-                    "kind": d.kind,
-                },
-            }
-            paths[f"{base}/{d.plural}"] = {"post": op, "get": {"responses": {"200": {}}}}
-            paths[f"{base}/{d.plural}/{{name}}"] = {"put": op, "patch": op, "delete": op}
-            schemas[f"{d.group or 'core'}.{d.version}.{d.kind}"] = {
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": True,
-                "x-kubernetes-group-version-kind": [
-                    {"group": d.group, "version": d.version, "kind": d.kind}
-                ],
-            }
-        return {"openapi": "3.0.0", "info": {}, "paths": paths, "components": {"schemas": schemas}}
-
 
 # --- running it ---------------------------------------------------------------------------
 
@@ -1261,11 +1202,6 @@ def running_emulator(**kwargs: Any) -> Iterator[EmulatorThread]:
         yield thread
     finally:
         thread.stop()
-
-
-def secret_value(secret: Obj, key: str) -> str:
-    """A Secret's value, decoded (a helper for assertions)."""
-    return base64.b64decode(secret["data"][key]).decode()
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ etcd, kube-apiserver (RBAC and Node authorizers, ServiceAccount tokens, the
 default admission plugins), kube-controller-manager (every default
 controller, each with its own ServiceAccount's credentials, as a real cluster
 runs them), kube-scheduler and kwok, which plays the kubelet of one or more
-simulated nodes: scheduled Pods turn Running and Ready, Job pods complete.
+simulated nodes: scheduled Pods turn Running and Ready, Job pods complete (but
+for those labelled ``LOCAL_RUN_LABEL``, which a test runs itself). The API
+server writes an audit log (:meth:`Testbed.audit_events`).
 Nothing runs a container: a Pod's image is never pulled or started.
 
 The binaries come from ``scripts/testbed build`` (Go modules at pinned
@@ -73,6 +75,22 @@ BINARIES = (
 
 #: The simulated node(s) kwok manages.
 NODE_NAMES = ("kwok-node-0",)
+
+#: Pods carrying this label are left Running by kwok's simulated kubelet even
+#: when a Job owns them (every other Job pod completes at once): a test runs
+#: their command itself and reports how it ended through the Pod's status, as
+#: a kubelet would (tests/support/helm.py's ``JobRunner``).
+LOCAL_RUN_LABEL = "testbed.devstack.dev/run-locally"
+
+#: The API server's audit policy: every request, at level Metadata (who,
+#: which verb on which object, the authorizer's decision, the response code;
+#: no bodies), logged once answered.
+AUDIT_POLICY: Obj = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
 
 SERVICE_CIDR = "10.96.0.0/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -527,6 +545,60 @@ class Testbed:
     def admin_kubeconfig(self) -> Path:
         return self.workdir / "admin.kubeconfig"
 
+    @property
+    def audit_policy_file(self) -> Path:
+        return self.workdir / "audit-policy.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON event per line (``AUDIT_POLICY``)."""
+        return self.workdir / "logs" / "audit.log"
+
+    @property
+    def kwok_stages_file(self) -> Path:
+        return self.workdir / "kwok-stages.yaml"
+
+    def audit_offset(self) -> int:
+        """Where the audit log ends now: pass it to :meth:`audit_events` to
+        see only what comes after."""
+        try:
+            return self.audit_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def audit_events(
+        self,
+        user: str,
+        *,
+        offset: int = 0,
+        since: datetime.datetime | None = None,
+    ) -> list[Obj]:
+        """The audit events of requests by ``user`` (e.g.
+        ``system:serviceaccount:<ns>:<sa>``), in the order the API server
+        wrote them: those after byte ``offset`` of the log (see
+        :meth:`audit_offset`) and, with ``since`` (aware), received at or
+        after that time. A request appears once it has been answered (a
+        watch when it starts, and again when it ends)."""
+        try:
+            with self.audit_log.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in data.split(b"\n"):
+            if not line.endswith(b"}") or user.encode() not in line:
+                continue  # another's, a line still being written, or the cut at ``offset``
+            event = json.loads(line)
+            if (event.get("user") or {}).get("username") != user:
+                continue
+            if since is not None:
+                received = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"])
+                if received < since:
+                    continue
+            events.append(event)
+        return events
+
     def admin(self) -> Kube:
         """A client with the admin's certificate (group ``system:masters``)."""
         return Kube(
@@ -580,6 +652,8 @@ class Testbed:
         self.admin_kubeconfig.write_text(admin)
         self.admin_kubeconfig.chmod(0o600)
         (self.workdir / "logs").mkdir(exist_ok=True)
+        self.audit_policy_file.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+        self.kwok_stages_file.write_text(kwok_stages(self.binaries["kwok-stages.yaml"]))
 
         self._add("etcd", self._etcd_argv())
         self.components["etcd"].start()
@@ -803,6 +877,11 @@ class Testbed:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--profiling=false",
+            # every request, at level Metadata, one JSON line each, never rotated
+            f"--audit-policy-file={self.audit_policy_file}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=0",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             "--v=1",
         ]
@@ -854,7 +933,7 @@ class Testbed:
         return [
             str(self.binaries["kwok"]),
             f"--kubeconfig={self._client_kubeconfig()}",
-            f"--config={self.binaries['kwok-stages.yaml']}",
+            f"--config={self.kwok_stages_file}",
             "--manage-all-nodes=true",
             "--node-ip=127.0.0.1",
             f"--node-port={port}",
@@ -866,6 +945,19 @@ class Testbed:
 
 
 # --- cluster objects ----------------------------------------------------------------
+
+
+def kwok_stages(defaults: Path) -> str:
+    """kwok's default Stages (``scripts/testbed`` copies them from the kwok
+    module) with one rule of the testbed's: a Job's pod labelled
+    ``LOCAL_RUN_LABEL`` is not completed (``pod-complete`` skips it), so it
+    stays Running until a test reports how its command ended."""
+    docs = [d for d in yaml.safe_load_all(defaults.read_text()) if d]
+    (complete,) = [d for d in docs if d["metadata"]["name"] == "pod-complete"]
+    complete["spec"]["selector"]["matchExpressions"].append(
+        {"key": f'.metadata.labels["{LOCAL_RUN_LABEL}"]', "operator": "DoesNotExist"}
+    )
+    return yaml.safe_dump_all(docs, sort_keys=False)
 
 
 def node_manifest(name: str) -> Obj:

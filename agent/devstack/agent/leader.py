@@ -8,6 +8,15 @@ skew between nodes does not matter). Every write is a conditional PUT
 every ``retry_period`` and steps down if it could not renew for
 ``renew_deadline``; on shutdown it releases the Lease so a peer takes over at
 once.
+
+A failed attempt, whatever the error, is retried after ``retry_period``: a
+refusal (403) too, since it is often brief (a just-restarted API server
+refuses what the roles grant until its RBAC caches are filled). A leader
+that meets one keeps leading until ``renew_deadline`` has passed since its
+last renewal, as for a server that does not answer, so a moment's refusal
+costs no leadership; a lasting one makes it step down. Refusals and other
+permanent errors are logged at error level (``leader.error``), the rest as
+warnings.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devstack.agent.kube import LEASES, ConflictError, KubeApi, RawObject
-from devstack.core.errors import DevstackError
+from devstack.core.errors import DevstackError, PermanentError
 from devstack.core.logging import get_logger
 
 log = get_logger("agent.leader")
@@ -134,7 +143,9 @@ class LeaderElector:
             try:
                 won = await self.try_acquire_or_renew()
             except DevstackError as e:
-                log.warning("leader.error", error=str(e), identity=s.identity)
+                # A refusal (403) included: retried like the rest (see above).
+                report = log.error if isinstance(e, PermanentError) else log.warning
+                report("leader.error", error=str(e), reason=e.reason, identity=s.identity)
                 won = None  # unknown: keep leading until the renew deadline
             now = self.clock()
             if won:

@@ -6,6 +6,13 @@ manage is a :class:`NameTakenError` (permanent: someone must rename one); a
 create that meets our own object, a patch on a stale ``resourceVersion`` and
 a delete of a recreated object are conflicts, retried after the caches catch
 up. Deleting something already gone is fine.
+
+Nothing is retried here: every error goes to the caller as it came. A
+refusal (403) stays a permanent
+:class:`~devstack.agent.kube.KubeAuthError` (the controller reports it as a
+write-time problem and looks again after its ``permanent_retry``); a 429 or
+5xx is a :class:`~devstack.agent.kube.KubeTemporaryError` with the server's
+``Retry-After``, which the controller waits at least.
 """
 
 from __future__ import annotations

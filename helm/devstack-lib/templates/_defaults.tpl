@@ -83,6 +83,8 @@ provision:
   extraEnvFrom: []
   extraVolumes: []
   extraVolumeMounts: []
+  podLabels: {}
+  podAnnotations: {}
   backoffLimit: 1
   activeDeadlineSeconds: 300
   resources: {}

@@ -142,8 +142,14 @@ spec:
   template:
     metadata:
       labels:
-        {{- include "devstack-lib.ownLabels" $root | nindent 8 }}
-        devstack.dev/role: provision
+        {{- /* the chart's own labels win over podLabels of the same key */}}
+        {{- $labels := include "devstack-lib.ownLabels" $root | fromYaml }}
+        {{- $_ := set $labels "devstack.dev/role" "provision" }}
+        {{- toYaml (merge $labels ($p.podLabels | default dict)) | nindent 8 }}
+      {{- with $p.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
     spec:
       restartPolicy: Never
       serviceAccountName: {{ .name | quote }}
