@@ -32,7 +32,7 @@ def test_resolve_endpoint(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--owner", "Alice", "--spec", "x"], "--owner 'Alice': must be 1-30 lowercase letters"),
+        (["--owner", "Alice", "--spec", "x"], "--owner 'Alice': must be 1-20 lowercase letters"),
         (["--release=-x", "--spec", "x"], "--release '-x': must be 1-53 lowercase letters"),
         ([], "--spec FILE is required (except with --teardown)"),
         (["--spec", "/no/such/file.yaml"], "--spec /no/such/file.yaml: No such file or directory"),

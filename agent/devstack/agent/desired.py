@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from devstack.core.owner import check_owner
 from devstack.core.routing import (
     EXPIRES_AT_ANNOTATION,
     OWNER_LABEL,
@@ -217,8 +218,8 @@ def copy_from_service(raw: Mapping[str, Any]) -> Copy | Problem:
     if not is_dns_label(service):
         return problem("bad-service-label", f"{SERVICE_LABEL}={service!r} is not a DNS label")
     owner_value = labels.get(OWNER_LABEL)
-    if owner_value is not None and not is_dns_label(str(owner_value)):
-        return problem("bad-owner-label", f"{OWNER_LABEL}={owner_value!r} is not a DNS label")
+    if owner_value is not None and (bad := check_owner(str(owner_value))) is not None:
+        return problem("bad-owner-label", f"{OWNER_LABEL}={owner_value!r} {bad}")
     port = _port(raw.get("spec") or {}, annotations.get(PORT_ANNOTATION))
     if port is None:
         return problem("no-port", "the Service has no port to route to")

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import getpass
 import json
 import os
 import re
@@ -50,6 +49,7 @@ from devstack.agent.traefik_file import file_config
 from devstack.cli.syncer import Stats, Syncer, Target
 from devstack.core import logging as dlog
 from devstack.core.errors import ConfigError, PermanentError
+from devstack.core.owner import owner_from_environment, validate_owner
 from devstack.core.plan import Plan
 from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 from devstack.sync.v1 import sync_pb2 as pb
@@ -65,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the service's source tree (default: examples/hello of this checkout)",
     )
-    parser.add_argument("--owner", default=None, help="your routing key (default: $USER)")
+    parser.add_argument(
+        "--owner",
+        default=None,
+        help="your routing key (default: $DEVSTACK_OWNER, else git's user.email, else $USER)",
+    )
     parser.add_argument(
         "--port", type=int, default=8088, help="Traefik's port on 127.0.0.1 (0: any free port)"
     )
@@ -98,9 +102,10 @@ def _free_port() -> int:
 
 
 def _owner(raw: str | None) -> str:
-    name = raw or os.environ.get("USER") or getpass.getuser() or "me"
-    name = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "me"
-    return name[:40]
+    """--owner as given, else the owner resolved by the one rule (devstack.core.owner)."""
+    if raw:
+        return validate_owner(raw, source="--owner")
+    return owner_from_environment(os.environ)
 
 
 def _find_example() -> Path:

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Final, NewType
 
+from devstack.core import owner as owner_rule
+
 #: The declared name of a resource in the spec (``jobs``).
 DeclaredName = NewType("DeclaredName", str)
 #: The name the resource has in AWS (``alice-jobs``).
@@ -25,7 +27,8 @@ TAG_RELEASE: Final = "devstack.dev/release"
 TAG_OWNER: Final = "devstack.dev/owner"
 MANAGED_BY: Final = "devstack"
 
-OWNER_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?$")
+#: The one owner rule lives in devstack.core.owner; kept here for old imports.
+OWNER_RE: Final = owner_rule.OWNER_RE
 RELEASE_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,51}[a-z0-9])?$")
 
 #: The default release name when none is given (a run from the laptop).
@@ -36,12 +39,9 @@ DLQ_SUFFIX: Final = "-dlq"
 
 
 def check_owner(owner: str) -> str | None:
-    """A problem with ``owner``, or None. Empty means the baseline."""
-    if owner == "" or OWNER_RE.match(owner):
-        return None
-    return (
-        "must be 1-30 lowercase letters, digits and -, starting and ending with a letter or digit"
-    )
+    """A problem with ``owner``, or None. Empty means the baseline. The rule is
+    :func:`devstack.core.owner.check_owner`'s."""
+    return owner_rule.check_owner(owner, baseline_ok=True)
 
 
 def check_release(release: str) -> str | None:

@@ -1,13 +1,17 @@
-// helmfile, for issue 9's Helmfile reader tests. Its own go.mod replaces three
-// k8s.io modules; a dependency's replace directives do not apply, so they are
-// repeated here. Built by scripts/testbed.
+// helmfile, for issue 9's Helmfile reader tests, and helm (from the Helm module
+// helmfile itself requires), which `helmfile build` runs for `helm version`.
+// helmfile's own go.mod replaces three k8s.io modules; a dependency's replace
+// directives do not apply, so they are repeated here. Built by scripts/testbed.
 module devstack.invalid/testbed/helmfile
 
 go 1.26.6
 
 toolchain go1.26.8
 
-tool github.com/helmfile/helmfile
+tool (
+	github.com/helmfile/helmfile
+	helm.sh/helm/v4/cmd/helm
+)
 
 require (
 	al.essio.dev/pkg/shellescape v1.6.0 // indirect
@@ -57,6 +61,7 @@ require (
 	github.com/Masterminds/semver/v3 v3.5.0 // indirect
 	github.com/Masterminds/sprig/v3 v3.3.0 // indirect
 	github.com/Masterminds/squirrel v1.5.4 // indirect
+	github.com/Masterminds/vcs v1.13.3 // indirect
 	github.com/ProtonMail/go-crypto v1.4.1 // indirect
 	github.com/a8m/envsubst v1.4.3 // indirect
 	github.com/acarl005/stripansi v0.0.0-20180116102854-5a71ef0e047d // indirect
