@@ -134,12 +134,14 @@ def test_a_save_restarts_the_app_and_connect_hears_about_it(
     wait_until(lambda: any("error: missing ;" in line for line in proc.lines), 30, "the tail")
     assert status_json(sc)["lastReload"]["kind"] == "reload-failed"  # type: ignore[index]
 
-    # An app that crashes after the restart: process-exited, with its output.
+    # An app that crashes right after the restart: that reload failed, as
+    # crashed, with its output (not a restart that finished in milliseconds).
     before = len(proc.events("connect.event", kind="reload-started"))
     (src / "app.py").write_text(CRASHING_APP)
     rid = started_for(proc, "app.py", before)["reload_id"]
-    exited = outcome(proc, rid, "process-exited", "reload-failed")
-    assert exited["kind"] == "process-exited" and exited["exit_code"] == 3, exited
+    exited = outcome(proc, rid, "reload-failed", "reload-finished")
+    assert exited["kind"] == "reload-failed" and exited["exit_code"] == 3, exited
+    assert exited["reason"] == "crashed", exited
     assert "about to crash: bad config" in str(exited["output_tail"])
-    wait_until(lambda: any(line.startswith("process-exited: ") for line in proc.lines), 30, "")
+    wait_until(lambda: any("right after it started" in line for line in proc.lines), 30, "")
     assert proc.proc.poll() is None  # connect keeps going

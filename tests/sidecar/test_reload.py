@@ -481,7 +481,8 @@ if os.environ.get("APP_MODE") == "crash":
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = pathlib.Path("message.txt").read_bytes()
-        self.send_response(200)
+        status = pathlib.Path("status.txt")
+        self.send_response(int(status.read_text()) if status.exists() else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -594,3 +595,90 @@ async def test_app_that_never_becomes_ready_times_out(server_ws: Path) -> None:
     assert ev.reason == "timeout"
     assert "Listening on" in ev.output_tail
     await r.close()
+
+
+async def test_a_crash_right_after_a_restart_fails_that_reload(
+    ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No probes: the restarted app must stay up ``minReadySeconds`` (1 s by
+    default). One that exits at once is this reload's failure, reported as
+    crashed, never as a restart that finished in a few milliseconds."""
+    rec = Recorder()
+    r = supervise(ws, rec)
+    await r.start()
+    await wait_file(ws / "pid")
+    monkeypatch.setenv("APP_MODE", "crash")
+    r.notify(["app.py"])
+    ev = await rec.wait_for("reload-failed")
+    assert (ev.reason, ev.exit_code) == ("crashed", 3)
+    assert "right after it started" in ev.message
+    assert "boom: something broke" in ev.output_tail
+    await asyncio.sleep(0.3)
+    assert rec.kinds() == ["reload-started", "reload-failed"]
+    # one that stays up finishes, and says how long it was watched
+    monkeypatch.setenv("APP_MODE", "")
+    r.notify(["app.py"])
+    ok = await rec.wait_for("reload-finished")
+    assert "stayed up 1 s" in ok.message
+    await r.close()
+
+
+@pytest.mark.parametrize(("status", "ready"), [(503, False), (500, False), (404, False),
+                                               (302, True), (204, True)])  # fmt: skip
+async def test_the_ready_url_counts_only_200_to_399(
+    server_ws: Path, status: int, ready: bool
+) -> None:
+    """As the kubelet's httpGet probe: 200-399 is ready; any other answer is
+    not, and the probe keeps asking until the timeout, whose message says
+    what the URL last answered."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    (server_ws / "status.txt").write_text(str(status))
+    rec = Recorder()
+    r = rl.build_reloader(
+        cfg(
+            strategy="supervise",
+            command=(PY, "server.py", str(port)),
+            rules=(Rule(("*.txt",), (RESTART,)),),
+            debounce_ms=0,
+            ready_url=url,
+            ready_timeout_seconds=2.0,
+        ),
+        workspace=server_ws,
+        on_event=rec,
+    )
+    await r.start()
+    (server_ws / "message.txt").write_text("v2")
+    r.notify(["message.txt"])
+    if ready:
+        ev = await rec.wait_for("reload-finished")
+        assert "ready" in ev.message
+    else:
+        ev = await rec.wait_for("reload-failed", 2)  # the first start timed out too
+        assert ev.reason == "timeout"
+        assert f"{url} last answered {status}" in ev.message
+        assert "reload-finished" not in rec.kinds()
+        # the app is put right: the next change is ready
+        (server_ws / "status.txt").write_text("200")
+        r.notify(["status.txt"])
+        assert "ready" in (await rec.wait_for("reload-finished")).message
+    await r.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"HTTP/1.1 200 OK\r\n", 200),
+        (b"HTTP/1.0 503 Service Unavailable\r\n", 503),
+        (b"HTTP/1.1 302\r\n", 302),
+        (b"HTTP/2 204\r\n", 204),
+        (b"SSH-2.0-OpenSSH\r\n", None),
+        (b"HTTP/1.1 20 OK\r\n", None),
+        (b"HTTP/1.1 2000 OK\r\n", None),
+        (b"", None),
+    ],
+)
+def test_status_lines(line: bytes, status: int | None) -> None:
+    from devstack.sidecar.process import parse_status_line
+
+    assert parse_status_line(line) == status

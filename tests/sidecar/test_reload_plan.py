@@ -204,7 +204,30 @@ BAD_OPTIONS: dict[str, tuple[list[str], str]] = {
         ["--reload", "signal", "--pid-file", "p", "--ready-url", "http://127.0.0.1/"],
         "only apply to --reload supervise",
     ),
+    "negative min ready seconds": (
+        ["--reload", "supervise", "--command", "a", "--min-ready-seconds", "-1"],
+        "--min-ready-seconds: expected a number >= 0",
+    ),
+    "min ready seconds without supervise": (
+        ["--reload", "signal", "--pid-file", "p", "--min-ready-seconds", "2"],
+        "--min-ready-seconds: only applies to --reload supervise",
+    ),
 }
+
+
+@pytest.mark.parametrize(
+    ("argv", "settle"),
+    [
+        ([], 1.0),
+        (["--ready-url", "http://127.0.0.1:9/"], 0.0),
+        (["--ready-line", "up"], 0.0),
+        (["--min-ready-seconds", "0"], 0.0),
+        (["--ready-url", "http://127.0.0.1:9/", "--min-ready-seconds", "2.5"], 2.5),
+    ],
+)
+def test_how_long_a_restarted_app_must_stay_up(argv: list[str], settle: float) -> None:
+    c = rl.config_from_args(parse(["--reload", "supervise", "--command", "a", *argv]))
+    assert c.settle_seconds == settle
 
 
 @pytest.mark.parametrize("name", BAD_OPTIONS)

@@ -1,5 +1,3 @@
-import sys
+from devstack.cli.main import main_entry
 
-from devstack.cli.main import main
-
-sys.exit(main())
+main_entry()

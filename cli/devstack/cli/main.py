@@ -1,10 +1,13 @@
 """Entry point: parses the subcommand and turns devstack errors into one
-clear line and an exit code."""
+clear line and an exit code. Output into a closed pipe (``devstack … |
+head``) ends quietly with 141, as a tool killed by SIGPIPE does."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
@@ -21,7 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("devstack.cli.status", "show a sidecar's status"),
     "agent": ("devstack.agent.command", "run the cluster agent that reconciles Traefik routes"),
     "provision": ("devstack.provision.command", "create declared AWS resources"),
+    "completion": ("devstack.cli.completion", "print the shell completion script"),
 }
+
+#: The exit code of a process killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 class CommandModule(Protocol):
@@ -34,16 +41,34 @@ def _load(name: str) -> CommandModule:
     return cast(CommandModule, importlib.import_module(COMMANDS[name][0]))
 
 
-def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
+def version() -> str:
+    """``devstack X.Y.Z``, the installed distribution's version."""
+    try:
+        return f"devstack {importlib.metadata.version('devstack')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "devstack (not installed: version unknown)"
+
+
+def build_parser(argv: Sequence[str], *, every: bool = False) -> argparse.ArgumentParser:
+    """The parser; only the chosen subcommand's module is imported (all of
+    them with ``every``, for the completion script)."""
+    parser = argparse.ArgumentParser(
+        prog="devstack",
+        description="Work on a service in a shared Kubernetes cluster as if it ran on your laptop.",
+        epilog="Run `devstack COMMAND --help` for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="devstack_command", metavar="COMMAND", required=True)
     wanted = next((a for a in argv if a in COMMANDS), None)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        # Only the chosen subcommand's module is imported.
-        if name == wanted:
+        if every or name == wanted:
             _load(name).add_arguments(p)
     return parser
+
+
+def full_parser() -> argparse.ArgumentParser:
+    return build_parser((), every=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,4 +90,13 @@ if __name__ == "__main__":
 
 def main_entry() -> None:
     """The console script."""
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): no traceback, nothing more to
+        # write, and stdout must not be flushed again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)

@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -157,9 +158,14 @@ class ReadyLine:
             self.seen.set()
 
 
-async def http_answers(url: str, *, timeout: float = 2.0) -> bool:
-    """True if ``url`` (plain ``http://``, normally on 127.0.0.1) answers
-    with any HTTP status line."""
+#: The HTTP statuses a readiness probe accepts, as the kubelet's httpGet
+#: probe does: 200 to 399.
+READY_STATUSES = range(200, 400)
+
+
+async def http_status(url: str, *, timeout: float = 2.0) -> int | None:
+    """The HTTP status ``url`` (plain ``http://``, normally on 127.0.0.1)
+    answers with, or None if it gives no HTTP answer."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
@@ -168,18 +174,40 @@ async def http_answers(url: str, *, timeout: float = 2.0) -> bool:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError):
-        return False
+        return None
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
         await writer.drain()
         first = await asyncio.wait_for(reader.readline(), timeout)
     except (OSError, TimeoutError):
-        return False
+        return None
     finally:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-    return first.startswith(b"HTTP/")
+    return parse_status_line(first)
+
+
+def parse_status_line(line: bytes) -> int | None:
+    """The status code of an HTTP/1.x status line, or None if it is not one."""
+    m = re.match(rb"HTTP/\d(?:\.\d)? (\d{3})(?:[ \r\n]|$)", line)
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class Readiness:
+    """What the probes saw while waiting: the last HTTP status (None: no
+    answer yet)."""
+
+    last_status: int | None = None
+    answered: bool = False
+
+    def describe(self, url: str | None) -> str:
+        if url is None:
+            return ""
+        if not self.answered:
+            return f"{url} never answered"
+        return f"{url} last answered {self.last_status}"
 
 
 async def wait_ready(
@@ -188,16 +216,23 @@ async def wait_ready(
     url: str | None,
     line: ReadyLine | None,
     timeout: float,
+    seen: Readiness | None = None,
 ) -> str:
     """Wait until the child is ready: ``"ready"``, ``"exited"`` (it died
-    first) or ``"timeout"``. Ready means every configured probe passed."""
+    first) or ``"timeout"``. Ready means every configured probe passed: the
+    URL answers 200-399 (another status is not ready: the probe keeps
+    trying), the line was printed. ``seen`` records what the URL answered."""
+    seen = seen if seen is not None else Readiness()
     deadline = time.monotonic() + timeout
     url_ok = url is None
     while time.monotonic() < deadline:
         if child.returncode is not None:
             return "exited"
         if not url_ok and url is not None:
-            url_ok = await http_answers(url)
+            status = await http_status(url)
+            if status is not None:
+                seen.answered, seen.last_status = True, status
+            url_ok = status in READY_STATUSES
         if url_ok and (line is None or line.seen.is_set()):
             return "ready"
         if line is not None and url_ok:
@@ -205,5 +240,15 @@ async def wait_ready(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(line.seen.wait(), min(0.1, timeout))
         else:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005 if not seen.answered else 0.05)
     return "timeout"
+
+
+async def stays_up(child: asyncio.subprocess.Process, seconds: float) -> bool:
+    """Whether the child is still running ``seconds`` from now (False as
+    soon as it exits)."""
+    if seconds <= 0:
+        return child.returncode is None
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(child.wait()), seconds)
+    return child.returncode is None

@@ -44,12 +44,14 @@ from devstack.core.errors import ConfigError
 from devstack.core.exits import ExitInfo, describe
 from devstack.core.logging import get_logger
 from devstack.sidecar.process import (
+    Readiness,
     ReadyLine,
     Tail,
     find_pid,
     kill_group,
     pump,
     spawn,
+    stays_up,
     wait_ready,
 )
 
@@ -59,6 +61,9 @@ STRATEGIES = ("none", "signal", "exec", "supervise")
 DEFAULT_DEBOUNCE_MS = 100
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_READY_TIMEOUT_SECONDS = 60.0
+#: supervise without probes: a restarted app that exits within this long
+#: crashed on start, and the reload says so.
+DEFAULT_MIN_READY_SECONDS = 1.0
 
 
 # ---------------------------------------------------------------- data
@@ -127,6 +132,20 @@ class ReloadConfig:
     ready_url: str | None = None
     ready_line: str | None = None
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
+    #: How long a restarted app must stay up (after its probes passed) to
+    #: count as ready. None: 1 s without probes, 0 with them.
+    min_ready_seconds: float | None = None
+
+    @property
+    def probed(self) -> bool:
+        return bool(self.ready_url or self.ready_line)
+
+    @property
+    def settle_seconds(self) -> float:
+        """The resolved ``min_ready_seconds``."""
+        if self.min_ready_seconds is not None:
+            return self.min_ready_seconds
+        return 0.0 if self.probed else DEFAULT_MIN_READY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -181,6 +200,7 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "readyUrl": ("--ready-url", "ready_url"),
     "readyLine": ("--ready-line", "ready_line"),
     "readyTimeoutSeconds": ("--ready-timeout", "ready_timeout"),
+    "minReadySeconds": ("--min-ready-seconds", "min_ready_seconds"),
 }
 _FILE_KEYS = (*_OPTIONS, "rules")
 
@@ -281,6 +301,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"supervise: how long a restart may take to become ready "
         f"(default {DEFAULT_READY_TIMEOUT_SECONDS:g})",
+    )
+    g.add_argument(
+        "--min-ready-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"supervise: how long a restarted app must stay up, once its probes "
+        f"pass, to count as ready (default {DEFAULT_MIN_READY_SECONDS:g} without "
+        "probes, 0 with them)",
     )
 
 
@@ -441,6 +470,13 @@ def _build(values: Mapping[str, Any], where: Mapping[str, str]) -> ReloadConfig:
             re.compile(ready_line)
         except re.error as e:
             raise ConfigError(f"{w('readyLine')}: not a regular expression: {e}") from e
+    min_ready: float | None = None
+    if values.get("minReadySeconds") is not None:
+        min_ready = _number(
+            values["minReadySeconds"], w("minReadySeconds"), integer=False, minimum=0
+        )
+        if strategy != "supervise":
+            raise ConfigError(f"{w('minReadySeconds')}: only applies to --reload supervise")
     if (ready_url or ready_line) and strategy != "supervise":
         key = "readyUrl" if ready_url else "readyLine"
         raise ConfigError(f"{w(key)}: readiness probes only apply to --reload supervise")
@@ -456,6 +492,7 @@ def _build(values: Mapping[str, Any], where: Mapping[str, str]) -> ReloadConfig:
         ready_url=ready_url,
         ready_line=ready_line,
         ready_timeout_seconds=ready_timeout,
+        min_ready_seconds=min_ready,
     )
 
 
@@ -686,8 +723,10 @@ class ProcessReloader:
                 return
         if p.restart and self.config.strategy == "supervise":
             what = "restarted the app"
-            if self.config.ready_url or self.config.ready_line:
+            if self.config.probed:
                 what += " and it is ready"
+            elif self.config.settle_seconds > 0:
+                what += f" and it stayed up {self.config.settle_seconds:g} s"
             # What the new app printed so far (up to readiness, if probed).
             output.feed(self._child_tail.text().encode())
         elif p.restart:
@@ -751,9 +790,13 @@ class ProcessReloader:
                 )
             return None
         await self._stop_child()
-        return await self._spawn()
+        return await self._spawn(restart=True)
 
-    async def _spawn(self) -> tuple[str, str, int, str] | None:
+    async def _spawn(self, *, restart: bool = False) -> tuple[str, str, int, str] | None:
+        """Start the app and wait for its probes. After a restart, the app
+        must also stay up ``settle_seconds``: one that exits at once crashed,
+        and that is this reload's failure (the first start is not held up:
+        a crash there is a ``process-exited`` event)."""
         self._child_tail = Tail()
         cfg = self.config
         self._ready_line = ReadyLine(re.compile(cfg.ready_line)) if cfg.ready_line else None
@@ -771,16 +814,23 @@ class ProcessReloader:
             ),
         ]
         self._child_tasks = [*pumps, asyncio.create_task(self._watch_child(child, pumps))]
-        if not (cfg.ready_url or self._ready_line):
+        settle = cfg.settle_seconds if restart else 0.0
+        if not cfg.probed and settle <= 0:
             return None
         self._readying = child.pid  # its exit is this reload's failure, not an event
+        seen = Readiness()
         try:
-            outcome = await wait_ready(
-                child,
-                url=cfg.ready_url,
-                line=self._ready_line,
-                timeout=cfg.ready_timeout_seconds,
-            )
+            outcome = "ready"
+            if cfg.probed:
+                outcome = await wait_ready(
+                    child,
+                    url=cfg.ready_url,
+                    line=self._ready_line,
+                    timeout=cfg.ready_timeout_seconds,
+                    seen=seen,
+                )
+            if outcome == "ready" and not await stays_up(child, settle):
+                outcome = "exited"
             if outcome == "timeout" and child.returncode is not None:
                 outcome = "exited"
             if outcome == "exited":
@@ -790,11 +840,15 @@ class ProcessReloader:
         if outcome == "ready":
             return None
         if outcome == "timeout":
-            probe = cfg.ready_url or f"a line matching {cfg.ready_line!r}"
+            probes = []
+            if cfg.ready_url:
+                probes.append(seen.describe(cfg.ready_url))
+            if self._ready_line is not None and not self._ready_line.seen.is_set():
+                probes.append(f"no line matched {cfg.ready_line!r}")
             return (
                 "timeout",
-                f"the app did not become ready ({probe}) within "
-                f"{cfg.ready_timeout_seconds:g} s; it is still running",
+                f"the app did not become ready within {cfg.ready_timeout_seconds:g} s "
+                f"({'; '.join(probes)}); it is still running",
                 0,
                 self._child_tail.text(),
             )
@@ -803,7 +857,8 @@ class ProcessReloader:
         info = describe(child.returncode or 0)
         return (
             _exit_reason(info.reason, info.code),
-            f"the app exited before it was ready ({info.message}); "
+            f"the app exited {'before it was ready' if cfg.probed else 'right after it started'}"
+            f" ({info.message}); "
             "it starts again on the next change",
             info.code,
             self._child_tail.text(),
