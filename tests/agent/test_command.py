@@ -96,3 +96,30 @@ def test_environment_then_flags() -> None:
 def test_bad_settings_are_one_clear_error(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
         config_from_args(parse(argv), env={})
+
+
+def test_leader_election_timings_from_the_environment_then_flags() -> None:
+    assert (lambda s: (s.lease_duration, s.renew_deadline, s.retry_period))(
+        config_from_args(parse([]), env={}).lease
+    ) == (15.0, 10.0, 2.0)
+    env = {"DEVSTACK_LEASE_DURATION": "6", "DEVSTACK_RENEW_DEADLINE": "4"}
+    lease = config_from_args(parse(["--retry-period", "0.5"], env), env=env).lease
+    assert (lease.lease_duration, lease.renew_deadline, lease.retry_period) == (6.0, 4.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lease-duration", "soon"], "--lease-duration 'soon': expected a number of seconds"),
+        (["--retry-period", "0"], "--retry-period '0': expected seconds between 0 and 86400"),
+        (
+            ["--lease-duration", "5", "--renew-deadline", "5"],
+            "leader election needs --lease-duration > --renew-deadline > --retry-period "
+            "(got 5, 5, 2)",
+        ),
+    ],
+)
+def test_bad_leader_election_timings_are_one_line(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config_from_args(parse(argv), env={})
+    assert str(e.value) == message

@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from devstack.agent.desired import ingress_route_name, middleware_name
-from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
-from tests.support.chart_agent import ChartAgent, Obj, chart_agent
+from devstack.core.routing import SERVICE_LABEL
+from tests.support.chart_agent import ChartAgent, chart_agent, routed_service
 from tests.support.faultproxy import Rule, running_fault_proxy
 from tests.support.testbed import Kube, Testbed, wait_for
 from tests.support.toxiproxy import running_toxiproxy
@@ -35,20 +35,6 @@ from tests.support.toxiproxy import running_toxiproxy
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 GROUP = "/apis/traefik.io/v1alpha1"
-
-
-def _service(admin: Kube, namespace: str, name: str, *, owner: str | None = None) -> Obj:
-    labels = {SERVICE_LABEL: "shop"}
-    if owner:
-        labels[OWNER_LABEL] = owner
-    return admin.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"ports": [{"name": "http", "port": 8000, "targetPort": 8000}]},
-        }
-    )
 
 
 def _written(apps: str, *owners: str | None) -> list[str]:
@@ -137,8 +123,8 @@ def test_the_agent_relists_after_a_real_410_and_rewrites_nothing(
             testbed, admin, namespace, tmp_path, {"scope": "cluster"},
             server=f"https://127.0.0.1:{link.port}", refusals_allowed=True,
         ) as agent:  # fmt: skip
-            _service(admin, apps, "shop")
-            _service(admin, apps, "shop-alice", owner="alice")
+            routed_service(admin, apps, "shop")
+            routed_service(admin, apps, "shop-alice", owner="alice")
             written = _written(apps, None, "alice")
             for p in written:
                 wait_for(functools.partial(admin.maybe, p), timeout=90)
@@ -149,7 +135,7 @@ def test_the_agent_relists_after_a_real_410_and_rewrites_nothing(
             seen = len(_events(agent, "informer.retry", informer="services@*"))
             link.enabled(False)
             wait_for(lambda: len(_events(agent, "informer.retry", informer="services@*")) > seen)
-            _service(admin, apps, "shop-bob", owner="bob")
+            routed_service(admin, apps, "shop-bob", owner="bob")
             _compact(testbed, _etcd_revision(testbed))
             testbed.restart_apiserver()
             link.enabled(True)
@@ -185,8 +171,8 @@ def test_the_agent_honours_retry_after_on_its_list_and_watch(
         watches = proxy.add(
             Rule(method="GET", path=services, watch=True, status=429, retry_after=2, times=1)
         )
-        _service(admin, apps, "shop")
-        _service(admin, apps, "shop-alice", owner="alice")
+        routed_service(admin, apps, "shop")
+        routed_service(admin, apps, "shop-alice", owner="alice")
         with chart_agent(
             testbed, admin, namespace, tmp_path, {"scope": "cluster"}, server=proxy.url
         ) as agent:
@@ -234,8 +220,8 @@ def test_the_agents_writes_meet_500s_and_are_done_exactly_once(
                 proxy.add(Rule(method="POST", path=routes, status=500, after=True)),
                 proxy.add(Rule(method="POST", path=middlewares, status=503, retry_after=2)),
             ]
-            _service(admin, apps, "shop")
-            _service(admin, apps, "shop-alice", owner="alice")
+            routed_service(admin, apps, "shop")
+            routed_service(admin, apps, "shop-alice", owner="alice")
             written = _written(apps, None, "alice")
             for p in written:
                 wait_for(functools.partial(admin.maybe, p), timeout=90)
@@ -297,11 +283,11 @@ def test_the_agent_rides_out_a_slow_api_server(
     routes, with no retry, no step down, and each object created once."""
     with running_fault_proxy(testbed) as proxy:
         slow = proxy.add(Rule(delay=2.5, times=None))
-        _service(admin, apps, "shop")
+        routed_service(admin, apps, "shop")
         with chart_agent(
             testbed, admin, namespace, tmp_path, {"scope": "cluster"}, server=proxy.url
         ) as agent:
-            _service(admin, apps, "shop-alice", owner="alice")
+            routed_service(admin, apps, "shop-alice", owner="alice")
             written = _written(apps, None, "alice")
             for p in written:
                 wait_for(functools.partial(admin.maybe, p), timeout=120)
@@ -331,7 +317,7 @@ def test_a_refusal_after_an_api_server_restart_is_retried_soon(
     with chart_agent(
         testbed, admin, namespace, tmp_path, {"scope": "cluster"}, refusals_allowed=True
     ) as agent:
-        _service(admin, apps, "shop")
+        routed_service(admin, apps, "shop")
         written = _written(apps, None)
         for p in written:
             wait_for(functools.partial(admin.maybe, p), timeout=90)
@@ -353,7 +339,7 @@ def test_a_refusal_after_an_api_server_restart_is_retried_soon(
 
         wait_for(lambda: len(refusals()) >= 4, timeout=90)
         admin.apply(binding)
-        _service(admin, apps, "shop-bob", owner="bob")
+        routed_service(admin, apps, "shop-bob", owner="bob")
         for p in _written(apps, "bob"):
             wait_for(functools.partial(admin.maybe, p), timeout=90)
 

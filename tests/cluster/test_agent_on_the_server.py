@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from devstack.agent.desired import MANAGED_BY, MANAGED_BY_LABEL, ingress_route_name, middleware_name
-from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
-from tests.support.chart_agent import POD_NAME, ChartAgent, Obj, chart_agent
+from devstack.core.routing import SERVICE_LABEL
+from tests.support.chart_agent import POD_NAME, ChartAgent, chart_agent, routed_service
 from tests.support.testbed import Kube, KubeError, Testbed, condition, wait_for
 from tests.support.toxiproxy import running_toxiproxy
 
@@ -45,20 +45,6 @@ def _shop_objects(apps: str) -> tuple[str, str, list[str]]:
             f"{routes}/{ingress_route_name('shop', 'alice')}",
             f"{middlewares}/{middleware_name('shop', 'alice')}",
         ],
-    )
-
-
-def _service(admin: Kube, namespace: str, name: str, *, owner: str | None = None) -> Obj:
-    labels = {SERVICE_LABEL: "shop"}
-    if owner:
-        labels[OWNER_LABEL] = owner
-    return admin.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"ports": [{"name": "http", "port": 8000, "targetPort": 8000}]},
-        }
     )
 
 
@@ -89,8 +75,8 @@ def _story(testbed: Testbed, admin: Kube, agent: ChartAgent, apps: str) -> None:
             as_agent.post(f"/api/v1/namespaces/{apps}/services", {"metadata": {"name": "x"}})
         assert denied.value.status == 403
 
-    _service(admin, apps, "shop")
-    alice = _service(admin, apps, "shop-alice", owner="alice")
+    routed_service(admin, apps, "shop")
+    alice = routed_service(admin, apps, "shop-alice", owner="alice")
     routes = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/ingressroutes"
     middlewares = f"/apis/traefik.io/v1alpha1/namespaces/{apps}/middlewares"
     alice_route_name = ingress_route_name("shop", "alice")
@@ -165,15 +151,15 @@ def test_the_agent_rides_out_an_api_server_restart_without_rewriting_anything(
     with chart_agent(
         testbed, admin, namespace, tmp_path, {"scope": "cluster"}, refusals_allowed=True
     ) as agent:
-        _service(admin, apps, "shop")
-        _service(admin, apps, "shop-alice", owner="alice")
+        routed_service(admin, apps, "shop")
+        routed_service(admin, apps, "shop-alice", owner="alice")
         before = {p: wait_for(functools.partial(admin.maybe, p), timeout=90) for p in written}
         wait_for(agent.routes)
 
         testbed.restart_apiserver()
 
         # it watches again: a copy made after the restart is routed...
-        _service(admin, apps, "shop-bob", owner="bob")
+        routed_service(admin, apps, "shop-bob", owner="bob")
         wait_for(lambda: admin.maybe(f"{routes}/{ingress_route_name('shop', 'bob')}"), timeout=90)
         wait_for(lambda: admin.maybe(f"{middlewares}/{middleware_name('shop', 'bob')}"))
         # ...and what it had written before was not written again (a write,
@@ -202,8 +188,8 @@ def test_the_agent_recovers_when_its_slow_link_to_the_api_server_is_cut(
         with chart_agent(
             testbed, admin, namespace, tmp_path, {"scope": "cluster"}, server=server
         ) as agent:
-            _service(admin, apps, "shop")
-            _service(admin, apps, "shop-alice", owner="alice")
+            routed_service(admin, apps, "shop")
+            routed_service(admin, apps, "shop-alice", owner="alice")
             before = {p: wait_for(functools.partial(admin.maybe, p), timeout=90) for p in written}
 
             def retries() -> int:
@@ -212,7 +198,7 @@ def test_the_agent_recovers_when_its_slow_link_to_the_api_server_is_cut(
             seen = retries()
             link.enabled(False)
             wait_for(lambda: retries() > seen)  # it noticed
-            _service(admin, apps, "shop-bob", owner="bob")
+            routed_service(admin, apps, "shop-bob", owner="bob")
             link.enabled(True)
 
             wait_for(

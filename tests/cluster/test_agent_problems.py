@@ -26,9 +26,8 @@ import httpx
 import pytest
 
 from devstack.agent.desired import MANAGED_BY_LABEL, ingress_route_name, middleware_name
-from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 from tests.helm.charts import AGENT_CHART, documents, render
-from tests.support.chart_agent import ChartAgent, chart_agent, without_grant
+from tests.support.chart_agent import ChartAgent, chart_agent, routed_service, without_grant
 from tests.support.testbed import Kube, Testbed, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -38,20 +37,6 @@ def _problems_gauge(agent: ChartAgent) -> float | None:
     text = httpx.get(f"http://127.0.0.1:{agent.port}/metrics", timeout=5).text
     found = re.search(r"^devstack_agent_problems(?:\{\})? (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else None
-
-
-def _service(admin: Kube, namespace: str, name: str, *, owner: str | None = None) -> Any:
-    labels = {SERVICE_LABEL: "shop"}
-    if owner:
-        labels[OWNER_LABEL] = owner
-    return admin.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"ports": [{"name": "http", "port": 8000, "targetPort": 8000}]},
-        }
-    )
 
 
 def test_a_route_name_held_by_someone_else_is_a_reported_problem_and_leaves_nothing_half_done(
@@ -79,9 +64,9 @@ def test_a_route_name_held_by_someone_else_is_a_reported_problem_and_leaves_noth
         }
     )
     with chart_agent(testbed, admin, namespace, tmp_path, {"scope": "cluster"}) as agent:
-        _service(admin, apps, "shop")
-        _service(admin, apps, "shop-alice", owner="alice")
-        dave = _service(admin, apps, "shop-dave", owner="dave")
+        routed_service(admin, apps, "shop")
+        routed_service(admin, apps, "shop-alice", owner="alice")
+        dave = routed_service(admin, apps, "shop-dave", owner="dave")
 
         def clash() -> Any:
             body = agent.routes()
@@ -148,8 +133,8 @@ def test_a_refused_write_is_reported_and_retried_soon_until_the_grant_is_in_forc
         refusals_allowed=True,
         edit=no_create,
     ) as agent:
-        _service(admin, apps, "shop")
-        _service(admin, apps, "shop-alice", owner="alice")
+        routed_service(admin, apps, "shop")
+        routed_service(admin, apps, "shop-alice", owner="alice")
 
         def refusals() -> list[dict[str, Any]]:
             out = []

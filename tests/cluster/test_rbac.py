@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 
 from devstack.agent.desired import ingress_route_name, middleware_name
-from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL, crd_group_for
-from tests.support.chart_agent import ChartAgent, Obj, chart_agent, without_grant
+from devstack.core.routing import SERVICE_LABEL, crd_group_for
+from tests.support.chart_agent import ChartAgent, chart_agent, routed_service, without_grant
 from tests.support.helm import (
     Request,
     Rule,
@@ -60,22 +60,6 @@ def legacy_crds(testbed: Testbed) -> Iterator[None]:
         install_crds(kube, CRD_DIR, group=LEGACY_GROUP)
         wait_for(lambda: crds_established(kube, CRD_DIR, group=LEGACY_GROUP))
     yield
-
-
-def _service(
-    admin: Kube, namespace: str, name: str, *, service: str = "shop", owner: str | None = None
-) -> Obj:
-    labels = {SERVICE_LABEL: service}
-    if owner:
-        labels[OWNER_LABEL] = owner
-    return admin.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"ports": [{"name": "http", "port": 8000, "targetPort": 8000}]},
-        }
-    )
 
 
 class Audit:
@@ -124,8 +108,8 @@ def _story_until_the_copy_goes(
     routes = f"/apis/{group}/v1alpha1/namespaces/{apps}/ingressroutes"
     middlewares = f"/apis/{group}/v1alpha1/namespaces/{apps}/middlewares"
     # a baseline and alice's copy: routes and her header middleware are created
-    _service(admin, apps, "shop")
-    _service(admin, apps, "shop-alice", owner="alice")
+    routed_service(admin, apps, "shop")
+    routed_service(admin, apps, "shop-alice", owner="alice")
     alice_route = f"{routes}/{ingress_route_name('shop', 'alice')}"
     alice_mw = f"{middlewares}/{middleware_name('shop', 'alice')}"
     wait_for(lambda: admin.maybe(alice_route), timeout=90)
@@ -155,7 +139,7 @@ def _story_until_the_copy_goes(
             "spec": {"routes": []},
         }
     )
-    _service(admin, apps, "cart", service="cart")
+    routed_service(admin, apps, "cart", service="cart")
     wait_for(audit.called("get", "ingressroutes"), timeout=90)
     admin.create(
         {
@@ -165,7 +149,7 @@ def _story_until_the_copy_goes(
             "spec": {"stripPrefix": {"prefixes": ["/bob"]}},
         }
     )
-    _service(admin, apps, "shop-bob", owner="bob")
+    routed_service(admin, apps, "shop-bob", owner="bob")
     wait_for(audit.called("get", "middlewares"), timeout=90)
 
     # her Service stops being a copy (it stays: the garbage collector has

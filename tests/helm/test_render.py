@@ -3,10 +3,14 @@ linted strictly and validated against the Kubernetes and Traefik CRD schemas."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from helm_python.errors import HelmValuesError
 
 from devstack.core.routing import crd_group_for
 from tests.helm.charts import (
@@ -217,6 +221,22 @@ def test_namespaced_scope_has_no_cluster_role_and_one_role_per_namespace() -> No
     bindings = {d["metadata"]["namespace"] for d in by_kind(docs, "RoleBinding")}
     assert bindings == {"team-a", "team-b", "devstack-system"}
     assert one(docs, "ConfigMap")["data"]["DEVSTACK_NAMESPACES"] == "team-a,team-b"
+
+
+def test_leader_election_timings_reach_the_agent_as_it_reads_them() -> None:
+    """The chart's values become the environment `devstack agent` reads, and
+    that environment gives the agent exactly those timings."""
+    from devstack.agent.command import add_arguments, config_from_args
+
+    values = {"leaderElection": {"leaseDuration": 30, "renewDeadline": 20, "retryPeriod": 0.5}}
+    data = one(documents(render(AGENT_CHART, values, name="devstack")), "ConfigMap")["data"]
+    parser = argparse.ArgumentParser()
+    with mock.patch.dict(os.environ, data, clear=True):
+        add_arguments(parser)
+        lease = config_from_args(parser.parse_args([]), env=data).lease
+    assert (lease.lease_duration, lease.renew_deadline, lease.retry_period) == (30.0, 20.0, 0.5)
+    with pytest.raises(HelmValuesError):
+        render(AGENT_CHART, {"leaderElection": {"leaseDuration": 0}}, name="devstack")
 
 
 @pytest.mark.parametrize("version", ["3", "2.10", "2.11", "2.9", "2", "v2.9.6", "v3.1"])

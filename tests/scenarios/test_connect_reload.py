@@ -145,3 +145,40 @@ def test_a_save_restarts_the_app_and_connect_hears_about_it(
     assert "about to crash: bad config" in str(exited["output_tail"])
     wait_until(lambda: any("right after it started" in line for line in proc.lines), 30, "")
     assert proc.proc.poll() is None  # connect keeps going
+
+
+def test_a_first_sync_that_only_adopts_identical_files_restarts_nothing(tmp_path: Path) -> None:
+    """A workspace seeded with the laptop's own files (as the local stack
+    seeds a copy's): the first sync only adopts them, which changes nothing
+    on disk, so the app is not restarted. A real edit still is."""
+    src, ws = tmp_path / "src", tmp_path / "ws"
+    src.mkdir()
+    out = tmp_path / "app.out"
+    token = tmp_path / "token"
+    token.write_text("tok-a\n")
+    (src / "app.py").write_text(APP.format(version="v1", out=str(out)))
+    (src / "lib").mkdir()
+    (src / "lib" / "util.py").write_text("X = 1\n")
+    subprocess.run(["cp", "-a", str(src), str(ws)], check=True)
+    sc = Sidecar(
+        ws, token, "--reload", "supervise", "--command", f"{sys.executable} app.py",
+        "--reload-on", "*.py", "--reload-debounce-ms", "20",
+    ).start()  # fmt: skip
+    proc = ConnectProcess(src, sc.address, token, *NO_RESCAN)
+    try:
+        wait_until(lambda: out.exists() and out.read_text().count("v1") == 1, 60, "the app")
+        wait_until(lambda: bool(sc.events("batch.applied")), 60, "the first sync")
+        (applied,) = sc.events("batch.applied")
+        assert applied["applied"] >= 2  # app.py and lib/util.py, adopted
+        # a restart would have been debounced for 20 ms: give it far longer
+        wait_until(lambda: proc.proc.poll() is None and len(proc.lines) > 0, 30, "connect")
+        subprocess.run(["sleep", "1.5"], check=True)
+        assert sc.events("reload.started") == []
+        assert out.read_text().count("v1") == 1  # started once, never again
+
+        (src / "app.py").write_text(APP.format(version="v2", out=str(out)))
+        wait_until(lambda: "v2" in out.read_text(), 60, "a real edit to restart the app")
+    finally:
+        if proc.proc.poll() is None:
+            proc.stop()
+        sc.stop()

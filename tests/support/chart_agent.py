@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 from tests.helm.charts import AGENT_CHART, documents, render
 from tests.support.net import free_port
 from tests.support.testbed import Kube, Testbed, wait_for
@@ -177,3 +178,22 @@ def without_grant(docs: list[Obj], resource: str, verb: str) -> list[Obj]:
             rules.append(rule)
         doc["rules"] = rules
     return out
+
+
+def routed_service(
+    admin: Kube, namespace: str, name: str, *, service: str = "shop", owner: str | None = None
+) -> Obj:
+    """Create a Service the agent routes: the baseline of ``service``, or
+    ``owner``'s copy of it (port 8000)."""
+    labels = {SERVICE_LABEL: service}
+    if owner:
+        labels[OWNER_LABEL] = owner
+    created: Obj = admin.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"ports": [{"name": "http", "port": 8000, "targetPort": 8000}]},
+        }
+    )
+    return created

@@ -98,6 +98,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=env.get("DEVSTACK_LEASE_NAMESPACE") or env.get("POD_NAMESPACE") or "default",
         help="namespace of the Lease (env DEVSTACK_LEASE_NAMESPACE, else POD_NAMESPACE)",
     )
+    for flag, var, default, what in (
+        ("--lease-duration", "DEVSTACK_LEASE_DURATION", 15.0, "how long a Lease holds"),
+        ("--renew-deadline", "DEVSTACK_RENEW_DEADLINE", 10.0, "a leader that could not renew "
+         "for this long steps down"),
+        ("--retry-period", "DEVSTACK_RETRY_PERIOD", 2.0, "how often to try to acquire or renew"),
+    ):  # fmt: skip
+        parser.add_argument(
+            flag,
+            default=env.get(var, str(default)),
+            metavar="SECONDS",
+            help=f"leader election: {what} (env {var}; default {default:g})",
+        )
     parser.add_argument(
         "--identity",
         default=env.get("POD_NAME") or socket.gethostname(),
@@ -122,6 +134,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         raise ConfigError(str(e)) from e
     if args.baggage_style not in ("w3c", "jaeger"):
         raise ConfigError(f"--baggage-style {args.baggage_style!r}: use w3c or jaeger")
+    timings = _lease_timings(args)
     for name, value in (("--domain", args.domain), ("--preview-domain", args.preview_domain)):
         if not value or any(not part for part in value.split(".")):
             raise ConfigError(f"{name} {value!r} is not a domain name")
@@ -135,13 +148,41 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         ),
         controller=ControllerSettings(namespaces=namespaces),
         lease=LeaseSettings(
-            namespace=args.lease_namespace, name=args.lease_name, identity=args.identity
+            namespace=args.lease_namespace,
+            name=args.lease_name,
+            identity=args.identity,
+            **timings,
         ),
         listen_host=host,
         listen_port=port,
         kubeconfig=args.kubeconfig,
         context=args.context,
     )
+
+
+def _lease_timings(args: argparse.Namespace) -> dict[str, float]:
+    """The leader-election timings, checked as client-go checks them: the
+    Lease outlasts the renew deadline, which outlasts the retry period."""
+    out: dict[str, float] = {}
+    for flag, attr in (
+        ("--lease-duration", "lease_duration"),
+        ("--renew-deadline", "renew_deadline"),
+        ("--retry-period", "retry_period"),
+    ):
+        raw = getattr(args, attr)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{flag} {raw!r}: expected a number of seconds") from None
+        if not 0 < value < 86400:
+            raise ConfigError(f"{flag} {raw!r}: expected seconds between 0 and 86400")
+        out[attr] = value
+    if not out["lease_duration"] > out["renew_deadline"] > out["retry_period"]:
+        raise ConfigError(
+            "leader election needs --lease-duration > --renew-deadline > --retry-period "
+            f"(got {out['lease_duration']:g}, {out['renew_deadline']:g}, {out['retry_period']:g})"
+        )
+    return out
 
 
 async def _main(config: AgentConfig) -> int:

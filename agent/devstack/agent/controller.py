@@ -431,15 +431,7 @@ class Controller:
             service=key[0],
         )
         if self._write_problems.get(key) != problem:
-            log.warning(
-                "agent.cannot_route",
-                reason=problem.reason,
-                namespace=problem.namespace,
-                name=problem.name,
-                service=problem.service,
-                owner=key[1],
-                message=problem.message,
-            )
+            _log_problem(problem, owner=key[1])
         self._write_problems[key] = problem
         self._count_problems()
 
@@ -498,14 +490,7 @@ class Controller:
         before = set(self._problems.get(key, ()))
         for p in problems:
             if p not in before:
-                log.warning(
-                    "agent.cannot_route",
-                    reason=p.reason,
-                    namespace=p.namespace,
-                    name=p.name,
-                    service=p.service,
-                    message=p.message,
-                )
+                _log_problem(p, owner=key[1])
         if problems:
             self._problems[key] = problems
         else:
@@ -589,3 +574,15 @@ def _unblocked(service: RawObject, blocked: set[RouteKey]) -> RawObject:
         service = {**service, "baseline": None, "preview_url": None}
     owners = [o for o in service["owners"] if (name, o["owner"]) not in blocked]
     return {**service, "owners": owners}
+
+
+def _log_problem(problem: Problem, *, owner: str | None) -> None:
+    log.warning(
+        "agent.cannot_route",
+        reason=problem.reason,
+        namespace=problem.namespace,
+        name=problem.name,
+        service=problem.service,
+        owner=owner,
+        message=problem.message,
+    )

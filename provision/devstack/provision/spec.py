@@ -24,6 +24,7 @@ from typing import Any, Final, cast
 import jsonschema
 import yaml
 
+from devstack.core.fields import field_path, json_kind
 from devstack.provision import names
 from devstack.provision.errors import SpecError
 
@@ -190,18 +191,18 @@ def load_document(text: str, *, source: str = "spec") -> dict[str, Any]:
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise SpecError([f"{source}: must be a mapping, not {_json_type(doc)}"])
+        raise SpecError([f"{source}: must be a mapping, not {json_kind(doc)}"])
     if "devstack" in doc:
         devstack = doc["devstack"]
         if devstack is None:
             return {}
         if not isinstance(devstack, dict):
-            raise SpecError([f"devstack: must be a mapping, not {_json_type(devstack)}"])
+            raise SpecError([f"devstack: must be a mapping, not {json_kind(devstack)}"])
         aws = devstack.get("aws")
         if aws is None:
             return {}
         if not isinstance(aws, dict):
-            raise SpecError([f"{ROOT}: must be a mapping, not {_json_type(aws)}"])
+            raise SpecError([f"{ROOT}: must be a mapping, not {json_kind(aws)}"])
         return cast(dict[str, Any], aws)
     return cast(dict[str, Any], doc)
 
@@ -554,32 +555,6 @@ def _sorted(errors: Iterable[Any]) -> list[Any]:
     return sorted(errors, key=lambda e: [str(p) for p in e.absolute_path] + [e.validator])
 
 
-def _path(prefix: str, parts: Iterable[Any]) -> str:
-    out = prefix
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", str(p)):
-            out += f".{p}"
-        else:
-            out += f"[{json.dumps(p)}]"
-    return out
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return "null" if value is None else type(value).__name__
-
-
 _TYPE_WORDS: Final = {
     "integer": "an integer",
     "number": "a number",
@@ -621,24 +596,24 @@ def describe(s: Mapping[str, Any]) -> str:
 
 def _message(error: Any, *, prefix: str = ROOT) -> str:
     """One line for one schema error, naming the field."""
-    path = _path(prefix, error.absolute_path)
+    path = field_path(error.absolute_path, prefix)
     validator = error.validator
     sub = error.schema
     instance = error.instance
     if validator == "required":
         missing = [r for r in error.validator_value if r not in instance]
-        return "; ".join(f"{_path(path, [m])}: is required" for m in missing)
+        return "; ".join(f"{field_path([m], path)}: is required" for m in missing)
     if validator == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(sub.get("properties", {}))
         extra = [k for k in instance if k not in allowed]
         return "; ".join(
-            f"{_path(path, [k])}: unknown field (expected one of: {', '.join(allowed)})"
+            f"{field_path([k], path)}: unknown field (expected one of: {', '.join(allowed)})"
             for k in extra
         )
     if "propertyNames" in error.schema_path:
         return f"{path}: key {instance!r} must be {describe(sub)}"
     if validator == "type":
-        return f"{path}: must be {describe(sub)}, not {_json_type(instance)}"
+        return f"{path}: must be {describe(sub)}, not {json_kind(instance)}"
     if validator == "uniqueItems":
         return f"{path}: has duplicate items"
     return f"{path}: must be {describe(sub)}"

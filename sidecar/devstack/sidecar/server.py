@@ -177,6 +177,8 @@ class _Committed:
 
     ack: pb.ServerMessage
     applied: list[str]
+    #: The applied paths whose content changed on disk (what the app reloads for).
+    changed: list[str]
     shown: list[Outcome]
     more: int
     more_conflicts: int
@@ -184,6 +186,7 @@ class _Committed:
 
 def _committed(seq: int, outcomes: list[Outcome]) -> _Committed:
     applied = [o.path for o in outcomes if o.applied]
+    changed = [o.path for o in outcomes if o.applied and o.changed]
     problems = [o for o in outcomes if not o.applied]
     msg = pb.ServerMessage()
     ack = msg.ack
@@ -200,7 +203,7 @@ def _committed(seq: int, outcomes: list[Outcome]) -> _Committed:
             break
     rest = problems[PROBLEMS_SHOWN:]
     conflicts = sum(o.reason == "conflict" for o in rest)
-    return _Committed(msg, applied, problems[:PROBLEMS_SHOWN], len(rest), conflicts)
+    return _Committed(msg, applied, changed, problems[:PROBLEMS_SHOWN], len(rest), conflicts)
 
 
 def _fill_problem(p: pb.Problem, o: Outcome) -> None:
@@ -785,8 +788,8 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                     )
                 )
             )
-            if self.reloader is not None:
-                self.reloader.notify(done.applied)
+            if self.reloader is not None and done.changed:
+                self.reloader.notify(done.changed)
 
     def _open_batch(self, msg: pb.Batch) -> Batch:
         ops: list[StagedOp] = []

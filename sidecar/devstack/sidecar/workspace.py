@@ -150,6 +150,10 @@ class Outcome:
     reason: str = ""
     message: str = ""
     actual: Entry | None = None
+    #: Whether the disk changed (an ``adopt`` of identical content, or the
+    #: delete of what is already gone, applies without changing anything:
+    #: nothing for the app to reload).
+    changed: bool = True
 
 
 @dataclass(slots=True)
@@ -1069,7 +1073,7 @@ class Batch:
                     op, current, "cannot adopt: the workspace holds something else"
                 )
             ws._record(path, current)
-            return Outcome(True, path)
+            return Outcome(True, path, changed=False)
         problem = self._check(op, path, current)
         if problem is not None:
             return problem
@@ -1078,7 +1082,7 @@ class Batch:
         if kind == "delete":
             if current is None:
                 ws._record(path, None)
-                return Outcome(True, path)
+                return Outcome(True, path, changed=False)
             if current.kind == Kind.DIRECTORY:
                 try:
                     os.rmdir(name, dir_fd=parent)

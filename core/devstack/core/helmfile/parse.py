@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol, cast
 
 import jsonschema
 
+from devstack.core.fields import field_path, json_kind
 from devstack.core.helmfile import values as vals
 from devstack.core.helmfile.model import (
     Chart,
@@ -214,7 +215,7 @@ class _Parser:
         line_of: Path | None = None,
     ) -> None:
         line = doc.line(path if line_of is None else line_of) if doc is not None else 1
-        where = f"{_fmt(path)}: " if path else ""
+        where = f"{field_path(path)}: " if path else ""
         self.problems.append(f"{self.show(file)}:{line}: {where}{message}")
 
     def unknown_keys(
@@ -240,7 +241,7 @@ class _Parser:
     def mapping(self, file: str, doc: Document, path: Path, value: Any) -> dict[str, Any] | None:
         if isinstance(value, dict):
             return value
-        self.problem(file, doc, path, f"must be a mapping, not {_kind(value)}")
+        self.problem(file, doc, path, f"must be a mapping, not {json_kind(value)}")
         return None
 
     def string(
@@ -255,13 +256,13 @@ class _Parser:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             self.problem(file, doc, path, f'must be a string, not a number (quote it: "{value}")')
         else:
-            self.problem(file, doc, path, f"must be a string, not {_kind(value)}")
+            self.problem(file, doc, path, f"must be a string, not {json_kind(value)}")
         return None
 
     def boolean(self, file: str, doc: Document, path: Path, value: Any) -> bool | None:
         if value is None or isinstance(value, bool):
             return value
-        self.problem(file, doc, path, f"must be true or false, not {_kind(value)}")
+        self.problem(file, doc, path, f"must be true or false, not {json_kind(value)}")
         return None
 
     def resolve(self, file: str, relative: str) -> str:
@@ -342,7 +343,7 @@ class _Parser:
         seen_release_doc: int | None = None
         for doc in docs:
             for p, line, message in doc.problems:
-                self.problems.append(f"{self.show(path)}:{line}: {_fmt(p)}: {message}")
+                self.problems.append(f"{self.show(path)}:{line}: {field_path(p)}: {message}")
             if doc.data is None:
                 continue
             data = self.mapping(path, doc, (), doc.data)
@@ -433,7 +434,7 @@ class _Parser:
             doc = state.origin["helmfiles"]
             entries = state.data["helmfiles"]
             if not isinstance(entries, list):
-                self.problem(path, doc, ("helmfiles",), f"must be a list, not {_kind(entries)}")
+                self.problem(path, doc, ("helmfiles",), f"must be a list, not {json_kind(entries)}")
             else:
                 for i, entry in enumerate(entries):
                     at: Path = ("helmfiles", i)
@@ -444,7 +445,7 @@ class _Parser:
             doc = state.origin["releases"]
             items = state.data["releases"]
             if not isinstance(items, list):
-                self.problem(path, doc, ("releases",), f"must be a list, not {_kind(items)}")
+                self.problem(path, doc, ("releases",), f"must be a list, not {json_kind(items)}")
                 return
             for i, raw in enumerate(items):
                 self.release(path, doc, ("releases", i), raw, repos, defaults)
@@ -468,7 +469,9 @@ class _Parser:
                 got["kube_context"] = self.string(path, doc, at, value)
             elif key == "timeout":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    self.problem(path, doc, at, f"must be a number of seconds, not {_kind(value)}")
+                    self.problem(
+                        path, doc, at, f"must be a number of seconds, not {json_kind(value)}"
+                    )
                 else:
                     got["timeout"] = value
             else:
@@ -527,7 +530,7 @@ class _Parser:
         doc = state.origin["repositories"]
         items = state.data["repositories"]
         if not isinstance(items, list):
-            self.problem(path, doc, ("repositories",), f"must be a list, not {_kind(items)}")
+            self.problem(path, doc, ("repositories",), f"must be a list, not {json_kind(items)}")
             return out
         for i, raw in enumerate(items):
             at: Path = ("repositories", i)
@@ -741,7 +744,7 @@ class _Parser:
             return merged, entries
         if not isinstance(raw, list):
             self.problem(
-                path, doc, at, f"must be a list of values files and maps, not {_kind(raw)}"
+                path, doc, at, f"must be a list of values files and maps, not {json_kind(raw)}"
             )
             return merged, entries
         for i, item in enumerate(raw):
@@ -755,7 +758,9 @@ class _Parser:
                     entries.append(loaded)
                     merged = vals.merge(merged, loaded.data)
             else:
-                self.problem(path, doc, here, f"must be a values file or a map, not {_kind(item)}")
+                self.problem(
+                    path, doc, here, f"must be a values file or a map, not {json_kind(item)}"
+                )
         return merged, entries
 
     def values_file(self, path: str, doc: Document, at: Path, rel: str) -> _Entry | None:
@@ -781,7 +786,7 @@ class _Parser:
         if not docs:
             return _Entry(Document({}, 0), (), full, {})
         for p, line, message in docs[0].problems:
-            self.problems.append(f"{self.show(full)}:{line}: {_fmt(p)}: {message}")
+            self.problems.append(f"{self.show(full)}:{line}: {field_path(p)}: {message}")
         if len(docs) > 1:
             self.problems.append(
                 f"{self.show(full)}:{docs[1].line(())}: a values file has one document"
@@ -789,7 +794,8 @@ class _Parser:
             return None
         if not isinstance(docs[0].data, dict):
             self.problems.append(
-                f"{self.show(full)}:1: a values file must be a mapping, not {_kind(docs[0].data)}"
+                f"{self.show(full)}:1: a values file must be a mapping, "
+                f"not {json_kind(docs[0].data)}"
             )
             return None
         return _Entry(docs[0], (), full, docs[0].data)
@@ -799,7 +805,7 @@ class _Parser:
         if raw is None:
             return out
         if not isinstance(raw, list):
-            self.problem(path, doc, at, f"must be a list, not {_kind(raw)}")
+            self.problem(path, doc, at, f"must be a list, not {json_kind(raw)}")
             return out
         for i, item in enumerate(raw):
             here: Path = (*at, i)
@@ -834,7 +840,7 @@ class _Parser:
             elif kind == "values":
                 if not isinstance(raw_value, list):
                     self.problem(
-                        path, doc, (*here, "values"), f"must be a list, not {_kind(raw_value)}"
+                        path, doc, (*here, "values"), f"must be a list, not {json_kind(raw_value)}"
                     )
                     continue
                 items = [
@@ -868,14 +874,14 @@ class _Parser:
         if isinstance(value, float):
             self.problem(path, doc, at, f'quote it ("{value}"): Helm reads a number here as text')
             return None
-        self.problem(path, doc, at, f"must be a string, number or boolean, not {_kind(value)}")
+        self.problem(path, doc, at, f"must be a string, number or boolean, not {json_kind(value)}")
         return None
 
     def needs_list(self, path: str, doc: Document, at: Path, raw: Any) -> list[tuple[Path, str]]:
         if raw is None:
             return []
         if not isinstance(raw, list):
-            self.problem(path, doc, at, f"must be a list of release names, not {_kind(raw)}")
+            self.problem(path, doc, at, f"must be a list of release names, not {json_kind(raw)}")
             return []
         out = []
         for i, item in enumerate(raw):
@@ -908,7 +914,7 @@ class _Parser:
             fallback = (path, doc, (*at, "values"), (*at, "values"))
             f, d, shown, line_of = self.origin(entries, ["devstack"]) or fallback
             self.problem(
-                f, d, shown, f"devstack: must be a mapping, not {_kind(block)}", line_of=line_of
+                f, d, shown, f"devstack: must be a mapping, not {json_kind(block)}", line_of=line_of
             )
             return {}
         clean = vals.without_nulls(block)
@@ -1025,37 +1031,11 @@ def _replace_needs(release: Release, needs: tuple[ReleaseId, ...]) -> Release:
     return replace(release, needs=needs)
 
 
-def _fmt(path: Path) -> str:
-    out = ""
-    for p in path:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", p):
-            out += f".{p}" if out else p
-        else:
-            out += f"[{json.dumps(p)}]"
-    return out
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return "null" if value is None else type(value).__name__
-
-
 def _schema_messages(error: Any) -> list[tuple[list[str | int], str]]:
     """The problems of one schema error of a ``devstack:`` block: the keys
     each is about (to find its line), and its message naming the field."""
     keys: list[str | int] = ["devstack", *error.absolute_path]
-    path = _fmt(tuple(keys))
+    path = field_path(tuple(keys))
     validator = error.validator
     sub = error.schema
     instance = error.instance
@@ -1064,7 +1044,7 @@ def _schema_messages(error: Any) -> list[tuple[list[str | int], str]]:
         return [
             (
                 [*keys, k],
-                f"{_fmt((*keys, k))}: unknown key of the library chart "
+                f"{field_path((*keys, k))}: unknown key of the library chart "
                 f"(expected one of: {', '.join(allowed)})",
             )
             for k in instance
@@ -1076,7 +1056,7 @@ def _schema_messages(error: Any) -> list[tuple[list[str | int], str]]:
     if validator == "type":
         want = sub.get("type")
         want_text = " or ".join(want) if isinstance(want, list) else str(want)
-        return [(keys, f"{path}: must be {want_text}, not {_kind(instance)}")]
+        return [(keys, f"{path}: must be {want_text}, not {json_kind(instance)}")]
     if validator == "enum":
         return [(keys, f"{path}: must be one of: {', '.join(str(v) for v in sub['enum'])}")]
     if validator in ("pattern", "maxLength", "minLength") and "description" in sub:
