@@ -1,5 +1,6 @@
 # devstack: two commands on a fresh machine.
-#   make up    runs the inner loop locally (sidecar, sync, hot reload, routing, provisioning)
+#   make up    runs the example shop on the local stack (devstack up --local): baselines,
+#              your copies under sidecars, sync, hot reload, Traefik routing, provisioning
 #   make test  runs every check CI runs
 .PHONY: up test check lint typecheck proto-check unit bench venv clean
 
@@ -10,7 +11,7 @@ venv:
 	@./scripts/bootstrap
 
 up: venv
-	@$(VENV)/bin/devstack up
+	@$(VENV)/bin/devstack up --local -f examples/shop $(UP_ARGS)
 
 test: venv
 	@./scripts/test

@@ -369,7 +369,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         },
         [
             "helmfile.yaml:7: releases[0].values[0]: devstack.sidecars: unknown key of the library "
-            "chart (expected one of: aws, enabled, image, imagePullSecrets, labels, name, owner, "
+            "chart (expected one of: aws, enabled, image, imagePullSecrets, labels, local, name, owner, "
             "provision, route, service, sidecar, token, workspace)"
         ],
     ),

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", default=".", help="source tree to sync (default: .)")
     add_target_arguments(parser)
+    add_sync_arguments(parser)
+
+
+def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to sync (everything but the tree and the sidecar's address and token)."""
     parser.add_argument(
         "--workspace",
         default=os.environ.get("DEVSTACK_WORKSPACE_NAME", ""),
@@ -153,6 +158,12 @@ class TerminalReporter:
 
 
 def run(args: argparse.Namespace) -> int:
+    return sync(args, load_token(args.token_file))
+
+
+def sync(args: argparse.Namespace, token: str) -> int:
+    """Sync ``args.path`` to the sidecar at ``args.to`` (``args.authority``,
+    ``args.tls``) with ``token``."""
     # Imported here, not at the top: ``connect --help`` needs none of it.
     import asyncio
     import gc
@@ -172,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
         raise PermanentError(f"{root} does not exist")
     if not root.is_dir():
         raise PermanentError(f"{root} is not a directory")
-    token = load_token(args.token_file)
     target = Target(
         args.to, token, authority=args.authority, tls=args.tls, workspace=args.workspace
     )

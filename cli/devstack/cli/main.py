@@ -17,13 +17,24 @@ from devstack.core.errors import DevstackError
 #: subcommand -> (module, one-line help). Each module defines
 #: ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("devstack.cli.up", "run the inner loop locally: sidecar, sync, reload, routing"),
-    "connect": ("devstack.cli.connect", "sync a source tree to a sidecar and keep it in sync"),
+    "up": (
+        "devstack.cli.up",
+        "run your copies of services: in the cluster, or with --local on this machine",
+    ),
+    "connect": (
+        "devstack.cli.workflow_connect",
+        "sync a source tree to your copy of a service and keep it in sync",
+    ),
     "sidecar": ("devstack.sidecar.command", "serve a workspace to `devstack connect`"),
     "exec": ("devstack.cli.exec", "run a command in the dev pod's workspace"),
-    "status": ("devstack.cli.status", "show a sidecar's status"),
+    "status": ("devstack.cli.workflow_status", "show your copies: ready, sync, reload, URL"),
+    "urls": ("devstack.cli.urls", "list the preview URLs of your copies"),
+    "down": ("devstack.cli.down", "remove your copies (and nothing else)"),
+    "logs": ("devstack.cli.logs", "show (or follow) a service's output on the local stack"),
+    "curl": ("devstack.cli.curl", "send a request tagged with your routing key"),
     "agent": ("devstack.agent.command", "run the cluster agent that reconciles Traefik routes"),
     "provision": ("devstack.provision.command", "create declared AWS resources"),
+    "init": ("devstack.cli.init", "write a starter helmfile.yaml and .devstackignore"),
     "completion": ("devstack.cli.completion", "print the shell completion script"),
 }
 

