@@ -15,7 +15,6 @@ import sys
 
 from devstack.cli import localstack
 from devstack.cli.project import add_project_arguments, load_project
-from devstack.core.errors import ConfigError
 
 EXAMPLES = """\
 examples:
@@ -37,11 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     project = load_project(args)
-    state = localstack.read_state(project)
-    if state is None:
-        raise ConfigError(
-            f"no local stack runs for {project.helmfile.path}: start one with `devstack up --local`"
-        )
+    state = localstack.require_state(project)
     status, body = localstack.curl(state, args.service, args.path, tagged=not args.untagged)
     if args.include:
         print(f"HTTP {status}", flush=True)

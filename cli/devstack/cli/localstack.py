@@ -343,6 +343,18 @@ def read_state(project: Project) -> LocalState | None:
         raise LocalError(f"{path}: not a state file of this devstack version ({e})") from e
 
 
+def require_state(project: Project, *, hint: str = "") -> LocalState:
+    """The local stack's state, or a :class:`ConfigError` saying to start
+    one (``hint``: what else the user may want, appended)."""
+    state = read_state(project)
+    if state is None:
+        raise ConfigError(
+            f"no local stack runs for {project.helmfile.path}: start one with "
+            f"`devstack up --local`{hint}"
+        )
+    return state
+
+
 def _write_state(project: Project, state: LocalState) -> None:
     path = state_path(project)
     path.parent.mkdir(parents=True, exist_ok=True)

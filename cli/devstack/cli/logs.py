@@ -46,12 +46,9 @@ def _last(data: bytes, tail: int | None) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     project = load_project(args)
-    state = localstack.read_state(project)
-    if state is None:
-        raise ConfigError(
-            f"no local stack runs for {project.helmfile.path}: start one with "
-            "`devstack up --local` (in a cluster, read a pod's logs with kubectl logs)"
-        )
+    state = localstack.require_state(
+        project, hint=" (in a cluster, read a pod's logs with kubectl logs)"
+    )
     path = localstack.log_file(state, args.service, baseline=args.baseline)
     out = sys.stdout.buffer
     try:
