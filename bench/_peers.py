@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,11 @@ class Rsync:
         """CPU seconds the daemon and the servers it forked used so far."""
         return tree_cpu(self.daemon.pid) if self.daemon is not None else 0.0
 
-    def daemon_cmd(self, src: Path, dst: Path) -> list[str]:
+    def daemon_cmd(self, src: Path, dst: Path, *extra: str, port: int | None = None) -> list[str]:
+        """``rsync -a`` to the daemon, or to ``port`` (a proxy in front of it)."""
         rel = dst.relative_to(self.root)
-        return ["rsync", "-a", f"{src}/", f"rsync://127.0.0.1:{self.port}/bench/{rel}/"]
+        to = self.port if port is None else port
+        return ["rsync", "-a", *extra, f"{src}/", f"rsync://127.0.0.1:{to}/bench/{rel}/"]
 
     def stop(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -207,8 +210,9 @@ class SyncthingNode:
             raise RuntimeError(f"syncthing generate printed no device id: {out.stdout}")
         self.device_id = m.group(1)
 
-    def configure(self, peer: SyncthingNode) -> None:
-        """Loopback only, nothing that phones home, the peer by address."""
+    def configure(self, peer: SyncthingNode, peer_port: int | None = None) -> None:
+        """Loopback only, nothing that phones home, the peer by address
+        (its listening port, or ``peer_port``: a proxy in front of it)."""
         path = self.home / "config.xml"
         tree = ET.parse(path)
         cfg = tree.getroot()
@@ -243,7 +247,8 @@ class SyncthingNode:
                 "introducer": "false",
             },
         )
-        ET.SubElement(dev, "address").text = f"tcp://127.0.0.1:{peer.listen_port}"
+        to = peer.listen_port if peer_port is None else peer_port
+        ET.SubElement(dev, "address").text = f"tcp://127.0.0.1:{to}"
         ET.SubElement(dev, "autoAcceptFolders").text = "false"
         # Put the new device before <gui> so the file keeps its usual order.
         cfg.remove(dev)
@@ -344,14 +349,17 @@ class SyncthingNode:
 
 
 class SyncthingPair:
-    """Two instances on 127.0.0.1: ``a`` sends (the laptop), ``b`` receives."""
+    """Two instances on 127.0.0.1: ``a`` sends (the laptop), ``b`` receives.
+    With ``via`` (listening port -> the port of a proxy in front of it),
+    each addresses the other through that proxy, so whichever of them
+    dials, the connection crosses it."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, via: Callable[[int], int] | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.a = SyncthingNode(work / "a", "a")
         self.b = SyncthingNode(work / "b", "b")
-        self.a.configure(self.b)
-        self.b.configure(self.a)
+        self.a.configure(self.b, None if via is None else via(self.b.listen_port))
+        self.b.configure(self.a, None if via is None else via(self.a.listen_port))
         self._n = 0
 
     def start(self, timeout: float = 60.0) -> None:
@@ -363,6 +371,14 @@ class SyncthingPair:
                 return
             time.sleep(0.1)
         raise RuntimeError("the two syncthing instances did not connect on 127.0.0.1")
+
+    def addresses(self) -> set[str]:
+        """The remote address each side reports for its connection to the other."""
+        out = set()
+        for node, peer in ((self.a, self.b), (self.b, self.a)):
+            conn = node.get("/rest/system/connections")["connections"].get(peer.device_id, {})
+            out.add(str(conn.get("address", "")))
+        return out
 
     def share(self, src: Path, *, watch_delay_s: int = 1) -> str:
         """Add ``src`` on the sender and wait until it is scanned; the

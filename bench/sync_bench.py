@@ -10,7 +10,13 @@ Measures (see docs/benchmarks.md):
 
 1. ``initial``: initial sync of a generated tree (10,000 files, ~100 MB) into
    a fresh destination with ``cp -a``, ``tar c | tar x``, rsync over a pipe
-   and against a daemon, syncthing and devstack (sidecar + ``connect --once``);
+   and against a daemon, syncthing and devstack (sidecar + ``connect --once``,
+   with ``--compress never`` and with the default), on loopback; devstack's
+   CPU split between the two processes and ``connect --help`` alone;
+1b. ``link``: the same initial sync with every tool's traffic through one
+   emulated link (toxiproxy, 20 ms round trip, 100 Mbit/s each way; see
+   bench/_link.py): rsync ``-a`` and ``-az`` to a daemon, ``tar`` and
+   ``tar z`` through a TCP stream, syncthing and devstack;
 2. ``noop``: no-op resync of 100,000 small files (``connect --once`` again,
    and rsync again);
 3. ``latency``: save-to-applied latency of single-file edits, watcher
@@ -25,7 +31,8 @@ Measures (see docs/benchmarks.md):
 
 ``--only`` takes tool names (cp, tar, rsync, syncthing, devstack) and/or
 measurement names; tools and measurements intersect. A peer that is not
-installed is reported absent (``bench/run`` installs rsync and syncthing).
+installed is reported absent (``bench/run`` installs rsync and syncthing,
+and builds toxiproxy; without it the link rows are reported absent).
 
 stdout holds only the result table (Markdown); progress goes to stderr, and
 every child process writes to its own log file under the work folder's
@@ -62,6 +69,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _link
 import _peers
 import _procs
 import _tree
@@ -70,7 +78,7 @@ import reload_latency
 REPO = _procs.REPO
 TOOLS = ("cp", "tar", "rsync", "syncthing", "devstack")
 PEERS = ("cp", "tar", "rsync", "syncthing")
-MEASURES = ("initial", "noop", "latency", "bytes", "reload", "rss")
+MEASURES = ("initial", "link", "noop", "latency", "bytes", "reload", "rss")
 TOKEN = "bench-token"
 
 
@@ -86,6 +94,7 @@ class Sizes:
     reload_saves: int
     reload_debounce_ms: tuple[int, ...]
     repeat: int
+    link_calibration_mb: int
 
 
 FULL = Sizes(
@@ -99,6 +108,7 @@ FULL = Sizes(
     reload_saves=30,
     reload_debounce_ms=(0, 100),
     repeat=3,
+    link_calibration_mb=20,
 )
 QUICK = Sizes(
     files=400,
@@ -111,6 +121,7 @@ QUICK = Sizes(
     reload_saves=4,
     reload_debounce_ms=(0, 100),
     repeat=1,
+    link_calibration_mb=2,
 )
 
 
@@ -262,6 +273,7 @@ def _strip_tool_state(dst: Path) -> Path:
 def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsync) -> None:
     times: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
+    split: dict[str, dict[str, list[float]]] = {}
     load: list[float] = []
     rss_idle: list[int] = []
     rss_peak: list[int] = []
@@ -286,6 +298,8 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
                 tool = name.split("-")[0]
                 if not ctx.wants("initial", tool):
                     continue
+                if name == "devstack":
+                    time_startup(ctx)
                 dst = ctx.fresh(f"initial-{name}")
                 os.sync()  # no writeback of the previous run during this one
                 load.append(os.getloadavg()[0])
@@ -324,12 +338,20 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
                         extra = ("--compress", "never") if raw else ()
                         with RssSampler(sc.pid) as sampler:
                             took = connect_once(ctx, src, sc.address, ctx.fresh("cache"), *extra)
-                        extra_cpu = _peers.tree_cpu(sc.pid) - sc0
+                        # The connect process alone (reaped), then the
+                        # sidecar's CPU during the sync; the sidecar's own
+                        # start-up and shutdown are not part of either.
+                        extra_cpu = children_cpu() - cpu0
+                        sidecar_cpu = _peers.tree_cpu(sc.pid) - sc0
+                        split.setdefault(name, {}).setdefault("connect", []).append(extra_cpu)
+                        split[name].setdefault("sidecar", []).append(sidecar_cpu)
+                        extra_cpu += sidecar_cpu
                         if not raw:
                             rss_peak.append(sampler.peak_kib)
                             whole.append(time.perf_counter() - t0 - 0.5)
                     finally:
                         sc.stop()
+                    cpu0 = children_cpu()  # the sidecar was reaped: not counted again
                 used = children_cpu() - cpu0 + extra_cpu
                 check_copy(src, dst, info.files, full=rep == 0)
                 times.setdefault(name, []).append(took)
@@ -346,6 +368,10 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
         "median_s": {k: median(v) for k, v in times.items()},
         "cpu_runs_s": cpu,
         "cpu_median_s": {k: median(v) for k, v in cpu.items()},
+        "devstack_cpu_runs_s": split,
+        "devstack_cpu_median_s": {
+            k: {proc: median(v) for proc, v in by.items()} for k, by in split.items()
+        },
         "loadavg_1m_before_runs": load,
     }
     rsyncs = [k for k in times if k.startswith("rsync")]
@@ -368,13 +394,155 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
     ctx.results["initial"] = res
 
 
-def measure_startup(ctx: Ctx) -> None:
-    """How much of a connect run is the interpreter and imports alone."""
-    runs = [
-        _peers.timed(_procs.devstack("connect", "--help"), stdout=subprocess.DEVNULL, cwd=REPO)
-        for _ in range(3)
-    ]
-    ctx.results["startup"] = {"connect_help_runs_s": runs, "median_s": median(runs)}
+def time_startup(ctx: Ctx) -> None:
+    """How much of a connect run is the interpreter and imports alone: one
+    ``connect --help`` per repetition, beside that repetition's devstack runs."""
+    took = _peers.timed(_procs.devstack("connect", "--help"), stdout=subprocess.DEVNULL, cwd=REPO)
+    runs = ctx.results.setdefault("startup", {}).setdefault("connect_help_runs_s", [])
+    runs.append(took)
+    ctx.results["startup"]["median_s"] = median(runs)
+
+
+# ------------------------------------------------------------ 1b. the link
+
+#: The runs over the emulated link, in the order each repetition runs them;
+#: the tool is the name's first word.
+LINK_RUNS = ("rsync-a", "rsync-az", "tar-gzip", "tar", "devstack", "devstack-raw", "syncthing")
+#: devstack's default run is compared with the best of these.
+LINK_BEST_OF = ("rsync-a", "rsync-az", "tar-gzip")
+
+
+def measure_link(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsync) -> None:
+    """The initial sync again, every tool's traffic through one emulated
+    link (toxiproxy: half the round trip as latency and the rate cap, each
+    way), repetitions interleaved like the loopback runs."""
+    shape = _link.Shape()
+    res: dict[str, Any] = {
+        "shape": {"rtt_ms": shape.rtt_ms, "mbit_s": shape.mbit_s},
+        "tree": {"files": info.files, "dirs": info.dirs, "bytes": info.bytes},
+    }
+    ctx.results["link"] = res
+    binary = _link.toxiproxy_binary()
+    if binary is None:
+        res["absent"] = f"toxiproxy-server is not built: {_link.BUILD_HINT}"
+        log(f"link: {res['absent']}")
+        return
+    runs = [n for n in LINK_RUNS if ctx.wants("link", n.split("-")[0])]
+    link = _link.Link(binary, ctx.logs.new("toxiproxy"), shape)
+    times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    relay_cpu: dict[str, list[float]] = {}
+    split: dict[str, dict[str, list[float]]] = {}
+    pair: _peers.SyncthingPair | None = None
+    try:
+        res["calibration"] = cal = link.calibrate(ctx.sizes.link_calibration_mb * 1_000_000)
+        packed = _link.gzip_stream_bytes(src)
+        res["floor"] = {
+            "gzip6_stream_bytes": packed,
+            "gzip6_stream_s": shape.ideal_s(packed),
+            "raw_s": shape.ideal_s(info.bytes),
+        }
+        log(
+            f"link: round trip {cal['rtt_ms']:.1f} ms, raw transfer "
+            f"{cal['transfer_mbit_s']:.1f} Mbit/s ({cal['transfer_s']:.2f} s, "
+            f"ideal {cal['ideal_s']:.2f} s)"
+        )
+        rsync_port = 0
+        if any(n.startswith("rsync") for n in runs):
+            rsync.start_daemon()
+            rsync_port = link.via(rsync.port, "rsyncd")
+        if "syncthing" in runs:
+            proxied: list[int] = []
+
+            def via(port: int) -> int:
+                proxied.append(link.via(port, "syncthing"))
+                return proxied[-1]
+
+            pair = _peers.SyncthingPair(ctx.work / "syncthing-link", via=via)
+            pair.start()
+            # Whichever side dialled, it dialled a proxy: the dialler reports its port.
+            seen = pair.addresses()
+            if not any(a.endswith(f":{p}") for a in seen for p in proxied):
+                raise RuntimeError(f"syncthing connected around the link: {seen}")
+        with _link.listener() as tar_listener:
+            tar_port = link.via(int(tar_listener.getsockname()[1]), "tar")
+            for rep in range(ctx.sizes.repeat):
+                for name in runs:
+                    dst = ctx.fresh(f"link-{name}")
+                    os.sync()
+                    relay0 = link.cpu()
+                    cpu0 = children_cpu()
+                    extra_cpu = 0.0
+                    if name in ("rsync-a", "rsync-az"):
+                        flags = ("-z",) if name == "rsync-az" else ()
+                        d0 = rsync.daemon_cpu()
+                        took = _peers.timed(rsync.daemon_cmd(src, dst, *flags, port=rsync_port))
+                        extra_cpu = rsync.daemon_cpu() - d0
+                    elif name in ("tar", "tar-gzip"):
+                        took = _link.tar_over(
+                            tar_port, tar_listener, src, dst, gzip=name == "tar-gzip"
+                        )
+                    elif name == "syncthing":
+                        assert pair is not None
+                        fid = pair.share(src)
+                        st0 = pair.cpu()
+                        t0 = time.perf_counter()
+                        pair.accept(fid, dst)
+                        wait_until(
+                            functools.partial(pair.complete, fid), 1800, "syncthing", every=0.02
+                        )
+                        took = time.perf_counter() - t0
+                        extra_cpu = pair.cpu() - st0
+                        pair.unshare(fid)
+                    else:
+                        sc = sidecar(ctx, dst)
+                        try:
+                            address = f"127.0.0.1:{link.via(sc.port, 'sidecar')}"
+                            extra = ("--compress", "never") if name == "devstack-raw" else ()
+                            sc0 = _peers.tree_cpu(sc.pid)
+                            relay0 = link.cpu()
+                            cpu0 = children_cpu()
+                            took = connect_once(ctx, src, address, ctx.fresh("cache"), *extra)
+                            connect_cpu = children_cpu() - cpu0
+                            sidecar_cpu = _peers.tree_cpu(sc.pid) - sc0
+                        finally:
+                            sc.stop()
+                        by = split.setdefault(name, {})
+                        by.setdefault("connect", []).append(connect_cpu)
+                        by.setdefault("sidecar", []).append(sidecar_cpu)
+                        extra_cpu = connect_cpu + sidecar_cpu
+                        cpu0 = children_cpu()  # the sidecar was reaped: not counted again
+                    used = children_cpu() - cpu0 + extra_cpu
+                    relay = link.cpu() - relay0
+                    check_copy(src, dst, info.files, full=rep == 0)
+                    times.setdefault(name, []).append(took)
+                    cpu.setdefault(name, []).append(used)
+                    relay_cpu.setdefault(name, []).append(relay)
+                    log(
+                        f"link {name} #{rep + 1}: {took:.3f} s "
+                        f"(CPU {used:.2f} s, toxiproxy {relay:.2f} s)"
+                    )
+                    ctx.discard(dst)
+    finally:
+        rsync.stop()
+        if pair is not None:
+            pair.stop()
+        link.stop()
+    res.update(
+        runs_s=times,
+        median_s={k: median(v) for k, v in times.items()},
+        cpu_runs_s=cpu,
+        cpu_median_s={k: median(v) for k, v in cpu.items()},
+        toxiproxy_cpu_runs_s=relay_cpu,
+        devstack_cpu_median_s={
+            k: {proc: median(v) for proc, v in by.items()} for k, by in split.items()
+        },
+    )
+    best = [k for k in LINK_BEST_OF if k in times]
+    if "devstack" in times and best:
+        res["ratio_to_best_runs"] = [
+            d / min(times[k][i] for k in best) for i, d in enumerate(times["devstack"])
+        ]
 
 
 # ------------------------------------------------------------ 2. no-op
@@ -738,14 +906,64 @@ def _peer(ctx: Ctx, tool: str, value: float | None) -> dict[str, Any]:
     return {"peer_status": "absent" if tool in ctx.absent else "not run"}
 
 
-def rows(ctx: Ctx) -> list[Row]:
-    r = ctx.results
+def _ratio_row(
+    ctx: Ctx,
+    key: str,
+    what: str,
+    dev: float,
+    tool: str,
+    label: str,
+    value: float | None,
+    limit: float | None,
+    *,
+    target: str = "report",
+) -> Row:
+    """devstack's seconds beside a peer's; PASS/MISS when ``limit`` is a
+    ratio the issue sets."""
+    peer = _peer(ctx, tool, value)
+    ratio = dev / value if value else None
+    return Row(
+        key,
+        what,
+        "s",
+        dev,
+        label,
+        **peer,
+        target=f"ratio <= {limit}" if limit is not None else target,
+        passed=(ratio <= limit) if limit is not None and ratio is not None else None,
+    )
+
+
+def _initial_rows(ctx: Ctx) -> list[Row]:
+    """Loopback: ``--compress never`` against each peer (the issue's
+    targets), the default settings against each, devstack's CPU and start-up."""
     out: list[Row] = []
-    ini = r.get("initial", {}).get("median_s", {})
-    if "devstack" in ini:
-        tree = r["initial"]["tree"]
-        what = f"initial sync, {tree['files']:,} files / {tree['bytes'] / 1e6:.0f} MB"
-        dev = ini["devstack"]
+    ini = ctx.results.get("initial", {})
+    med = ini.get("median_s", {})
+    tree = ini.get("tree", {})
+    what = f"initial sync, {tree.get('files', 0):,} files / {tree.get('bytes', 0) / 1e6:.0f} MB"
+    raw = med.get("devstack-raw")
+    if raw is not None:
+        for key, tool, label, limit in (
+            ("rsync-pipe", "rsync", "rsync over a pipe", 1.0),
+            ("rsync-daemon", "rsync", "rsync daemon on 127.0.0.1", None),
+            ("tar", "tar", "tar c | tar x", 1.0),
+            ("cp", "cp", "cp -a (the floor)", None),
+        ):
+            out.append(
+                _ratio_row(
+                    ctx,
+                    f"initial-raw:{key}",
+                    what + ", loopback, `--compress never` (no peer compresses)",
+                    raw,
+                    tool,
+                    label,
+                    med.get(key),
+                    limit,
+                )
+            )
+    dev = med.get("devstack")
+    if dev is not None:
         for key, tool, label in (
             ("rsync-pipe", "rsync", "rsync over a pipe"),
             ("rsync-daemon", "rsync", "rsync daemon on 127.0.0.1"),
@@ -753,39 +971,116 @@ def rows(ctx: Ctx) -> list[Row]:
             ("cp", "cp", "cp -a"),
             ("syncthing", "syncthing", "syncthing"),
         ):
-            peer = _peer(ctx, tool, ini.get(key))
-            is_rsync = tool == "rsync"
-            ratio = dev / peer["peer_value"] if "peer_value" in peer else None
             out.append(
-                Row(
+                _ratio_row(
+                    ctx,
                     f"initial:{key}",
-                    what,
-                    "s",
+                    what + ", loopback, default settings",
                     dev,
+                    tool,
                     label,
-                    **peer,
-                    target="ratio <= 1.0" if is_rsync else "report",
-                    passed=(ratio <= 1.0) if is_rsync and ratio is not None else None,
+                    med.get(key),
+                    None,
                 )
             )
-        raw = ini.get("devstack-raw")
-        for key, label in (("rsync-pipe", "rsync over a pipe"), ("rsync-daemon", "rsync daemon")):
-            if raw is None:
-                break
-            peer = _peer(ctx, "rsync", ini.get(key))
-            ratio = raw / peer["peer_value"] if "peer_value" in peer else None
+    st = ctx.results.get("startup")
+    if st:
+        out.append(
+            Row("startup", "`devstack connect --help`, interpreter included", "s", st["median_s"])
+        )
+    files = tree.get("files", 0)
+    for name, how in (("devstack", "default settings"), ("devstack-raw", "`--compress never`")):
+        by = ini.get("devstack_cpu_median_s", {}).get(name)
+        if by and files:
             out.append(
                 Row(
-                    f"initial-raw:{key}",
-                    what + ", `--compress never` (rsync does not compress either)",
-                    "s",
-                    raw,
-                    label,
-                    **peer,
-                    target="report",
-                    passed=None,
+                    f"sidecar-cpu:{name}",
+                    f"sidecar CPU per 1,000 files applied, initial sync, {how}",
+                    "ms",
+                    by["sidecar"] * 1000 / (files / 1000),
                 )
             )
+    return out
+
+
+def _link_rows(ctx: Ctx) -> list[Row]:
+    """Over the emulated link: default settings against the best of rsync
+    ``-a``, rsync ``-az`` and tar through gzip (the issue's target), then
+    against each peer, and ``--compress never`` against the same best."""
+    out: list[Row] = []
+    link = ctx.results.get("link", {})
+    med = link.get("median_s", {})
+    if "devstack" not in med and "devstack-raw" not in med:
+        return out
+    tree = link["tree"]
+    shape = _link.Shape(**link["shape"])
+    what = (
+        f"initial sync, {tree.get('files', 0):,} files / {tree.get('bytes', 0) / 1e6:.0f} MB, "
+        f"emulated link ({shape.describe()})"
+    )
+    best = min((k for k in LINK_BEST_OF if k in med), key=lambda k: med[k], default=None)
+    best_label = "best of rsync -a, rsync -az, tar | gzip"
+    labels = {
+        "rsync-a": "rsync -a (daemon protocol)",
+        "rsync-az": "rsync -az (daemon protocol)",
+        "tar-gzip": "tar cz | tar xz",
+        "tar": "tar c | tar x",
+        "syncthing": "syncthing",
+    }
+    for name, how, limit in (
+        ("devstack", "default settings", 0.8),
+        ("devstack-raw", "`--compress never`", None),
+    ):
+        if name not in med:
+            continue
+        out.append(
+            _ratio_row(
+                ctx,
+                "link:best" if name == "devstack" else "link-raw:best",
+                f"{what}, {how}",
+                med[name],
+                "rsync",
+                f"{best_label} ({labels[best]})" if best else best_label,
+                med[best] if best else None,
+                limit,
+            )
+        )
+        if name != "devstack":
+            continue
+        floor = link.get("floor")
+        if floor:
+            out.append(
+                Row(
+                    "link:floor",
+                    f"{what}, {how}",
+                    "s",
+                    med[name],
+                    "floor: the tree through one gzip -6 stream, at the link's rate",
+                    peer_value=floor["gzip6_stream_s"],
+                    peer_status="measured",
+                )
+            )
+        for key, label in labels.items():
+            out.append(
+                _ratio_row(
+                    ctx,
+                    f"link:{key}",
+                    f"{what}, {how}",
+                    med[name],
+                    key.split("-")[0],
+                    label,
+                    med.get(key),
+                    None,
+                )
+            )
+    return out
+
+
+def rows(ctx: Ctx) -> list[Row]:
+    r = ctx.results
+    out: list[Row] = []
+    out += _initial_rows(ctx)
+    out += _link_rows(ctx)
     noop = r.get("noop", {})
     if "devstack" in noop:
         m = noop["devstack"]["median_s"]
@@ -920,6 +1215,70 @@ def summary_table(table: list[Row]) -> list[str]:
     return lines
 
 
+def _cpu_split(by_run: dict[str, dict[str, float]], files: int) -> list[str]:
+    """Where devstack's CPU went: the connect process and the sidecar."""
+    out = []
+    for name, by in by_run.items():
+        per = by["sidecar"] * 1e6 / files if files else math.nan
+        out.append(
+            f"- {name} CPU (median): connect {by['connect']:.2f} s, sidecar "
+            f"{by['sidecar']:.2f} s ({per:.0f} ms per 1,000 files; start-up excluded)"
+        )
+    return out
+
+
+def _link_report(ctx: Ctx) -> list[str]:
+    link = ctx.results.get("link")
+    if not link:
+        return []
+    shape = _link.Shape(**link["shape"])
+    lines = ["", f"Initial sync over the emulated link ({shape.describe()}, toxiproxy):", ""]
+    if "absent" in link:
+        return [*lines, f"- absent: {link['absent']}"]
+    cal = link["calibration"]
+    lines += [
+        f"The link, measured in this run: round trip {cal['rtt_ms']:.1f} ms; a raw TCP "
+        f"transfer of {cal['transfer_bytes'] / 1e6:.0f} MB took {cal['transfer_s']:.2f} s "
+        f"({cal['transfer_mbit_s']:.1f} Mbit/s; ideal {cal['ideal_s']:.2f} s).",
+        "",
+        "| method | median wall | runs | median CPU (all its processes) | toxiproxy CPU |",
+        "|---|---|---|---|---|",
+    ]
+    runs = link["runs_s"]
+    for k, v in sorted(link["median_s"].items(), key=lambda kv: kv[1]):
+        c = link["cpu_median_s"].get(k)
+        relay = median(link["toxiproxy_cpu_runs_s"].get(k, []))
+        lines.append(
+            f"| {k} | {_fmt_s(v)} | {', '.join(f'{x:.2f}' for x in runs[k])} | {_fmt_s(c)} "
+            f"| {_fmt_s(relay)} |"
+        )
+    floor = link.get("floor")
+    if floor:
+        best = min(
+            (link["median_s"][k] for k in LINK_BEST_OF if k in link["median_s"]), default=None
+        )
+        reach = (
+            f"; the floor / the best peer's median: {floor['gzip6_stream_s'] / best:.2f}"
+            if best
+            else ""
+        )
+        lines.append(
+            f"\nThe floor: the tree is {link['tree']['bytes'] / 1e6:.1f} MB "
+            f"({floor['raw_s']:.2f} s at the link's rate); through one gzip -6 stream it is "
+            f"{floor['gzip6_stream_bytes'] / 1e6:.1f} MB ({floor['gzip6_stream_s']:.2f} s), "
+            f"the least a tool that compresses as well as gzip has to move{reach}."
+        )
+    if "ratio_to_best_runs" in link:
+        lines.append(
+            "\ndevstack / best of rsync -a, rsync -az and tar | gzip, each repetition: "
+            + ", ".join(f"{x:.2f}" for x in link["ratio_to_best_runs"])
+            + "."
+        )
+    if link.get("devstack_cpu_median_s"):
+        lines += ["", *_cpu_split(link["devstack_cpu_median_s"], link["tree"]["files"])]
+    return lines
+
+
 def report(ctx: Ctx, table: list[Row]) -> str:
     r = ctx.results
     lines = ["### devstack sync benchmark", ""]
@@ -968,11 +1327,15 @@ def report(ctx: Ctx, table: list[Row]) -> str:
             f"{max(ini['loadavg_1m_before_runs']):.2f} "
             "(above ~0.5, something else shared the CPUs)."
         )
+    if ini and ini.get("devstack_cpu_median_s"):
+        lines.append("")
+        lines += _cpu_split(ini["devstack_cpu_median_s"], ini["tree"]["files"])
     st = r.get("startup")
     if st:
         lines.append(
             f"\n`devstack connect --help` alone (interpreter + imports): {_fmt_s(st['median_s'])}."
         )
+    lines += _link_report(ctx)
     noop = r.get("noop")
     if noop and ("devstack" in noop or "rsync-pipe" in noop):
         lines += ["", f"No-op resync of {noop['files']:,} small files (median):", ""]
@@ -1143,7 +1506,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = work / "src"
         info = _tree.TreeInfo(files=0, dirs=0, bytes=0)
-        if ctx.selected("initial") or ctx.selected("latency"):
+        if ctx.selected("initial") or ctx.selected("link") or ctx.selected("latency"):
             log(f"generating {sizes.files} files")
             info = _tree.generate(
                 src, files=sizes.files, binaries=sizes.binaries, binary_mib=sizes.binary_mib
@@ -1152,8 +1515,8 @@ def main(argv: list[str] | None = None) -> int:
             (src / ".stfolder").mkdir()
         if ctx.selected("initial"):
             measure_initial(ctx, src, info, rsync)
-            if ctx.wants("initial", "devstack"):
-                measure_startup(ctx)
+        if ctx.selected("link"):
+            measure_link(ctx, src, info, rsync)
         if ctx.wants("noop", "devstack") or ctx.wants("noop", "rsync"):
             measure_noop(ctx, rsync)
         if ctx.selected("latency"):

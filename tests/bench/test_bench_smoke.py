@@ -1,7 +1,8 @@
 """The sync benchmark still runs end to end at ``--quick`` size and reports
-every figure of its table as a number, with each peer either measured in
-the same run or reported absent (CI machines start without rsync and
-syncthing; ``bench/run`` installs them, these tests never do).
+every figure of its table as a number (the emulated-link rows too), with
+each peer either measured in the same run or reported absent (CI machines
+start without rsync and syncthing; ``bench/run`` installs them, these tests
+never do).
 
 Timings are printed by the benchmark, never asserted here. What is asserted
 beyond "present and numeric" are correctness properties: a one-line edit to
@@ -24,18 +25,34 @@ from typing import Any
 
 import pytest
 
+from tests.support.testbed import binary_paths, missing_message
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 PEERS = ("rsync", "syncthing")
 
 # Every figure of the summary table, and the peer tool each is measured against.
 FIGURES: dict[str, str | None] = {
+    "initial-raw:rsync-pipe": "rsync",
+    "initial-raw:rsync-daemon": "rsync",
+    "initial-raw:tar": "tar",
+    "initial-raw:cp": "cp",
     "initial:rsync-pipe": "rsync",
     "initial:rsync-daemon": "rsync",
     "initial:tar": "tar",
     "initial:cp": "cp",
     "initial:syncthing": "syncthing",
-    "initial-raw:rsync-pipe": "rsync",
-    "initial-raw:rsync-daemon": "rsync",
+    "startup": None,
+    "sidecar-cpu:devstack": None,
+    "sidecar-cpu:devstack-raw": None,
+    # Over the emulated link (tests/bench/test_sync_link_smoke.py checks the link).
+    "link:best": "tar",
+    "link-raw:best": "tar",
+    "link:floor": "tar",
+    "link:rsync-a": "rsync",
+    "link:rsync-az": "rsync",
+    "link:tar-gzip": "tar",
+    "link:tar": "tar",
+    "link:syncthing": "syncthing",
     "noop:rsync-pipe": "rsync",
     "latency-median:syncthing": "syncthing",
     "latency-median:tar-one-file": "tar",
@@ -145,6 +162,7 @@ def _check_every_figure(result: dict[str, Any], stdout: str, work: Path, absent:
         assert got["saves"] == saves
         assert got["app_processes"] == saves
     assert result["latency"]["devstack"]["saves"] == result["sizes"]["saves"]
+    _check_link(result, absent)
 
     # stdout is the table; child processes wrote to their own log files,
     # which outlive the trees.
@@ -154,6 +172,40 @@ def _check_every_figure(result: dict[str, Any], stdout: str, work: Path, absent:
     logs = sorted(p.name for p in (work / "logs").iterdir())
     assert any(n.endswith("-sidecar.log") for n in logs)
     assert any(n.endswith("-connect-watch.log") for n in logs)
+
+
+def _check_link(result: dict[str, Any], absent: set[str]) -> None:
+    """The emulated link is really the link: the calibration saw at least
+    the latency and at most the rate asked for, and every tool that sends
+    the tree uncompressed took at least its bytes at the link's rate (so
+    its traffic crossed the link, not loopback). The best-of row compares
+    with the fastest of rsync -a, rsync -az and tar | gzip."""
+    link = result["link"]
+    shape = link["shape"]
+    rate_bytes_s = shape["mbit_s"] * 1e6 / 8
+    cal = link["calibration"]
+    assert cal["rtt_ms"] >= shape["rtt_ms"]
+    # A little slack: the far end's socket buffers hold the last bytes.
+    assert cal["transfer_s"] >= 0.9 * cal["transfer_bytes"] / rate_bytes_s
+    tree_bytes = link["tree"]["bytes"]
+    for name in ("rsync-a", "tar", "devstack-raw", "syncthing"):
+        if name.split("-")[0] in absent:
+            assert name not in link["runs_s"]
+            continue
+        for took in link["runs_s"][name]:
+            assert took >= 0.9 * tree_bytes / rate_bytes_s, (name, took)
+    table = {row["key"]: row for row in result["table"]}
+    med = link["median_s"]
+    best = min(med[k] for k in ("rsync-a", "rsync-az", "tar-gzip") if k in med)
+    assert table["link:best"]["peer_value"] == best
+    assert (table["link:best"]["devstack"], table["link:best"]["target"]) == (
+        med["devstack"],
+        "ratio <= 0.8",
+    )
+    assert table["link-raw:best"]["devstack"] == med["devstack-raw"]
+    floor = link["floor"]
+    assert 0 < floor["gzip6_stream_bytes"] < tree_bytes
+    assert table["link:floor"]["peer_value"] == floor["gzip6_stream_s"] < floor["raw_s"]
 
 
 def test_generated_tree_is_deterministic_and_has_the_asked_shape(tmp_path: Path) -> None:
@@ -172,7 +224,14 @@ def test_generated_tree_is_deterministic_and_has_the_asked_shape(tmp_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def _require_toxiproxy() -> None:
+    """The emulated-link rows run through toxiproxy (scripts/testbed build)."""
+    binary = binary_paths().get("toxiproxy-server")
+    assert binary is not None and binary.is_file(), missing_message(["toxiproxy-server"])
+
+
 def test_quick_run_reports_every_figure_with_the_peers_this_machine_has(tmp_path: Path) -> None:
+    _require_toxiproxy()
     absent = {t for t in PEERS if shutil.which(t) is None}
     result, stdout, work = _run_quick(tmp_path, dict(os.environ))
     _check_every_figure(result, stdout, work, absent)
@@ -181,6 +240,7 @@ def test_quick_run_reports_every_figure_with_the_peers_this_machine_has(tmp_path
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quick_run_without_rsync_and_syncthing_reports_them_absent(tmp_path: Path) -> None:
+    _require_toxiproxy()
     env = {**os.environ, "PATH": _path_without(tmp_path, PEERS)}
     result, stdout, work = _run_quick(tmp_path, env)
     _check_every_figure(result, stdout, work, set(PEERS))

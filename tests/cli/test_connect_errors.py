@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from devstack.cli.channel import BROKEN_STREAM_DETAILS, classify
 from devstack.cli.syncer import RetryPolicy, Stats, Syncer, Target
 from devstack.core.errors import PeerFailedError, UnreachableError
 from devstack.core.plan import Plan
+from devstack.core.sync.retry import NoAnswerError, RefusedConnectionError, UnknownHostError
 from devstack.sync.v1 import sync_pb2 as pb
 from tests.support.fakesidecar import Failure, FakeSidecar
 from tests.support.sync import devstack_cmd
@@ -205,3 +208,71 @@ def test_a_stream_that_broke_under_a_write_is_a_dropped_connection_not_a_failure
     assert "broke mid-stream" in str(broke)
     failed = classify(grpc.StatusCode.INTERNAL, "disk on fire", "127.0.0.1:1")
     assert isinstance(failed, PeerFailedError)
+
+
+class Quiet:
+    """A reporter that keeps nothing: these tests read what ``run`` raises."""
+
+    def round_started(self, plan: Plan, *, initial: bool) -> None: ...
+    def progress(self, files: int, nbytes: int) -> None: ...
+    def round_finished(self, stats: Stats) -> None: ...
+    def event(self, event: pb.Event) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def first_connect(
+    src: Path, target: Target, *, once: bool = False, timeout: float = 10.0
+) -> tuple[BaseException, float]:
+    """What a first connect to ``target`` raises, and how long it took."""
+    syncer = Syncer(
+        src, target, reporter=Quiet(), cache_path=src.parent / "c", connect_timeout=timeout
+    )
+    started = time.monotonic()
+    with pytest.raises(UnreachableError) as e:
+        asyncio.run(syncer.run(once=once))
+    return e.value, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("address", "kind", "says"),
+    [
+        (None, RefusedConnectionError, "connection refused, nothing listens there"),
+        ("nohost.invalid:7070", UnknownHostError, "unknown host 'nohost.invalid'"),
+    ],
+    ids=["refused", "unknown-host"],
+)
+@pytest.mark.parametrize("once", [True, False], ids=["once", "watch"])
+def test_a_first_connect_fails_at_once_and_says_which(
+    src: Path, address: str | None, kind: type, says: str, once: bool
+) -> None:
+    """Not after the 10 s connect timeout, and not as "no answer": at once,
+    watching too (a sidecar that was never reached is a wrong address)."""
+    address = address or f"127.0.0.1:{free_port()}"
+    err, took = first_connect(src, Target(address, "tok"), once=once)
+    assert isinstance(err, kind), err
+    assert str(err).startswith(f"cannot reach the sidecar at {address}: {says}"), err
+    assert "--to" in str(err) and "no answer" not in str(err)
+    assert took < 5, f"took {took:.1f} s: it waited for the connect timeout"
+
+
+def test_the_one_line_of_a_refused_first_connect(src: Path) -> None:
+    r = connect(src, f"127.0.0.1:{free_port()}")
+    assert r.returncode == 2
+    line = error_line(r.stderr)
+    assert "connection refused, nothing listens there (start the sidecar" in line
+    assert r.stderr.count("\n") == 1
+
+
+def test_tls_to_a_plain_sidecar_says_what_is_likely_wrong(fake: FakeSidecar, src: Path) -> None:
+    """The port takes TCP connections but gRPC cannot connect: no answer
+    in the connect timeout, and the likely cause."""
+    err, _ = first_connect(src, Target(fake.address, "tok", tls=True), timeout=1.0)
+    assert isinstance(err, NoAnswerError), err
+    assert "no answer in 1 s" in str(err) and "--tls on one side only" in str(err)
+    assert fake.sessions == 0

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.sync import Sidecar, devstack_cmd
 
@@ -44,7 +45,36 @@ def test_status_reports_counters(sidecar: Sidecar) -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["workspace"] == "ws"
-    assert data["protocolVersion"] == 1
+    assert data["protocol_version"] == 1
+
+
+def test_status_output_is_snake_case_with_zeros(sidecar: Sidecar) -> None:
+    """A fresh sidecar: every counter is there, 0, as a number; no reload yet."""
+    common = ["--to", sidecar.address, "--token-file", str(sidecar.token_file)]
+    r = run("status", *common, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert list(data) == [
+        "protocol_version",
+        "workspace",
+        "sessions",
+        "batches_applied",
+        "files_written",
+        "bytes_received",
+        "conflicts",
+        "last_reload",
+        "uptime_seconds",
+        "replica",
+    ]
+    zeros = ("sessions", "batches_applied", "files_written", "bytes_received", "conflicts")
+    assert {k: data[k] for k in zeros} == dict.fromkeys(zeros, 0)
+    assert data["last_reload"] is None and data["replica"] is False
+    assert isinstance(data["uptime_seconds"], float)
+    r = run("status", *common, "-o", "yaml")
+    assert r.returncode == 0, r.stderr
+    as_yaml = yaml.safe_load(r.stdout)
+    del as_yaml["uptime_seconds"], data["uptime_seconds"]  # time passed between the two
+    assert as_yaml == data
 
 
 def test_bad_token_is_one_line(sidecar: Sidecar, tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ def test_the_shop_runs_in_needs_order_with_a_copy_of_what_is_named() -> None:
     assert stock.ready_path == "/healthz"
     assert stock.aws == {"sqs": [{"name": "reservations"}]}
     assert stock.reload_on == ("*.py",)
+    # devstack.local.env only: not the chart's env (examples/shop/cluster.yaml, for a cluster)
     assert plan.service("api").env == {"STOCK_HOST": "stock.${DEVSTACK_DOMAIN}"}
+    assert plan.service("web").env == {"API_HOST": "api.${DEVSTACK_DOMAIN}"}
+    assert stock.env == {}
     every = localstack.plan(load(SHOP), SHOP, "alice", [])
     assert [s.copy for s in every.services] == [True, True, True]
 
@@ -138,3 +141,38 @@ def test_routes_are_the_agents_own() -> None:
     assert {u for _, u, _ in tagged} == {"http://127.0.0.1:2"}
     assert not any("api" in k and "alice" in k for k in by_rule)
     assert config["http"]["middlewares"]
+
+
+def test_the_readiness_path_defaults_to_the_charts_own(tmp_path: Path) -> None:
+    """One value for both places: without ``local.readyPath`` the local stack
+    probes ``devstack.readiness.path``, the path the chart's readinessProbe and
+    the sidecar use; ``local.readyPath`` still wins, and ``/`` is the last
+    resort."""
+    root = write(
+        tmp_path,
+        """releases:
+  - name: chart-probe
+    chart: ./chart
+    values:
+      - devstack:
+          readiness: {path: /ready, port: 8000}
+          local: {command: [python, app.py]}
+  - name: local-probe
+    chart: ./chart
+    values:
+      - devstack:
+          readiness: {path: /ready, port: 8000}
+          local: {command: [python, app.py], readyPath: /local}
+  - name: none
+    chart: ./chart
+    values:
+      - devstack:
+          local: {command: [python, app.py]}
+""",
+    )
+    plan = localstack.plan(load(root), root, "alice", [])
+    assert [plan.service(n).ready_path for n in ("chart-probe", "local-probe", "none")] == [
+        "/ready",
+        "/local",
+        "/",
+    ]

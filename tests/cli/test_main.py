@@ -45,7 +45,7 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bash_completes_subcommands_and_their_real_options(script: Path) -> None:
-    assert _complete(script, "devstack con") == ["connect"]
+    assert _complete(script, "devstack conn") == ["connect"]
     assert set(_complete(script, "devstack ")) >= {"up", "connect", "agent", "completion"}
     # options come from the parser itself: the agent's --kubeconfig ...
     assert "--kubeconfig" in _complete(script, "devstack agent --kube")
@@ -70,3 +70,17 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
         # argparse itself swallows a failed write of its help (exit 0)
         assert out.returncode == (0 if "--help" in argv else 141), argv
         assert b"Traceback" not in out.stderr and b"BrokenPipe" not in out.stderr, out.stderr
+
+
+def test_every_commands_help_has_examples_for_users() -> None:
+    """Help written for users: each command's --help ends with examples of
+    how to run it, not only its options (the parser is the one devstack runs)."""
+    from devstack.cli.completion import _subparsers
+    from devstack.cli.main import COMMANDS, full_parser
+
+    subs = _subparsers(full_parser())
+    assert set(subs) == set(COMMANDS)
+    missing = [name for name, sub in subs.items() if "examples:" not in (sub.epilog or "")]
+    assert missing == []
+    for name, sub in subs.items():
+        assert f"devstack {name}" in (sub.epilog or ""), name

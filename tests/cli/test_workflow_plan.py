@@ -15,6 +15,7 @@ import pytest
 from devstack.agent.desired import AgentSettings
 from devstack.cli.cluster_up import PlanError, check_context, plan_up
 from devstack.cli.down import Removal, plan_down
+from devstack.cli.images import BuildRecord
 from devstack.cli.releases import Progress, progress, sidecar_access, summary
 from devstack.cli.workflow_status import Target, preview_url, status_targets
 from devstack.core.errors import ConfigError, DevstackError
@@ -26,10 +27,13 @@ FIXTURE = REPO / "tests" / "data" / "workflow"
 
 
 def workflow_project(root: Path, *, prepare: bool = False) -> Path:
-    """The fixture project at ``root/project``, with the example chart and the
-    library chart where its Helmfile finds them; ``prepare``: with the example
-    chart's dependency resolved (to deploy it). Returns the Helmfile's path."""
+    """The fixture project at ``root/project``, with the example chart, the
+    library chart and hello's own values (examples/hello/devstack.yaml) where
+    its Helmfile finds them; ``prepare``: with the example chart's dependency
+    resolved (to deploy it). Returns the Helmfile's path."""
     shutil.copytree(FIXTURE, root / "project")
+    (root / "examples" / "hello").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "hello" / "devstack.yaml", root / "examples" / "hello")
     if prepare:
         from tests.helm.charts import prepare_example
 
@@ -126,16 +130,29 @@ def test_the_values_devstack_injects(helmfile: Helmfile) -> None:
     plan = plan_up(helmfile, "alice", ["hello"], set())
     by = {r.release: r for r in plan.releases}
     copy = by["hello--alice"]
-    # the library chart's own values: the sidecar (devstack.enabled), the owner
+    # the library chart's own values: devstack and its sidecar on, the owner
     # and the service label the agent routes by
-    assert copy.injected == {"devstack": {"enabled": True, "owner": "alice", "service": "hello"}}
+    injected = {
+        "devstack": {
+            "enabled": True,
+            "owner": "alice",
+            "service": "hello",
+            "sidecar": {"enabled": True},
+        }
+    }
+    assert copy.injected == injected
     # merged over the Helmfile's values, which stay
     assert copy.values["devstack"] == {
         "enabled": True,
         "owner": "alice",
         "service": "hello",
-        "sidecar": {"reload": "supervise", "command": "python app.py"},
+        "sidecar": {"reload": "supervise", "command": "python app.py", "enabled": True},
         "provision": {"endpoint": "http://127.0.0.1:4566"},
+        # examples/hello/devstack.yaml's (the example chart declares none)
+        "aws": {
+            "sqs": [{"name": "jobs", "deadLetter": {"maxReceiveCount": 5}}],
+            "s3": [{"name": "uploads"}],
+        },
     }
     # a baseline of a chart without devstack gets nothing
     assert by["db"].injected == {}
@@ -149,7 +166,7 @@ def test_the_values_devstack_injects(helmfile: Helmfile) -> None:
         "action": "install",
         "chart": "../examples/chart",
         "needs": ["api"],
-        "injectedValues": {"devstack": {"enabled": True, "owner": "alice", "service": "hello"}},
+        "injectedValues": injected,
     }
 
 
@@ -182,15 +199,131 @@ def test_a_baseline_with_devstack_gets_the_empty_owner_and_its_service_label(
     ]
     (hello,), _ = plan.levels
     assert hello.namespace == "shop"
-    # devstack stays as the Helmfile sets it (here: on, for the routing labels);
-    # the service label is the one the Helmfile gives, for copies too
-    assert hello.injected == {"devstack": {"owner": "", "service": "greeter"}}
-    assert hello.values["devstack"] == {"enabled": True, "owner": "", "service": "greeter"}
+    # a baseline with a devstack block: devstack on without the sidecar (its
+    # routing labels and provisioning hooks), the empty owner; the service
+    # label is the one the Helmfile gives, for copies too
+    baseline = {"enabled": True, "owner": "", "service": "greeter", "sidecar": {"enabled": False}}
+    assert hello.injected == {"devstack": baseline}
+    assert hello.values["devstack"] == baseline
     plan = plan_up(load(path), "alice", ["hello"], set())
     assert plan.releases[0].injected["devstack"]["service"] == "greeter"
     # deployed is read per namespace
     plan = plan_up(load(path), "alice", ["front"], {("shop", "hello")}, namespace="default")
     assert shape(plan) == [[("front--alice", "copy", "install")]]
+
+
+BUILT = """
+releases:
+  - name: api
+    chart: ./charts/plain
+    values:
+      - containers:
+          - {name: app, image: {repository: api, tag: old}}
+          - {name: proxy, image: {repository: envoy, tag: "1"}}
+        devstack:
+          build:
+            image: registry.example.com/team/api
+            values: {repository: "containers[0].image.repository", tag: "containers[0].image.tag"}
+  - name: web
+    chart: ./charts/plain
+    needs: [api]
+    values:
+      - image: {repository: web, tag: "1.0", pullPolicy: Always}
+        devstack: {build: {image: registry.example.com/team/web}}
+  - name: docs
+    chart: ./charts/plain
+    values:
+      - annotations: {owner: team}
+        devstack:
+          build:
+            image: registry.example.com/team/docs
+            values: {repository: image, tag: 'annotations.app\\.kubernetes\\.io/version'}
+"""
+
+
+def _record(service: str, tag: str) -> BuildRecord:
+    return BuildRecord(service, f"{REG}/{service}", tag, "sha256:0", "2025-01-01T00:00:00Z")
+
+
+REG = "registry.example.com/team"
+API_VALUES = {
+    "containers": [
+        {"name": "app", "image": {"repository": "api", "tag": "old"}},
+        {"name": "proxy", "image": {"repository": "envoy", "tag": "1"}},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("services", "built", "injected", "values"),
+    [
+        # the copy gets its recorded image at the default paths (image.repository
+        # and image.tag), over the Helmfile's values, which stay
+        (
+            ["web"],
+            ["web", "api"],
+            {"web--alice": {"image": {"repository": f"{REG}/web", "tag": "t-web"}}, "api": {}},
+            {"web--alice": {"image": {"repository": f"{REG}/web", "tag": "t-web",
+                                      "pullPolicy": "Always"}},
+             # the baseline of a built service keeps its own image
+             "api": API_VALUES},
+        ),
+        # paths with [N]: set into the list's entry, the other entries kept
+        (
+            ["api"],
+            ["api"],
+            {"api--alice": {"containers": [{"image": {"repository": f"{REG}/api",
+                                                      "tag": "t-api"}}]}},
+            {"api--alice": {"containers": [
+                {"name": "app", "image": {"repository": f"{REG}/api", "tag": "t-api"}},
+                {"name": "proxy", "image": {"repository": "envoy", "tag": "1"}},
+            ]}},
+        ),
+        # an escaped dot is part of a key; a scalar path replaces the value
+        (
+            ["docs"],
+            ["docs"],
+            {"docs--alice": {"image": f"{REG}/docs",
+                             "annotations": {"app.kubernetes.io/version": "t-docs"}}},
+            {"docs--alice": {"image": f"{REG}/docs",
+                             "annotations": {"owner": "team",
+                                             "app.kubernetes.io/version": "t-docs"}}},
+        ),
+        # no record: nothing of the image injected, the Helmfile's values as they are
+        (
+            ["web"],
+            ["api"],
+            {"web--alice": {}, "api": {}},
+            {"web--alice": {"image": {"repository": "web", "tag": "1.0", "pullPolicy": "Always"}},
+             "api": API_VALUES},
+        ),
+    ],
+)  # fmt: skip
+def test_a_copy_deploys_the_image_devstack_build_recorded(
+    tmp_path: Path,
+    services: list[str],
+    built: list[str],
+    injected: dict[str, dict[str, Any]],
+    values: dict[str, dict[str, Any]],
+) -> None:
+    path = workflow_project(tmp_path)
+    path.write_text(BUILT)
+    builds = {s: _record(s, f"t-{s}") for s in built}
+    plan = plan_up(load(path), "alice", services, set(), builds=builds)
+    by = {r.release: r for r in plan.releases}
+    assert set(by) == set(injected)
+    for release, want in injected.items():
+        got = {k: v for k, v in by[release].injected.items() if k != "devstack"}
+        assert got == want, release
+        assert by[release].as_json()["injectedValues"] == dict(by[release].injected)
+    for release, want in values.items():
+        got = {k: v for k, v in by[release].values.items() if k != "devstack"}
+        assert got == want, release
+        # devstack's own settings are there as the Helmfile set them
+        assert by[release].values["devstack"]["build"]["image"].startswith(REG)
+    # without builds (the default) nothing of the image is injected
+    plain = plan_up(load(path), "alice", services, set())
+    assert all(set(r.injected) <= {"devstack"} for r in plain.releases)
 
 
 @pytest.mark.parametrize(
@@ -523,3 +656,32 @@ def test_helm_release_records() -> None:
     broken = {"metadata": {"name": "sh.helm.release.v1.x.v1"}, "data": {"release": "bm90IGhlbG0="}}
     with pytest.raises(DevstackError, match=r"Helm's release record sh\.helm\.release\.v1\.x\.v1 "):
         decode_release(broken)
+
+
+def test_up_baseline_plans_the_shared_baselines_not_copies(helmfile: Helmfile) -> None:
+    """``devstack up --baseline``: the platform team's deploy. The named
+    services' baselines (every installed one when none is named), routed and
+    provisioned without a sidecar, each installed or upgraded; what they need
+    and the cluster lacks comes first; no copy of anyone."""
+    plan = plan_up(helmfile, "alice", [], set(), baseline=True)
+    assert shape(plan) == [
+        [("db", "baseline", "install"), ("cache", "baseline", "install")],
+        [("api", "baseline", "install")],
+        [("hello", "baseline", "install")],
+    ]
+    hello = plan.levels[2][0]
+    assert hello.injected == {
+        "devstack": {
+            "enabled": True,
+            "owner": "",
+            "service": "hello",
+            "sidecar": {"enabled": False},
+        }
+    }
+    # one named, its needs partly there: the named one is upgraded, the missing
+    # need installed, the present one left alone
+    plan = plan_up(
+        helmfile, "alice", ["api"], {("default", "api"), ("default", "db")}, baseline=True
+    )
+    assert shape(plan) == [[("cache", "baseline", "install")], [("api", "baseline", "upgrade")]]
+    assert plan.present == ("db",)

@@ -196,11 +196,11 @@ def test_install_upgrade_uninstall_with_the_provisioning_hooks(
         # Hooks that succeeded are deleted, support objects and pods included.
         wait_for(lambda: _hook_objects_gone(admin, namespace, PROVISION), timeout=120)
 
-        # helm upgrade without the bucket (null: the chart's own values.yaml
-        # declares one, and Helm merges maps) and with a new password: the
-        # pre-upgrade hook prunes the bucket and updates the secret and the
-        # outputs; the Deployment converges again.
-        less = {**AWS, "s3": None, "secrets": [{"name": "db-password", "value": "n3w-pw"}]}
+        # helm upgrade without the bucket (an empty list, as docs/helm.md says
+        # to drop a kind an earlier values file declares: Helm replaces lists)
+        # and with a new password: the pre-upgrade hook prunes the bucket and
+        # updates the secret and the outputs; the Deployment converges again.
+        less = {**AWS, "s3": [], "secrets": [{"name": "db-password", "value": "n3w-pw"}]}
         helm.upgrade(chart, RELEASE, values(less, moto.endpoint), wait="watcher", timeout=300)
         assert len(runner.runs) == 2
         upgrade = runner.runs[-1]

@@ -541,10 +541,11 @@ async def test_preview_urls_and_a_two_hop_chain(
         # Untagged: baselines all the way.
         answer = await c.get("front.localtest.me")
         assert (answer["who"], answer["next"]["who"]) == ("front", "back")
-        # Mixed baggage on the way in: the key still travels to the next hop.
+        # Mixed baggage on the way in: the key travels to the next hop, and so
+        # does the rest of the baggage (W3C and OpenTelemetry pass it all on).
         answer = await c.get("front.localtest.me", {"baggage": "tenant=t1,devstack-route=alice"})
         assert (answer["who"], answer["next"]["who"]) == ("front", "back-alice")
-        assert answer["next"]["baggage"] == "devstack-route=alice"
+        assert answer["next"]["baggage"] == "tenant=t1,devstack-route=alice"
 
 
 async def test_deleting_alices_service_returns_her_traffic_to_the_baseline(

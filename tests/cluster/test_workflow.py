@@ -263,7 +263,12 @@ def _alices_day(
         [("hello--alice", "copy", "install")],
     ]
     assert plan["levels"][2][0]["injectedValues"] == {
-        "devstack": {"enabled": True, "owner": "alice", "service": "hello"}
+        "devstack": {
+            "enabled": True,
+            "owner": "alice",
+            "service": "hello",
+            "sidecar": {"enabled": True},
+        }
     }
     assert helm_releases(admin, namespace) == {}
     assert deployments(admin, namespace) == {}
@@ -467,13 +472,13 @@ def _alices_day(
         # (the sidecar counts the finished session out a moment after `--once` exits)
         def reloaded_and_idle() -> Obj | None:
             r = hello_row()
-            return r if r["lastReload"] and r["sync"] == "idle" else None
+            return r if r["last_reload"] and r["sync"] == "idle" else None
 
         row = wait_for(reloaded_and_idle, timeout=60)
         assert row["ready"] is True
-        assert row["lastReload"].startswith("reload-finished: "), row
-        assert "restarted the app" in row["lastReload"], row
-        assert row["previewUrl"] == "http://hello--alice.preview.localtest.me"
+        assert row["last_reload"].startswith("reload-finished: "), row
+        assert "restarted the app" in row["last_reload"], row
+        assert row["preview_url"] == "http://hello--alice.preview.localtest.me"
         run = devstack("status", "--to", entry, *alice, env=env, timeout=120)
         assert run.returncode == 0, run.stderr
         header, *rows_text = run.stdout.splitlines()
@@ -484,7 +489,7 @@ def _alices_day(
             "status", "--to", sidecar.address, "--token-file", str(token_file), "--json", env=env
         )
         assert run.returncode == 0, run.stderr
-        assert int(json.loads(run.stdout)["batchesApplied"]) >= 2
+        assert json.loads(run.stdout)["batches_applied"] >= 2
         run = devstack("urls", "-o", "json", *alice, env=env)
         assert run.returncode == 0, run.stderr
         urls = {(u["service"], u["owner"]): u["url"] for u in json.loads(run.stdout)["urls"]}

@@ -9,13 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devstack.core.routing import (
+    BAGGAGE_MAX_BYTES,
+    BAGGAGE_MAX_MEMBERS,
     RouteSettings,
     RoutingError,
     baggage_member_regexp,
+    baggage_members,
+    baggage_of,
     baggage_rule,
     crd_group_for,
     host_rule,
     is_dns_label,
+    merge_baggage,
     owner_from_baggage,
     owner_from_headers,
     parse_baggage,
@@ -104,14 +109,125 @@ def test_configurable_names() -> None:
     ("baggage", "result"),
     [
         pytest.param(None, "devstack-route=alice", id="none"),
-        pytest.param("a=1", "devstack-route=alice,a=1", id="kept"),
+        pytest.param("", "devstack-route=alice", id="empty"),
+        pytest.param("a=1", "devstack-route=alice,a=1", id="added-first"),
         pytest.param(
-            "a=1,devstack-route=bob;p=2,b=2", "devstack-route=alice,a=1,b=2", id="replaced"
+            "tenant=t1,devstack-route=alice;p=1,user=a%20b",
+            "tenant=t1,devstack-route=alice;p=1,user=a%20b",
+            id="already-set-kept-verbatim",
+        ),
+        pytest.param(
+            "a=1,devstack-route=bob;p=2,b=2", "a=1,devstack-route=alice,b=2", id="replaced-in-place"
+        ),
+        pytest.param(
+            "a=1,devstack-route=,b=2", "a=1,devstack-route=alice,b=2", id="empty-member-set"
+        ),
+        pytest.param(
+            "devstack-route=bob,a=1,devstack-route=alice;x,devstack-route=carol",
+            "devstack-route=alice,a=1",
+            id="one-member-never-two",
+        ),
+        pytest.param(
+            " a = 1 ;p=v;q , b=x%2Cy,c=3;k",
+            "devstack-route=alice,a = 1 ;p=v;q,b=x%2Cy,c=3;k",
+            id="members-and-properties-as-written",
+        ),
+        pytest.param(
+            'a=1,,bad,=x,q="x",sp=a b,b=2',
+            "devstack-route=alice,a=1,b=2",
+            id="malformed-members-dropped",
+        ),
+        pytest.param(
+            "xdevstack-route=bob,devstack-routex=bob",
+            "devstack-route=alice,xdevstack-route=bob,devstack-routex=bob",
+            id="exact-key",
         ),
     ],
 )
 def test_with_owner_in_baggage(baggage: str | None, result: str) -> None:
     assert with_owner_in_baggage(baggage, "alice") == result
+    assert owner_from_baggage(result) == "alice"
+
+
+def test_with_owner_in_baggage_encodes_the_owner_and_other_keys() -> None:
+    assert with_owner_in_baggage("a=1", "a b,c") == "devstack-route=a%20b%2Cc,a=1"
+    assert with_owner_in_baggage("devstack-route=a%20b;p", "a b") == "devstack-route=a%20b;p"
+    assert with_owner_in_baggage("t=1,team=bob", "al", key="team") == "t=1,team=al"
+
+
+def _members(n: int, size: int = 3) -> list[str]:
+    """``n`` distinct members of ``size`` characters each (``m001=x...``)."""
+    return [f"m{i:03d}=".ljust(size, "x") for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("members", "kept"),
+    [
+        pytest.param(_members(179), 179, id="179+key-all-kept"),
+        pytest.param(_members(180), 179, id="180+key-one-dropped"),
+        pytest.param(_members(250), 179, id="250+key-tail-dropped"),
+        # 8192 bytes: "devstack-route=alice" (20) + 81 x (",m000=x..." 1 + 100) = 8201 > 8192
+        pytest.param(_members(81, 100), 80, id="bytes-whole-member-dropped"),
+        pytest.param([*_members(80, 100), "z=" + "y" * 9000], 80, id="oversized-member-dropped"),
+    ],
+)
+def test_with_owner_in_baggage_keeps_to_the_w3c_limits(members: list[str], kept: int) -> None:
+    result = with_owner_in_baggage(",".join(members), "alice")
+    out = result.split(",")
+    assert out == ["devstack-route=alice", *members[:kept]]  # whole members, in order
+    assert len(out) <= BAGGAGE_MAX_MEMBERS
+    assert len(result.encode()) <= BAGGAGE_MAX_BYTES
+
+
+def test_the_routing_member_survives_the_limits_where_it_stands() -> None:
+    members = _members(200)
+    members[190] = "devstack-route=bob;p=1"
+    out = with_owner_in_baggage(",".join(members), "alice").split(",")
+    assert out == [*members[:179], "devstack-route=alice"]
+    members[190] = "devstack-route=alice;p=1"
+    out = with_owner_in_baggage(",".join(members), "alice").split(",")
+    assert out == [*members[:179], "devstack-route=alice;p=1"]
+
+
+@pytest.mark.parametrize(
+    ("values", "result"),
+    [
+        pytest.param((None,), "", id="nothing"),
+        pytest.param(("a=1;p, b=2",), "a=1;p,b=2", id="one-as-written"),
+        pytest.param(("a=1,b=2", "c=3"), "a=1,b=2,c=3", id="added-at-the-end"),
+        pytest.param(("a=1;p,b=2", "a=9"), "a=9,b=2", id="replaced-in-place"),
+        pytest.param((None, "a=1"), "a=1", id="no-first"),
+        pytest.param(("a=1,bad", None, "b=2,=x"), "a=1,b=2", id="malformed-dropped"),
+        pytest.param((",".join(_members(200)),), ",".join(_members(180)), id="limits"),
+    ],
+)
+def test_merge_baggage(values: tuple[str | None, ...], result: str) -> None:
+    assert merge_baggage(*values) == result
+
+
+def test_merge_baggage_without_the_limits() -> None:
+    assert merge_baggage(",".join(_members(200)), "z=1", limit=False) == ",".join(
+        [*_members(200), "z=1"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "baggage"),
+    [
+        pytest.param({}, None, id="none"),
+        pytest.param({"Baggage": " a=1 "}, "a=1", id="case-blind"),
+        pytest.param([("baggage", "a=1"), ("x", "y"), ("baggage", "b=2")], "a=1,b=2", id="several"),
+        pytest.param([("baggage", " ")], None, id="blank"),
+        pytest.param({"uberctx-devstack-route": "al"}, None, id="jaeger-is-not-baggage"),
+    ],
+)
+def test_baggage_of(headers: dict[str, str] | list[tuple[str, str]], baggage: str | None) -> None:
+    assert baggage_of(headers) == baggage
+
+
+def test_baggage_members() -> None:
+    assert baggage_members(None) == []
+    assert baggage_members(" a=1 ;p ,\tb = 2,c=") == ["a=1 ;p", "b = 2", "c="]
 
 
 @pytest.mark.parametrize(

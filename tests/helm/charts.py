@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 AGENT_CHART = REPO / "helm" / "devstack"
 LIB_CHART = REPO / "helm" / "devstack-lib"
 EXAMPLE_CHART = REPO / "examples" / "chart"
+#: The hello service's own values (its AWS resources): the example chart declares none.
+HELLO_VALUES = REPO / "examples" / "hello" / "devstack.yaml"
 TRAEFIK_CRDS = REPO / "tests" / "data" / "traefik-crds"
 
 #: The Kubernetes version rendered output is validated against (shipped by kubernetes-validate).
@@ -37,6 +39,14 @@ def prepare_example(root: Path) -> Path:
     shutil.copytree(LIB_CHART, root / "helm" / "devstack-lib")
     helm_python.dependency_update(chart, skip_refresh=True)
     return chart
+
+
+def hello_values(devstack: dict[str, Any] | None = None) -> dict[str, Any]:
+    """examples/hello/devstack.yaml, with ``devstack`` settings over its
+    ``devstack:`` block (as ``-f examples/hello/devstack.yaml --set ...``)."""
+    values: dict[str, Any] = yaml.safe_load(HELLO_VALUES.read_text())
+    values["devstack"] = {**values["devstack"], **(devstack or {})}
+    return values
 
 
 def render(

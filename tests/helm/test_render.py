@@ -12,14 +12,18 @@ from unittest import mock
 import pytest
 from helm_python.errors import HelmValuesError
 
+from devstack.core.helmfile import load
+from devstack.core.helmfile.values import merge
 from devstack.core.routing import crd_group_for
 from tests.helm.charts import (
     AGENT_CHART,
     EXAMPLE_CHART,
+    HELLO_VALUES,
     LIB_CHART,
     REPO,
     by_kind,
     documents,
+    hello_values,
     lint_problems,
     one,
     render,
@@ -87,6 +91,14 @@ EXAMPLE_CASES: dict[str, dict[str, Any]] = {
         }
     },
     "no AWS resources": {"devstack": {**ENABLED, "aws": None}},
+    "hello's AWS resources": hello_values(ENABLED),
+    "env map": {"env": {"GREETING": "hi", "N": 3, "ON": True}, "devstack": ENABLED},
+    "env list": {
+        "env": [
+            {"name": "GREETING", "value": "hi"},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ]
+    },
     "outputs secret, no teardown, own credentials": {
         "devstack": {
             **ENABLED,
@@ -142,7 +154,11 @@ def test_example_chart_renders_valid_manifests(example_chart: Path, values: dict
 
 
 def test_disabled_renders_exactly_as_the_chart_without_devstack(example_chart: Path) -> None:
-    for values in ({}, {"devstack": {"enabled": False, "owner": "alice"}}):
+    for values in (
+        {},
+        {"devstack": {"enabled": False, "owner": "alice"}},
+        {"env": {"A": "1"}, "devstack": {"enabled": False}},
+    ):
         with_lib = render(example_chart, values)
         plain = render(PLAIN_CHART, {k: v for k, v in values.items() if k != "devstack"})
         assert with_lib.pop("hello/templates/devstack.yaml").strip() == ""
@@ -384,7 +400,7 @@ def test_no_prune_and_no_teardown(example_chart: Path) -> None:
 
 def test_hook_jobs_take_extra_volumes_and_environment(example_chart: Path) -> None:
     """A hook script mounted from a ConfigMap, with its own settings (docs/helm.md)."""
-    provision = {
+    provision: dict[str, Any] = {
         "extraVolumes": [
             {"name": "hooks", "configMap": {"name": "hello-hooks", "defaultMode": 0o555}}
         ],
@@ -432,3 +448,124 @@ def test_the_example_chart_runs_the_example_app_from_the_workspace(example_chart
     script = Path(app["command"][-1])
     assert script.is_relative_to(workspace)
     assert (REPO / "examples" / "hello" / script.relative_to(workspace)).is_file()
+
+
+def _app(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "app")
+
+
+@pytest.mark.parametrize(
+    ("env", "rendered"),
+    [
+        pytest.param(None, [], id="none"),
+        pytest.param({}, [], id="empty"),
+        pytest.param(
+            {"B": "two words", "A": 1, "C": True, "D": ""},
+            [
+                {"name": "A", "value": "1"},
+                {"name": "B", "value": "two words"},
+                {"name": "C", "value": "true"},
+                {"name": "D", "value": ""},
+            ],
+            id="map-in-name-order-as-text",
+        ),
+        pytest.param(
+            [
+                {"name": "Z", "value": "z"},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ],
+            [
+                {"name": "Z", "value": "z"},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ],
+            id="list-as-given",
+        ),
+    ],
+)
+def test_the_example_charts_env_reaches_the_app_container(
+    example_chart: Path, env: Any, rendered: list[dict[str, Any]]
+) -> None:
+    """PORT first, then ``env``, then devstack's own variables."""
+    values: dict[str, Any] = {"devstack": {**ENABLED, "owner": "alice"}, "env": env}
+    docs = documents(render(example_chart, values))
+    assert validate(docs) == len(docs)
+    assert _app(docs)["env"] == [
+        {"name": "PORT", "value": "8000"},
+        *rendered,
+        {"name": "DEVSTACK_SERVICE", "value": "hello"},
+        {"name": "DEVSTACK_OWNER", "value": "alice"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"A": {"nested": 1}}, "at '/env/A'"),
+        ([{"value": "no name"}], "at '/env/0'"),
+        ({"1BAD": "x"}, "'1BAD' does not match pattern"),
+        ("A=1", "at '/env'"),
+    ],
+)
+def test_a_bad_env_is_refused_by_the_schema(example_chart: Path, env: Any, problem: str) -> None:
+    with pytest.raises(HelmValuesError) as refused:
+        render(example_chart, {"env": env})
+    assert problem in str(refused.value)
+
+
+SHOP = REPO / "examples" / "shop" / "helmfile.yaml"
+
+
+def test_the_shops_pods_get_the_router_and_the_hosts_they_call(example_chart: Path) -> None:
+    """In a cluster, each of the shop's apps calls the next through Traefik's
+    Service, by the host the agent routes: the Helmfile gives their pods
+    what ``devstack up --local`` gives the local processes."""
+    router = "http://traefik.traefik.svc.cluster.local"
+    calls = {"stock": {}, "api": {"STOCK_HOST": "stock.localtest.me"}}
+    calls["web"] = {"API_HOST": "api.localtest.me"}
+    for release in load(SHOP).releases:
+        values = merge(release.values, {"devstack": ENABLED})
+        docs = documents(render(example_chart, dict(values), name=release.name))
+        env = {e["name"]: e.get("value") for e in _app(docs)["env"]}
+        assert env == {
+            "PORT": "8000",
+            "DEVSTACK_ROUTER_URL": router,
+            "DEVSTACK_DOMAIN": "localtest.me",
+            **calls[release.name],
+            "DEVSTACK_SERVICE": release.name,
+            "DEVSTACK_OWNER": "",
+        }, release.name
+
+
+def _spec(docs: list[dict[str, Any]]) -> Any:
+    """The spec the release's provisioning hook runs with."""
+    import base64
+
+    import yaml
+
+    (secret,) = [
+        d for d in by_kind(docs, "Secret") if d["metadata"]["name"].endswith("-devstack-provision")
+    ]
+    return yaml.safe_load(base64.b64decode(secret["data"]["spec.yaml"]))
+
+
+def test_a_release_provisions_only_what_its_own_values_declare(example_chart: Path) -> None:
+    """Helm merges a chart's defaults into every release of it: the example
+    chart declares no AWS resources, so each of the shop's releases
+    provisions what it declares (stock its queue; api and web nothing), and
+    hello what examples/hello/devstack.yaml declares."""
+    import yaml
+
+    declared = {}
+    for release in load(SHOP).releases:
+        values = merge(release.values, {"devstack": ENABLED})
+        docs = documents(render(example_chart, dict(values), name=release.name))
+        declared[release.name] = _spec(docs)
+    assert declared == {"stock": {"sqs": [{"name": "reservations"}]}, "api": {}, "web": {}}
+    hello = yaml.safe_load(HELLO_VALUES.read_text())["devstack"]["aws"]
+    assert hello == {
+        "sqs": [{"name": "jobs", "deadLetter": {"maxReceiveCount": 5}}],
+        "s3": [{"name": "uploads"}],
+    }
+    assert _spec(documents(render(example_chart, hello_values(ENABLED)))) == hello
+    assert _spec(documents(render(example_chart, {"devstack": ENABLED}))) == {}

@@ -240,3 +240,101 @@ def test_sidecar_runs_unprivileged(example_chart: Path) -> None:
     assert security["runAsNonRoot"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_a_routed_baseline_keeps_labels_and_hooks_but_no_sidecar(example_chart: Path) -> None:
+    """``devstack.sidecar.enabled: false`` (what `devstack up` gives a baseline):
+    the routing labels the agent finds it by and the provisioning hooks stay;
+    nothing of the sidecar does (container, seed, workspace, token, sync
+    Service and route, the sync pod label)."""
+    values = {"devstack": {**ENABLED, "sidecar": {"enabled": False, "reload": "signal"}}}
+    docs = documents(render(example_chart, values))
+    pod = _pod(docs)
+    assert [c["name"] for c in pod["containers"]] == ["app"]
+    assert "initContainers" not in pod
+    assert "volumes" not in pod
+    assert "shareProcessNamespace" not in pod
+    assert "volumeMounts" not in _container(pod, "app")
+    assert not by_kind(docs, "IngressRoute")
+    # the provisioning hook's credentials only: no sidecar token
+    assert [s["metadata"]["name"] for s in by_kind(docs, "Secret")] == ["hello-devstack-provision"]
+    assert [s["metadata"]["name"] for s in by_kind(docs, "Service")] == ["hello"]
+    for kind in ("Deployment", "Service"):
+        assert one(docs, kind, "hello")["metadata"]["labels"]["devstack.dev/service"] == "hello"
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["devstack.dev/service"] == "hello"
+    assert "devstack.dev/sync" not in pod_labels
+    # provisioning stays: the hooks, and the app reads their outputs
+    assert {j["metadata"]["annotations"]["helm.sh/hook"] for j in by_kind(docs, "Job")} == {
+        "pre-install,pre-upgrade",
+        "pre-delete",
+    }
+    assert "envFrom" in _container(pod, "app")
+    env = {e["name"]: e["value"] for e in _container(pod, "app")["env"]}
+    assert env["DEVSTACK_SERVICE"] == "hello"
+
+
+def test_readiness_is_the_app_probe_and_the_sidecars_ready_url(example_chart: Path) -> None:
+    """One value, ``devstack.readiness``: the app container's readinessProbe
+    (with devstack on or off) and, for a supervised app, the URL the sidecar
+    probes after each restart before it reports the reload done."""
+    readiness = {"path": "/healthz", "port": 8000, "periodSeconds": 2, "startTimeoutSeconds": 20}
+    sidecar = {"reload": "supervise", "command": "python /app/app.py"}
+    on = _pod(
+        documents(
+            render(
+                example_chart,
+                {"devstack": {**ENABLED, "sidecar": sidecar, "readiness": readiness}},
+            )
+        )
+    )
+    probe = {
+        "httpGet": {"path": "/healthz", "port": 8000},
+        "periodSeconds": 2,
+        "timeoutSeconds": 1,
+        "failureThreshold": 3,
+    }
+    assert _container(on, "app")["readinessProbe"] == probe
+    args = _container(on, "devstack-sidecar")["args"]
+    at = args.index("--ready-url")
+    assert args[at + 1] == "http://127.0.0.1:8000/healthz"
+    assert args[args.index("--ready-timeout") + 1] == "20"
+    # devstack off: the app keeps the probe; no sidecar to tell
+    off = _pod(documents(render(example_chart, {"devstack": {"readiness": readiness}})))
+    assert _container(off, "app")["readinessProbe"] == probe
+    # no readiness value: the chart's own probe, and the sidecar probes nothing
+    plain = _pod(documents(render(example_chart, {"devstack": {**ENABLED, "sidecar": sidecar}})))
+    assert _container(plain, "app")["readinessProbe"] == {"httpGet": {"path": "/", "port": "http"}}
+    assert "--ready-url" not in _container(plain, "devstack-sidecar")["args"]
+    # a path needs a port
+    with pytest.raises(Exception, match=r"devstack\.readiness\.port is required"):
+        render(example_chart, {"devstack": {**ENABLED, "readiness": {"path": "/healthz"}}})
+
+
+def test_a_supervised_app_in_the_sidecar_gets_the_apps_environment(example_chart: Path) -> None:
+    """With ``reload: supervise`` the sidecar runs the app itself, so it needs
+    what the app container gets: the chart's env (passed as ``appEnv``) and the
+    provisioning outputs (envFrom). Other strategies leave the app in its own
+    container: the sidecar gets neither."""
+    values: dict[str, Any] = {
+        "env": {"DEVSTACK_ROUTER_URL": "http://traefik.traefik.svc.cluster.local"},
+        "devstack": {**ENABLED, "sidecar": {"reload": "supervise", "command": "python app.py"}},
+    }
+    pod = _pod(documents(render(example_chart, values)))
+    app, sidecar = _container(pod, "app"), _container(pod, "devstack-sidecar")
+    sidecar_env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    for item in app["env"]:
+        assert sidecar_env[item["name"]] == item["value"], item["name"]
+    assert sidecar_env["PORT"] == "8000"
+    assert sidecar_env["DEVSTACK_ROUTER_URL"] == "http://traefik.traefik.svc.cluster.local"
+    assert sidecar["envFrom"] == app["envFrom"]
+    # the app's come first: on a duplicate name Kubernetes takes the last,
+    # so the sidecar's own settings win
+    names = [e["name"] for e in sidecar["env"]]
+    assert names[:2] == ["PORT", "DEVSTACK_ROUTER_URL"]
+    assert names.index("DEVSTACK_ROUTER_URL") < names.index("DEVSTACK_LISTEN")
+    values["devstack"]["sidecar"] = {"reload": "none"}
+    pod = _pod(documents(render(example_chart, values)))
+    sidecar = _container(pod, "devstack-sidecar")
+    assert "PORT" not in {e["name"] for e in sidecar["env"]}
+    assert "envFrom" not in sidecar

@@ -119,9 +119,9 @@ def test_a_save_restarts_the_app_and_connect_hears_about_it(
     assert pids[-1] != pids[0]  # another process, same sidecar
     assert sc.proc is not None and sc.proc.poll() is None
     assert any(line.startswith("reload-finished: ") for line in proc.lines)
-    last = status_json(sc)["lastReload"]
+    last = status_json(sc)["last_reload"]
     assert isinstance(last, dict)
-    assert last["kind"] == "reload-finished" and last["reloadId"] == str(rid)
+    assert last["kind"] == "reload-finished" and last["reload_id"] == rid
 
     # A failing build step: its exit code and output come back; no restart.
     before = len(proc.events("connect.event", kind="reload-started"))
@@ -132,7 +132,7 @@ def test_a_save_restarts_the_app_and_connect_hears_about_it(
     assert failed["exit_code"] == 5 and failed["reason"] == "user-command-failed"
     assert "error: missing ;" in str(failed["output_tail"])
     wait_until(lambda: any("error: missing ;" in line for line in proc.lines), 30, "the tail")
-    assert status_json(sc)["lastReload"]["kind"] == "reload-failed"  # type: ignore[index]
+    assert status_json(sc)["last_reload"]["kind"] == "reload-failed"  # type: ignore[index]
 
     # An app that crashes right after the restart: that reload failed, as
     # crashed, with its output (not a restart that finished in milliseconds).

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from devstack.core.ignore import IgnoreRules
 from devstack.core.manifest import Entry, Kind, SyncState, hash_bytes
+from devstack.core.sync.model import OpKind
 from devstack.sidecar.workspace import StagedOp, Workspace
 from devstack.sync.v1 import sync_pb2 as pb
 from tests.support.rawclient import RawSession, write_op
@@ -53,7 +54,7 @@ def test_a_sidecar_killed_right_after_an_ack_still_sees_app_edits_as_conflicts(
 
 def _write(ws: Workspace, seq: int, path: str, data: bytes) -> None:
     e = Entry(path, Kind.FILE, len(data), 0o644, hash_bytes(data))
-    b = ws.open_batch(seq, [StagedOp(0, "write", path, e, None, True)])
+    b = ws.open_batch(seq, [StagedOp(0, OpKind.WRITE, path, e, None, True)])
     b.inline(0, data)
     assert b.commit()[0].applied
 

@@ -12,6 +12,7 @@ import pytest
 from devstack.core.errors import ConfigError
 from devstack.core.ignore import IgnoreRules
 from devstack.core.manifest import Entry, Kind, SyncState, hash_bytes
+from devstack.core.sync.model import OpKind
 from devstack.sidecar import workspace
 from devstack.sidecar.workspace import StagedOp, Workspace, WriteOptions
 
@@ -25,7 +26,7 @@ def write_op(
 ) -> StagedOp:
     return StagedOp(
         index=i,
-        kind="write",
+        kind=OpKind.WRITE,
         path=path,
         entry=fentry(path, data, **kw),  # type: ignore[arg-type]
         expected=expected,
@@ -104,8 +105,7 @@ def test_app_change_is_a_conflict_not_an_overwrite(ws: Workspace) -> None:
     assert o.reason == "conflict"
     assert "since the last sync" in o.message
     # The person forces it.
-    op = write_op(0, "a", b"v2", expected=fentry("a", b"app"))
-    op.force = True
+    op = write_op(0, "a", b"v2", expected=fentry("a", b"app"))._replace(force=True)
     b = ws.open_batch(4, [op])
     b.inline(0, b"v2")
     assert b.commit()[0].applied
@@ -154,7 +154,7 @@ def test_unsafe_paths_write_nothing(ws: Workspace, path: str) -> None:
 
 def test_symlink_leaving_workspace_rejected(ws: Workspace) -> None:
     op = StagedOp(
-        0, "symlink", "l", Entry("l", Kind.SYMLINK, 0, 0o777, b"", "../../etc"), None, True
+        0, OpKind.SYMLINK, "l", Entry("l", Kind.SYMLINK, 0, 0o777, b"", "../../etc"), None, True
     )
     [o] = ws.open_batch(1, [op]).commit()
     assert (o.applied, o.reason) == (False, "unsafe-path")
@@ -184,10 +184,10 @@ def test_exact_modes_by_default(ws: Workspace) -> None:
 
 
 def test_delete_keeps_a_folder_with_pod_files(ws: Workspace) -> None:
-    mk = StagedOp(0, "mkdir", "d", Entry("d", Kind.DIRECTORY, 0, 0o755), None, True)
+    mk = StagedOp(0, OpKind.MKDIR, "d", Entry("d", Kind.DIRECTORY, 0, 0o755), None, True)
     ws.open_batch(1, [mk]).commit()
     (ws.root / "d" / "pods-own").write_text("x")
-    rm = StagedOp(0, "delete", "d", None, Entry("d", Kind.DIRECTORY, 0, 0o755), False)
+    rm = StagedOp(0, OpKind.DELETE, "d", None, Entry("d", Kind.DIRECTORY, 0, 0o755), False)
     [o] = ws.open_batch(2, [rm]).commit()
     assert (o.applied, o.reason) == (False, "not-empty")
     assert (ws.root / "d" / "pods-own").exists()
@@ -216,7 +216,7 @@ def test_owner_option_chowns_what_it_writes(tmp_path: Path) -> None:
             Workspace(tmp_path / "w", options=WriteOptions(uid=1234, gid=2345))
         return
     ws = Workspace(tmp_path / "w", options=WriteOptions(uid=1234, gid=2345, dir_mode=0o775))
-    mk = StagedOp(0, "mkdir", "d", Entry("d", Kind.DIRECTORY, 0, 0o700), None, True)
+    mk = StagedOp(0, OpKind.MKDIR, "d", Entry("d", Kind.DIRECTORY, 0, 0o700), None, True)
     [made] = ws.open_batch(1, [mk]).commit()
     [wrote] = commit_writes(ws, 2, {"d/f": b"x"})
     assert made.applied and wrote.applied
@@ -248,7 +248,7 @@ def open_in(root: Path) -> int:
 def test_a_huge_batch_keeps_few_descriptors_open(ws: Workspace) -> None:
     folders = [f"d{i}" for i in range(200)]
     mk = [
-        StagedOp(i, "mkdir", d, Entry(d, Kind.DIRECTORY, 0, 0o755), None, True)
+        StagedOp(i, OpKind.MKDIR, d, Entry(d, Kind.DIRECTORY, 0, 0o755), None, True)
         for i, d in enumerate(folders)
     ]
     ws.open_batch(1, mk).commit()
@@ -306,7 +306,7 @@ def test_new_files_get_their_exact_mode_whatever_the_umask(tmp_path: Path, umask
 
 
 def test_what_appears_before_the_commit_is_a_conflict_not_replaced(ws: Workspace) -> None:
-    mk = StagedOp(0, "mkdir", "d", Entry("d", Kind.DIRECTORY, 0, 0o755), None, True)
+    mk = StagedOp(0, OpKind.MKDIR, "d", Entry("d", Kind.DIRECTORY, 0, 0o755), None, True)
     ops = [write_op(0, "a", b"laptop"), write_op(1, "emptydir", b"laptop")]
     batch = ws.open_batch(1, ops)
     batch.inline_many([(0, b"laptop"), (1, b"laptop")], lambda _op, d: d)

@@ -39,7 +39,7 @@ sandbox and returns the first :class:`Violation`, checked after every batch:
     but ``UnsafePathError``, ``ProtocolError`` or ``WorkspaceIOError`` (and
     never hung).
 (e) safe mode keeps what the app made or changed (files, symlinks, folders,
-    fifos), following ``devstack.core.rules``: sync never removes or moves
+    fifos), following ``devstack.core.sync.conflict``: sync never removes or moves
     what it did not write, nor replaces a folder of it (it may overwrite an
     untracked file, or replace it with another kind); what the app changed it
     touches only when forced, and never moves; a fifo it never touches. What
@@ -80,6 +80,7 @@ from devstack.core.errors import DevstackError, ProtocolError, UnsafePathError, 
 from devstack.core.ignore import IgnoreRules
 from devstack.core.manifest import Entry, Kind, hash_bytes
 from devstack.core.paths import RESERVED_DIR
+from devstack.core.sync.model import OpKind
 from devstack.sidecar.workspace import Batch, Outcome, StagedOp, Workspace
 
 # The interpreter may live where uid 65534 cannot read (/root/.pyenv): what
@@ -429,7 +430,7 @@ class Item:
     def may(self, deed: str, *, force: bool) -> bool:
         """Whether safe mode lets sync do ``deed`` (overwrite: new content or
         mode, the same kind; replace: another kind; remove; move) to it. As
-        the README and ``devstack.core.rules`` put it: sync never removes or
+        the README and ``devstack.core.sync.conflict`` put it: sync never removes or
         moves what it did not write, nor replaces a folder of it; what the
         app changed it touches only when forced, and never moves; a fifo it
         never touches at all."""
@@ -914,27 +915,31 @@ class Runner:
                     "stale": Entry(path, Kind.FILE, 5, 0o644, hash_bytes(b"stale")),
                 }.get(op.expect)
                 absent = op.expect == "absent" or (op.expect == "actual" and actual is None)
-                s = StagedOp(i, op.kind.removesuffix("s"), path, None, expected, absent)
-                s.from_path, s.force = op.source, op.force
-                ops.append(s)
+                kind = OpKind(op.kind.removesuffix("s"))
+                s = StagedOp(i, kind, path, None, expected, absent, op.source, op.force)
                 if op.kind in ("mkdir", "mkdirs"):
                     mode = op.mode if path == op.path else 0o755
-                    s.entry = Entry(path, Kind.DIRECTORY, 0, mode)
+                    s = s._replace(entry=Entry(path, Kind.DIRECTORY, 0, mode))
                 elif op.kind == "symlink":
-                    s.entry = Entry(path, Kind.SYMLINK, 0, 0o777, b"", box.substitute(op.target))
+                    target = box.substitute(op.target)
+                    s = s._replace(entry=Entry(path, Kind.SYMLINK, 0, 0o777, b"", target))
                 elif op.kind in ("rename", "chmod", "adopt"):
-                    s.entry = (actual or Entry(path, Kind.FILE))._replace(path=path)
+                    s = s._replace(entry=(actual or Entry(path, Kind.FILE))._replace(path=path))
                     if op.kind == "chmod":
-                        s.entry = s.entry._replace(mode=op.mode)
+                        assert s.entry is not None
+                        s = s._replace(entry=s.entry._replace(mode=op.mode))
                     if op.kind == "adopt" and op.expect == "stale":
-                        s.entry = expected
+                        s = s._replace(entry=expected)
                 elif op.kind == "write":
-                    later += self.stage_write(op, s, actual, inline)
+                    s, steps = self.stage_write(op, s, actual, inline)
+                    later += steps
+                ops.append(s)
         return ops, [lambda b: b.inline_many(inline, lambda op, d: d), *later]
 
     def stage_write(
         self, op: Op, s: StagedOp, actual: Entry | None, inline: list[tuple[int, bytes]]
-    ) -> list[Callable[[Batch], None]]:
+    ) -> tuple[StagedOp, list[Callable[[Batch], None]]]:
+        """The write op with its entry, and the steps that stage its content."""
         data = SYNC_DATA[op.data]
         i = s.index
         if op.send == "delta":
@@ -943,25 +948,25 @@ class Runner:
                 old = self.box.read(self.box.full(s.path))
             keep = len(old) // 2 if op.data % 2 else len(old)
             data = old[:keep] + data
-            s.entry = Entry(s.path, Kind.FILE, len(data), op.mode, hash_bytes(data))
-            s.delta = s.chunked = True
+            entry = Entry(s.path, Kind.FILE, len(data), op.mode, hash_bytes(data))
+            s = s._replace(entry=entry, delta=True, chunked=True)
             self.model.known.add(hash_bytes(data))
             lit = data[keep:]
             copy = [lambda b: b.copy(i, 0, keep)] if keep else []
-            return [*copy, lambda b: b.write(i, lit)]
-        s.entry = Entry(s.path, Kind.FILE, len(data), op.mode, hash_bytes(data))
+            return s, [*copy, lambda b: b.write(i, lit)]
+        s = s._replace(entry=Entry(s.path, Kind.FILE, len(data), op.mode, hash_bytes(data)))
         self.model.known.add(hash_bytes(data))
         if op.send == "chunked":
-            s.chunked = True
+            s = s._replace(chunked=True)
             half = len(data) // 2
-            return [lambda b: b.write(i, data[:half]), lambda b: b.write(i, data[half:])]
+            return s, [lambda b: b.write(i, data[:half]), lambda b: b.write(i, data[half:])]
         sent = {
             "short": data[:-1],
             "corrupt": bytes(x ^ 1 for x in data) or b"?",
             "long": data + b"!",
         }.get(op.send, data)
         inline.append((i, sent))
-        return []
+        return s, []
 
     def batch(self, commit: Commit) -> None:
         box, m = self.box, self.model

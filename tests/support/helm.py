@@ -390,8 +390,10 @@ class JobRunner:
                 data = self._data("configmap", source["configMapRef"]["name"])
             env.update({prefix + k: v for k, v in data.items()})
         for item in container.get("env") or ():
-            if "value" in item:
-                env[item["name"]] = item["value"]
+            if "valueFrom" not in item:
+                # the server drops an empty value ("value: ''" comes back as no
+                # value at all); the kubelet sets the variable, empty
+                env[item["name"]] = item.get("value", "")
                 continue
             ref = item["valueFrom"]
             if "secretKeyRef" in ref:

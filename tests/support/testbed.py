@@ -5,8 +5,10 @@ default admission plugins), kube-controller-manager (every default
 controller, each with its own ServiceAccount's credentials, as a real cluster
 runs them), kube-scheduler and kwok, which plays the kubelet of one or more
 simulated nodes: scheduled Pods turn Running and Ready, Job pods complete (but
-for those labelled ``LOCAL_RUN_LABEL``, which a test runs itself). The API
-server writes an audit log (:meth:`Testbed.audit_events`).
+for those labelled ``LOCAL_RUN_LABEL``, which a test runs itself), and whose
+log endpoint serves ``pods/log`` from files a test names (kwok's ``Logs``
+CRD, tests/support/kwok_logs.py). The API server writes an audit log
+(:meth:`Testbed.audit_events`).
 Nothing runs a container: a Pod's image is never pulled or started.
 
 The binaries come from ``scripts/testbed build`` (Go modules at pinned
@@ -62,6 +64,11 @@ Obj = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "testbed"
 CRD_DIR = REPO / "tests" / "data" / "traefik-crds"
+#: kwok's Logs and ClusterLogs CRDs (from the pinned kwok module): with them
+#: installed and ``--enable-crds`` (``_kwok_argv``), kwok's kubelet server
+#: answers the API server's ``pods/log`` from a file a test names
+#: (tests/support/kwok_logs.py).
+KWOK_CRD_DIR = REPO / "tests" / "data" / "kwok-crds"
 
 #: What the testbed runs, by the name ``scripts/testbed bin`` gives each file.
 BINARIES = (
@@ -672,6 +679,9 @@ class Testbed:
             # 30 s, so resources it finds at start it follows from the first.
             install_crds(kube, CRD_DIR)
             self._wait("kube-apiserver", lambda: crds_established(kube, CRD_DIR), deadline)
+            # kwok's Logs/ClusterLogs, before kwok (which watches them) starts
+            install_crds(kube, KWOK_CRD_DIR)
+            self._wait("kube-apiserver", lambda: crds_established(kube, KWOK_CRD_DIR), deadline)
             self.timings["crds"] = time.monotonic() - begin
             for name, argv in (
                 ("kube-controller-manager", self._controller_manager_argv()),
@@ -941,6 +951,11 @@ class Testbed:
             f"--tls-cert-file={self.pki.serving_cert}",
             f"--tls-private-key-file={self.pki.serving_key}",
             "--node-lease-duration-seconds=40",
+            # Pod logs: kwok reads Logs/ClusterLogs objects (KWOK_CRD_DIR) and
+            # serves /containerLogs/... from the files they name; the API server
+            # reaches it at the node's InternalIP (--node-ip) and kubelet port
+            # (--node-port) with its --kubelet-* client certificate and CA.
+            "--enable-crds=Logs,ClusterLogs",
         ]
 
 

@@ -5,15 +5,20 @@
 ``/metrics``  Prometheus text format.
 ``/v1/routes`` JSON: every service, its host, baseline, preview URL and
               owners (with their preview URLs and TTLs), plus problems.
+``/version``  JSON: ``{"version": <devstack's version>, "protocol": <the
+              devstack protocol version it speaks>}``, which ``devstack
+              doctor`` compares with its own.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from devstack.agent.metrics import Metrics
+from devstack.core import protocol
 
 
 class Status(Protocol):
@@ -25,6 +30,14 @@ class Status(Protocol):
     def healthy(self) -> bool: ...
 
     def routes(self) -> dict[str, Any]: ...
+
+
+def build_version() -> str:
+    """The installed devstack distribution's version (``unknown`` if none)."""
+    try:
+        return importlib.metadata.version("devstack")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def make_app(status: Status, metrics: Metrics) -> web.Application:
@@ -47,11 +60,17 @@ def make_app(status: Status, metrics: Metrics) -> web.Application:
     async def routes(_: web.Request) -> web.Response:
         return web.json_response(status.routes())
 
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"version": build_version(), "protocol": protocol.PROTOCOL_VERSION}
+        )
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/routes", routes)
+    app.router.add_get("/version", version)
     return app
 
 

@@ -33,7 +33,23 @@ def _env_list(env: Mapping[str, str], name: str) -> list[str]:
     return [p.strip() for p in env.get(name, "").split(",") if p.strip()]
 
 
+EXAMPLES = """examples:
+  devstack agent --domain shop.example.com
+                                        route every namespace's devstack Services
+                                        (in the cluster: its ServiceAccount; outside: KUBECONFIG)
+  devstack agent --namespace dev --namespace staging --preview-domain preview.example.com
+                                        only these namespaces; preview URLs under that domain
+  devstack agent --kubeconfig ~/.kube/config --context dev --listen 127.0.0.1:8081
+                                        from a laptop, against the dev context
+
+Its chart (helm/devstack) runs it with leader election and least-privilege RBAC;
+/healthz, /metrics and /v1/routes are served on --listen. See docs/routing.md.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     env = os.environ
     parser.add_argument(
         "--namespace",

@@ -469,6 +469,37 @@ class KubeApi:
                 if kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                     yield WatchEvent(type=kind, object=obj)
 
+    async def stream(
+        self, path: str, *, query: Mapping[str, str | int | bool] | None = None
+    ) -> AsyncIterator[bytes]:
+        """A GET whose answer is read as it arrives, in chunks as the server
+        sends them (a pod's log, ``follow=true``: until the server ends it or
+        the caller stops reading). No read timeout: a quiet log is no fault.
+        A non-2xx answer raises its devstack error before any chunk."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=None)
+        response = await self._send("GET", path, query=query, timeout=timeout)
+        async with response:
+            if not 200 <= response.status < 300:
+                try:
+                    raw = await response.read()
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    raw = b""
+                try:
+                    data: Any = json.loads(raw) if raw else None
+                except ValueError:
+                    data = {"message": raw[:300].decode("utf-8", "replace").strip()}
+                raise error_for_status(
+                    response.status, what=f"GET {path}", body=data, headers=response.headers
+                )
+            while True:
+                try:
+                    chunk = await response.content.readany()
+                except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                    raise KubeUnreachableError(f"GET {path}: {e or type(e).__name__}") from e
+                if not chunk:
+                    return
+                yield chunk
+
     async def close(self) -> None:
         await self._client.close()
 

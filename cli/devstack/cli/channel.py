@@ -1,10 +1,17 @@
 """Opening a gRPC channel to a sidecar, and turning gRPC failures into
-devstack errors (network I/O at the edge)."""
+devstack errors (network I/O at the edge).
+
+:func:`dial` waits for a channel to connect and, when it cannot, says why at
+once: a refused connection or a host name that does not resolve, not a
+timeout ten seconds later (``devstack.core.sync.retry`` decides what each
+means for retrying)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +22,11 @@ from devstack.core.errors import (
     DevstackError,
     PeerFailedError,
     PermanentError,
+    StaleViewError,
     UnreachableError,
 )
 from devstack.core.protocol import MAX_MESSAGE_BYTES, read_token
+from devstack.core.sync.retry import Failure, dial_error
 
 CLIENT_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -44,6 +53,79 @@ def open_channel(
     if tls:
         return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
     return grpc.aio.insecure_channel(target, options=options)
+
+
+def split_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` or ``[V6]:PORT``; None for any other
+    gRPC target (``unix:...``, ``dns:///...``)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in host:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None
+    return host, int(port)
+
+
+async def probe(address: str, timeout: float) -> None:
+    """Resolve ``address`` and open (and close) a TCP connection to it: raise
+    the :class:`~devstack.core.sync.retry.DialError` that says why that
+    fails; return when it works, or when the address is not ``HOST:PORT``."""
+    where = split_address(address)
+    if where is None:
+        return
+    host, port = where
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise dial_error(Failure.UNKNOWN_HOST, address, detail=e.strerror or str(e)) from e
+    errors: list[OSError] = []
+    for family, kind, proto, _, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+            return
+        except TimeoutError as e:
+            raise dial_error(Failure.NO_ANSWER, address, timeout=timeout) from e
+        except OSError as e:
+            errors.append(e)
+        finally:
+            sock.close()
+    if errors and all(isinstance(e, ConnectionRefusedError) for e in errors):
+        raise dial_error(Failure.CONNECTION_REFUSED, address) from errors[0]
+    detail = errors[0].strerror or str(errors[0]) if errors else "no address"
+    raise dial_error(Failure.DROPPED, address, detail=detail)
+
+
+async def dial(channel: grpc.aio.Channel, address: str, *, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``channel`` to connect. When gRPC
+    fails to connect, :func:`probe` finds out why: a refused connection or
+    an unknown host fails at once; a TCP connection that works (a proxy in
+    front, a sidecar just starting) is waited for. Raises ``NoAnswerError``
+    when the time is up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    probed = False
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not probed:
+            probed = True
+            await probe(address, max(0.1, deadline - loop.time()))
+        left = deadline - loop.time()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(channel.wait_for_state_change(state), left)
+        except TimeoutError:
+            # TCP works (the probe said so) but gRPC still fails to connect.
+            why = "the port takes TCP connections but gives no gRPC answer: --tls on one side only?"
+            raise dial_error(
+                Failure.NO_ANSWER, address, timeout=timeout, detail=why if probed else ""
+            ) from None
+        state = channel.get_state(try_to_connect=True)
 
 
 def load_token(path: str | None) -> str:
@@ -91,6 +173,10 @@ def classify(code: grpc.StatusCode | None, details: str, target: str) -> Devstac
         return AuthError(f"the sidecar at {target} refused the token: {details}")
     if code == grpc.StatusCode.INTERNAL and details == BROKEN_STREAM_DETAILS:
         return UnreachableError(f"the connection to the sidecar at {target} broke mid-stream")
+    if code == grpc.StatusCode.ABORTED:
+        # The sidecar ended the session on purpose (``devstack resolve``
+        # changed what sync last wrote): a new session reads it again.
+        return StaleViewError(f"the sidecar at {target} ended the session: {details}")
     if code in RETRYABLE:
         return UnreachableError(f"cannot reach the sidecar at {target}: {details}")
     if code is None or code in FAILED:

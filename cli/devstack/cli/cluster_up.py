@@ -7,7 +7,9 @@ they need that the cluster does not have yet, in ``needs`` order.
   (``<service>--<owner>``) and which a baseline, and the values devstack
   injects (the library chart's ``devstack.enabled``, ``devstack.owner`` and
   ``devstack.service``, which make the sidecar and the routing labels
-  ``devstack.dev/service``/``devstack.dev/owner``);
+  ``devstack.dev/service``/``devstack.dev/owner``), and, for a copy whose
+  image ``devstack build`` recorded (``.devstack/builds.json``), that image
+  at ``devstack.build.values.repository``/``.tag``;
 - :func:`run_cluster` is the runner: it deploys each level through Helm's
   engine (helm-python-sdk), the releases of one level in parallel, waits until
   each release's Pods are Ready (its Jobs complete), one progress line per
@@ -32,6 +34,8 @@ from typing import Any, Literal, TextIO
 
 import yaml
 
+from devstack.cli.charts import ChartError, chart_folder
+from devstack.cli.images import BuildRecord, image_values, read_records, with_sets
 from devstack.cli.project import Project
 from devstack.cli.releases import (
     ReleaseError,
@@ -140,15 +144,32 @@ def service_label(release: Release) -> str:
 
 def injected_values(release: Release, role: Role, owner: str) -> dict[str, Any]:
     """What devstack adds to a release's values, in the library chart's terms:
-    a copy gets devstack on (its sidecar, sync route and provisioning hooks),
-    the owner and the service label; a baseline the empty owner and the service
-    label, and its devstack stays as the Helmfile sets it (a chart without a
-    ``devstack:`` block gets nothing)."""
+    a copy gets devstack on with its sidecar (sync route, token, workspace),
+    the owner and the service label; a baseline whose values have a
+    ``devstack:`` block gets devstack on without the sidecar
+    (``sidecar.enabled: false``: the routing labels the agent finds it by,
+    and its provisioning hooks), the empty owner and the service label. A
+    chart without a ``devstack:`` block gets nothing."""
+    service = service_label(release)
     if role == "copy":
-        return {"devstack": {"enabled": True, "owner": owner, "service": service_label(release)}}
+        return {
+            "devstack": {
+                "enabled": True,
+                "owner": owner,
+                "service": service,
+                "sidecar": {"enabled": True},
+            }
+        }
     if "devstack" not in release.values:
         return {}
-    return {"devstack": {"owner": "", "service": service_label(release)}}
+    return {
+        "devstack": {
+            "enabled": True,
+            "owner": "",
+            "service": service,
+            "sidecar": {"enabled": False},
+        }
+    }
 
 
 def resolve_services(helmfile: Helmfile, services: Sequence[str]) -> list[Release]:
@@ -182,10 +203,17 @@ def plan_up(
     deployed: Collection[tuple[str, str]],
     *,
     namespace: str = "default",
+    builds: Mapping[str, BuildRecord] | None = None,
+    baseline: bool = False,
 ) -> UpPlan:
     """The plan for ``devstack up SERVICE...`` (pure). ``deployed`` holds the
     ``(namespace, release)`` of every Helm release in the cluster; ``namespace``
-    is the kube context's, for releases that name none."""
+    is the kube context's, for releases that name none; ``builds`` the image
+    ``devstack build`` recorded per service, which its copy (never its
+    baseline) deploys. ``baseline`` (``up --baseline``, the platform team's
+    deploy): the named services' shared baselines instead of copies,
+    installed or upgraded, with what they need that is missing."""
+    builds = builds or {}
     targets = resolve_services(helmfile, services)
     target_names = {r.name for r in targets}
     by_name = {r.name: r for r in helmfile.releases}
@@ -199,6 +227,11 @@ def plan_up(
     def plan(r: Release, role: Role) -> None:
         name = copy_name(r.name, owner) if role == "copy" else r.name
         injected = injected_values(r, role, owner)
+        # a copy whose image `devstack build` recorded deploys that image, set
+        # at devstack.build.values.repository/.tag as --set would set them
+        sets = image_values(r, builds[r.name]) if role == "copy" and r.name in builds else ()
+        merged = with_sets(merge(r.values, injected), sets)
+        injected = with_sets(injected, sets)
         planned[r.name] = PlannedRelease(
             service=r.name,
             release=name,
@@ -206,7 +239,7 @@ def plan_up(
             namespace=r.namespace,
             action="upgrade" if (ns_of(r), name) in deployed else "install",
             injected=injected,
-            values=merge(r.values, injected),
+            values=merged,
             chart=r.chart.ref,
             chart_path=r.chart.path if r.chart.kind == "local" else None,
             version=r.version,
@@ -226,7 +259,7 @@ def plan_up(
             baselines_for(dep)
 
     for r in targets:
-        plan(r, "copy")
+        plan(r, "baseline" if baseline else "copy")
     for r in targets:
         baselines_for(r)
     levels = tuple(tuple(planned[n] for n in level if n in planned) for level in helmfile.levels)
@@ -318,10 +351,16 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     ``--local``, the project and the output flags)."""
     g = parser.add_argument_group("cluster")
     g.add_argument(
+        "--baseline",
+        action="store_true",
+        help="deploy (or upgrade) the shared baselines of the named services, not your "
+        "copies: what the platform team runs; routed and provisioned, with no sidecar",
+    )
+    g.add_argument(
         "--dry-run",
         action="store_true",
         help="print the plan (releases in deploy order, copies and baselines, the values "
-        "devstack injects) and change nothing",
+        "devstack injects) and change nothing (no remote chart is downloaded either)",
     )
     g.add_argument(
         "--wait-timeout",
@@ -379,22 +418,21 @@ def _ensure_dependencies(chart_path: str) -> None:
 
 def _helm_deploy(project: Project, r: PlannedRelease, timeout: float) -> str:
     """Install or upgrade through Helm's engine; the rendered manifest."""
-    if r.chart_path is None:
-        raise ReleaseError(
-            f"{r.release}: chart {r.chart} is not a local chart; devstack up deploys local "
-            "charts only for now (vendor it with `helm pull --untar`)"
-        )
-    _ensure_dependencies(r.chart_path)
+    if r.chart_path is None:  # a repository's or registry's chart: from the cache
+        chart_path = chart_folder(project.helmfile.release(r.service))
+    else:
+        chart_path = r.chart_path
+        _ensure_dependencies(chart_path)
     ns = release_namespace(project, r.namespace)
     config = helm_config(project, ns)
     values = dict(_plain(r.values))
     try:
         if r.action == "install":
             got = config.install(
-                r.chart_path, r.release, values, timeout=int(timeout), create_namespace=True
+                chart_path, r.release, values, timeout=int(timeout), create_namespace=True
             )
         else:
-            got = config.upgrade(r.chart_path, r.release, values, timeout=int(timeout))
+            got = config.upgrade(chart_path, r.release, values, timeout=int(timeout))
     finally:
         config.close()
     return str(got.get("manifest") or "")
@@ -412,6 +450,10 @@ async def _deploy_one(
     failures: tuple[type[BaseException], ...] = (ReleaseError, *helm_errors())
     try:
         manifest = await asyncio.to_thread(_helm_deploy, project, r, timeout)
+    except ChartError as e:  # already one line naming the release, chart and fix
+        outcome.state, outcome.error = "failed", str(e)
+        reporter.state(r.release, "failed")
+        return
     except failures as e:
         outcome.state = "failed"
         outcome.error = (
@@ -506,7 +548,15 @@ def run_cluster(args: argparse.Namespace, project: Project) -> int:
     services = list(getattr(args, "services", None) or ())
     default_ns = project.kube.namespace
     deployed = _deployed(project)
-    plan = plan_up(project.helmfile, project.owner, services, deployed, namespace=default_ns)
+    plan = plan_up(
+        project.helmfile,
+        project.owner,
+        services,
+        deployed,
+        namespace=default_ns,
+        builds=read_records(project.state_dir),
+        baseline=bool(getattr(args, "baseline", False)),
+    )
     check_context(plan, project.kube.context)
     if args.dry_run:
         if output == "table":

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from devstack.cli.cluster_up import dump, namespaces_of, resolve_services, table
-from devstack.cli.project import Project, add_output_argument, add_project_arguments, load_project
+from devstack.cli.project import (
+    Project,
+    add_mode_arguments,
+    add_output_argument,
+    add_project_arguments,
+    is_local,
+    load_project,
+)
 from devstack.cli.releases import (
     ReleaseError,
     deployed_now,
@@ -29,7 +36,6 @@ from devstack.cli.releases import (
     one_line,
     release_namespace,
 )
-from devstack.cli.workflow_status import add_mode_arguments, is_local
 from devstack.core.errors import ConfigError
 from devstack.core.helmfile import Helmfile
 from devstack.core.owner import OwnerError, copy_name

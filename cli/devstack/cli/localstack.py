@@ -168,7 +168,11 @@ def plan(helmfile: Helmfile, root: Path, owner: str, wanted: Sequence[str]) -> L
                 source=source,
                 argv=argv,
                 env=env,
-                ready_path=str(local.get("readyPath") or DEFAULT_READY_PATH),
+                ready_path=str(
+                    local.get("readyPath")
+                    or (block.get("readiness") or {}).get("path")
+                    or DEFAULT_READY_PATH
+                ),
                 ready_timeout=float(local.get("readyTimeoutSeconds") or DEFAULT_READY_TIMEOUT),
                 aws=block.get("aws") or None,
                 reload_on=tuple(str(g) for g in sidecar.get("reloadOn") or ()),

@@ -7,6 +7,8 @@ local state lives. One home, so 15 commands resolve these the same way.
   ``--kubeconfig``, ``--context``, ``-n/--namespace``;
 - :func:`add_output_argument` adds ``-o/--output`` (``table|json|yaml``
   where a command prints data);
+- :func:`add_mode_arguments` and :func:`is_local`: ``--local``/``--cluster``
+  and the rule every command uses to choose (the local stack if one runs);
 - :func:`resolve_kube` is pure: kubectl's order for the kubeconfig files,
   the context and the namespace;
 - :func:`load_project` is the thin shell that reads the files.
@@ -69,6 +71,27 @@ def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="namespace (else the context's, else default)",
     )
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("where (default: the local stack if one runs, else the cluster)")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument(
+        "--local", action="store_true", help="the local stack `devstack up --local` started"
+    )
+    m.add_argument("--cluster", action="store_true", help="the cluster, even if a local stack runs")
+
+
+def is_local(args: argparse.Namespace, project: Project) -> bool:
+    """``--local``; else, without ``--cluster``, whether a local stack runs
+    (its state file, which `devstack up --local` writes, exists)."""
+    if getattr(args, "local", False):
+        return True
+    if getattr(args, "cluster", False):
+        return False
+    from devstack.cli import localstack
+
+    return localstack.read_state(project) is not None
 
 
 def add_output_argument(
@@ -249,6 +272,6 @@ class StatusRow:
             "owner": self.owner,
             "ready": self.ready,
             "sync": self.sync,
-            "lastReload": self.last_reload,
-            "previewUrl": self.preview_url,
+            "last_reload": self.last_reload,
+            "preview_url": self.preview_url,
         }

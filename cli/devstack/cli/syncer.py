@@ -1,5 +1,5 @@
-"""The laptop side of a sync session (network and filesystem I/O around the
-pure planner).
+"""The laptop side of a sync session: the I/O shell around the pure sync
+modules (network and filesystem I/O only).
 
 One round: receive the sidecar's manifest, scan the local tree (digests
 cached by stat), ``plan`` the difference, send it in numbered batches with a
@@ -7,6 +7,13 @@ window of unacknowledged batches, and record what the sidecar applied.
 Watch events only say which paths to look at again; every round ends with
 the same comparison, so a lost event, a reconnect or a laptop waking from
 sleep converge by the same path as the first sync.
+
+The decisions live in pure modules, each tested with tables:
+``devstack.core.plan`` (what to send), ``devstack.core.sync.batching``
+(which changes go in which batch), ``devstack.core.sync.acks`` (what an
+acknowledgement means for the picture of the workspace) and
+``devstack.core.sync.retry`` (what a failed session means). This module
+reads files, builds the protobuf messages and runs the gRPC stream.
 """
 
 from __future__ import annotations
@@ -19,19 +26,19 @@ import hashlib
 import os
 import socket
 import stat
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import grpc
 
-from devstack.cli.channel import classify, open_channel, translate
+from devstack.cli.channel import classify, dial, open_channel, translate
 from devstack.core import ignore as ignore_mod
 from devstack.core.errors import (
     DevstackError,
-    PeerFailedError,
     PermanentError,
     StaleViewError,
     TemporaryError,
@@ -52,34 +59,61 @@ from devstack.core.manifest import (
     open_regular,
     scan,
 )
-from devstack.core.plan import Action, Change, Plan, apply_to, plan
+from devstack.core.plan import Action, Change, Plan, plan
 from devstack.core.protocol import (
     COMPRESS_MODES,
     INLINE_MAX,
     MAX_CHUNK_BYTES,
-    OP_CODES,
     PROTOCOL_VERSION,
     ContentEncoder,
     entry_from_pb,
     fill_entry_pb,
     read_manifest_page,
 )
+from devstack.core.sync.acks import Ack, Ledger, Problem, Stats
+from devstack.core.sync.batching import (
+    BATCH_BYTES,
+    BATCH_OPS,
+    WINDOW,
+    Carry,
+    Limits,
+    Packed,
+    pack,
+    wants_delta,
+)
+from devstack.core.sync.model import Reason
+from devstack.core.sync.retry import GiveUp, Retrier, Retry, RetryPolicy, failure_of
+from devstack.core.sync.retry import Session as Attempt
+from devstack.core.sync.wire import OP_KIND_TO_PB, problem_reason
 from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
 
 if TYPE_CHECKING:
     from devstack.core import delta as deltas
 
+__all__ = [
+    "BATCH_BYTES",
+    "BATCH_OPS",
+    "CACHE_SAVE_SECONDS",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_SYNCED",
+    "EXIT_OK",
+    "EXIT_UNSETTLED",
+    "ONCE_ROUNDS",
+    "WINDOW",
+    "Reconnects",
+    "Reporter",
+    "RetryPolicy",
+    "Stats",
+    "Syncer",
+    "Target",
+    "describe_reload",
+]
+
 log = get_logger("connect")
 #: The end-of-stream sentinel of grpc.aio calls (missing from grpc-stubs).
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 
-#: Inline content per Batch message (the gRPC limit is 4 MiB).
-BATCH_BYTES = 2 * 1024 * 1024
-#: Ops per batch.
-BATCH_OPS = 2000
-#: Batches in flight before waiting for an acknowledgement.
-WINDOW = 4
 #: ``--once``: full rounds (scan, plan, send) before giving up on a tree that
 #: keeps changing.
 ONCE_ROUNDS = 5
@@ -93,14 +127,16 @@ EXIT_OK = 0
 EXIT_NOT_SYNCED = 3
 #: ``--once``: the tree was still changing after ``ONCE_ROUNDS`` rounds.
 EXIT_UNSETTLED = 4
-#: ``--once`` stopped by Ctrl-C or SIGTERM before the trees matched.
+#: ``--once`` stopped by Ctrl-C before the trees matched (SIGTERM: 143, from the CLI edge).
 EXIT_INTERRUPTED = 130
 
-_OP = {a: pb.OpKind.ValueType(OP_CODES[a.value]) for a in Action}
+_T = TypeVar("_T")
 
 
 class Reporter(Protocol):
-    """Where progress and events go (the terminal UI, or a test)."""
+    """Where progress and events go (the terminal UI, or a test).
+    ``round_started(initial=True)``: the first round of a session (after a
+    reconnect, a resync)."""
 
     def round_started(self, plan: Plan, *, initial: bool) -> None: ...
 
@@ -113,15 +149,12 @@ class Reporter(Protocol):
     def note(self, text: str) -> None: ...
 
 
-@dataclass
-class Stats:
-    files_synced: int = 0
-    bytes_sent: int = 0
-    rounds: int = 0
-    conflicts: dict[str, str] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
-    last_reload: str = ""
-    connected: bool = False
+@runtime_checkable
+class Reconnects(Protocol):
+    """A reporter that shows reconnecting as it goes (the terminal's live
+    line); any other gets one ``note`` per attempt."""
+
+    def reconnecting(self, retry: Retry) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -134,29 +167,6 @@ class Target:
     authority: str | None = None
     tls: bool = False
     workspace: str = ""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How ``connect`` retries a failed session.
-
-    - unreachable (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...): backoff from
-      ``first_delay`` doubling to ``max_delay``; forever while watching,
-      ``once_attempts`` failed attempts in all under ``--once``. Before any
-      session got through its handshake, an unreachable sidecar is a bad
-      address: that fails at once.
-    - the sidecar failed (``INTERNAL``, ``UNKNOWN``): ``failure_attempts`` in
-      a row, then a clear error; a session that stayed up ``healthy_seconds``
-      resets the count.
-    - everything else (a refused token, ``PERMISSION_DENIED``,
-      ``INVALID_ARGUMENT``, ``FAILED_PRECONDITION``, ...): never retried.
-    """
-
-    first_delay: float = 0.2
-    max_delay: float = 10.0
-    once_attempts: int = 8
-    failure_attempts: int = 3
-    healthy_seconds: float = 60.0
 
 
 @dataclass
@@ -182,6 +192,33 @@ def client_id() -> str:
     except (KeyError, OSError):
         user = "?"
     return f"{user}@{socket.gethostname()}/{os.getpid()}"
+
+
+def _off_loop(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """Run ``fn(*args)`` on a daemon thread of its own. Unlike
+    ``asyncio.to_thread``, nothing waits for it at exit: a scan or a hash
+    still running when ``connect`` is stopped does not hold the process."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:  # handed to whoever awaits
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="connect-io", daemon=True).start()
+    return fut
 
 
 def _open_regular(root: str, path: str) -> tuple[int, os.stat_result] | None:
@@ -353,6 +390,29 @@ def _as_devstack(e: BaseException, target: str) -> BaseException:
     return UnreachableError(f"session failed: {e}")
 
 
+def _problem_from_pb(p: pb.Problem) -> Problem:
+    """A wire ``Problem``: its reason (the enum, or from a sidecar that
+    predates it the ``reason`` string; one this client does not know is an
+    op it cannot apply, ``BAD_OP``), message, fix and what the workspace
+    holds."""
+    reason = problem_reason(p) or Reason.BAD_OP
+    actual = entry_from_pb(p.actual) if p.HasField("actual") and p.actual.kind else None
+    return Problem(p.path, reason, p.message, p.fix, actual)
+
+
+def _ack_from_pb(ack: pb.Ack) -> Ack:
+    return Ack(ack.seq, tuple(map(_problem_from_pb, ack.problems)), ack.problems_omitted)
+
+
+def _failure(e: BaseException, target: str) -> DevstackError:
+    """One of devstack's errors for what ended a session."""
+    if isinstance(e, grpc.RpcError):
+        return translate(e, target)
+    if isinstance(e, DevstackError):
+        return e
+    return UnreachableError(str(e))
+
+
 class Syncer:
     """Keeps a sidecar's workspace equal to a local tree."""
 
@@ -397,9 +457,9 @@ class Syncer:
         self._deferred: set[str] = set()
         self._reader_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.local: Manifest = {}
-        self.remote: Manifest = {}
-        self.held: dict[str, tuple[Entry | None, Entry | None]] = {}
-        self.stats = Stats()
+        #: The picture of the workspace, the held paths and the stats.
+        self.ledger = Ledger()
+        self.stats: Stats = self.ledger.stats
         self.debounce_ms = debounce_ms
         self.step_ms = step_ms
         self.rescan_interval = rescan_interval
@@ -412,10 +472,32 @@ class Syncer:
         self.inline_max = INLINE_MAX
         self._hints: asyncio.Queue[set[str] | None] = asyncio.Queue()
         self._stop = asyncio.Event()
+        #: The run ended because :meth:`stop` was called (not because it was done).
+        self.stopped = False
         self._session_task: asyncio.Task[int] | None = None
         #: Whether the current session completed a round (the trees matched).
         self._round_done = False
         self._cache_saved_at: float | None = None
+        #: Set while no thread scans, hashes or reads the tree (they update
+        #: the cache); ``_busy`` counts them.
+        self._idle = threading.Event()
+        self._idle.set()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    @property
+    def remote(self) -> Manifest:
+        """What the workspace holds, as far as the laptop knows."""
+        return self.ledger.remote
+
+    @remote.setter
+    def remote(self, value: Manifest) -> None:
+        self.ledger.remote = value
+
+    @property
+    def held(self) -> dict[str, tuple[Entry | None, Entry | None]]:
+        """Conflicts and refusals left alone until either side changes."""
+        return self.ledger.held
 
     @property
     def cache(self) -> DigestCache:
@@ -426,13 +508,33 @@ class Syncer:
         return self._cache
 
     def stop(self) -> None:
-        """Stop now: the session in flight is cancelled and its channel
-        closed; the sidecar discards a batch that was not committed."""
+        """Stop now, in whatever state: the session in flight is cancelled
+        and its channel closed (the sidecar discards a batch that was not
+        committed), a backoff ends, and no scan or hash still running is
+        waited for."""
         self._stop.set()
         self._hints.put_nowait(None)
         task = self._session_task
         if task is not None and not task.done():
             task.cancel()
+
+    def _cache_thread(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """``fn`` (a scan, hash or read that updates the cache) on a daemon
+        thread; ``_idle`` is clear until every such thread returned."""
+
+        def working() -> _T:
+            try:
+                return fn(*args)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+                    if not self._busy:
+                        self._idle.set()
+
+        with self._busy_lock:
+            self._busy += 1
+            self._idle.clear()
+        return _off_loop(working)
 
     # ------------------------------------------------------------ top level
 
@@ -440,14 +542,12 @@ class Syncer:
         """Sync until stopped (or, with ``once``, until the trees match).
         Returns the exit code: ``EXIT_OK``, ``EXIT_NOT_SYNCED``,
         ``EXIT_UNSETTLED``, or when stopped, ``EXIT_OK`` while watching and
-        ``EXIT_INTERRUPTED`` under ``once``. Raises ``PermanentError`` for what
-        retrying cannot fix, and per ``RetryPolicy`` gives up on the rest."""
+        ``EXIT_INTERRUPTED`` under ``once`` (``stopped`` is then true).
+        Raises ``PermanentError`` for what retrying cannot fix, and per
+        ``RetryPolicy`` gives up on the rest."""
         watcher = None if once else asyncio.create_task(self._watch())
-        policy = self.retry
-        delay = policy.first_delay
-        ever_connected = False
-        attempts = 0  # failed attempts in all (bounded under --once)
-        failures = 0  # unexplained sidecar failures in a row
+        retrier = Retrier(self.retry, once=once)
+        self.ledger.quiet = once  # --once lists what is not in sync at the end
         try:
             while not self._stop.is_set():
                 self._round_done = False
@@ -455,47 +555,42 @@ class Syncer:
                 task = asyncio.create_task(self._connected(once=once))
                 self._session_task = task
                 try:
-                    return await task
+                    code = await task
+                    # Watching, a session ends without an error only when stopped.
+                    self.stopped = not once and self._stop.is_set()
+                    return code
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
                     if self._stop.is_set() and (current is None or not current.cancelling()):
                         break
                     raise
                 except (TemporaryError, grpc.RpcError, OSError) as e:
-                    err = translate(e, self.target.address) if isinstance(e, grpc.RpcError) else e
-                    if isinstance(err, PermanentError):
-                        raise err from e
-                    connected = self.stats.connected
-                    ever_connected = ever_connected or connected
+                    err = _failure(e, self.target.address)
+                    attempt = Attempt(
+                        connected=self.stats.connected,
+                        round_done=self._round_done,
+                        seconds=time.monotonic() - started,
+                    )
                     self.stats.connected = False
-                    if self._round_done:
-                        delay = policy.first_delay
-                    attempts += 1
-                    if isinstance(err, PeerFailedError):
-                        healthy = time.monotonic() - started >= policy.healthy_seconds
-                        failures = 1 if healthy else failures + 1
-                        if failures >= policy.failure_attempts:
-                            raise PermanentError(
-                                f"{err} (giving up after {failures} failures in a row)"
-                            ) from e
-                    else:
-                        failures = 0
-                        if not ever_connected:
-                            # Before any session got through, an unreachable
-                            # sidecar is a bad address, not a flaky network.
-                            raise UnreachableError(str(err)) from e
-                    if once and attempts >= policy.once_attempts:
-                        raise UnreachableError(
-                            f"{err} (giving up after {attempts} attempts)"
-                        ) from e
-                    if ever_connected:  # before that, the one line is the final error
-                        self.reporter.note(f"disconnected ({err}); retrying in {delay:.1f}s")
-                    log.info("connect.retry", delay=delay, error=str(err), attempt=attempts)
+                    decision = retrier.decide(err, attempt)
+                    if isinstance(decision, GiveUp):
+                        if decision.error is e:
+                            raise
+                        raise decision.error from e
+                    if retrier.ever_connected:  # before that, the one line is the final error
+                        self._tell(decision)
+                    log.info(
+                        "connect.retry",
+                        delay=decision.delay,
+                        error=str(err),
+                        failure=failure_of(err).value,
+                        attempt=retrier.attempts,
+                    )
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay)
-                    delay = min(delay * 2, policy.max_delay)
+                        await asyncio.wait_for(self._stop.wait(), decision.delay)
                 finally:
                     self._session_task = None
+            self.stopped = True
             return EXIT_INTERRUPTED if once else EXIT_OK
         finally:
             if watcher is not None:
@@ -507,7 +602,15 @@ class Syncer:
                 self._reader_pool = None
             self._save_cache()
 
+    def _tell(self, retry: Retry) -> None:
+        if isinstance(self.reporter, Reconnects):
+            self.reporter.reconnecting(retry)
+        else:
+            self.reporter.note(retry.legacy_line)
+
     def _save_cache(self) -> None:
+        if not self._idle.is_set():
+            return  # a thread still updates it (stopped mid-scan): the last save stands
         with contextlib.suppress(OSError):
             if self._cache is not None and self._cache.dirty:
                 self._cache.save(self.cache_path)
@@ -522,23 +625,18 @@ class Syncer:
         last = self._cache_saved_at
         if last is not None and time.monotonic() - last < CACHE_SAVE_SECONDS:
             return
-        await asyncio.to_thread(self._save_cache)
+        await _off_loop(self._save_cache)
 
     async def _connected(self, *, once: bool) -> int:
         t = self.target
+        log.info("connect.dial", address=t.address)
         async with open_channel(t.address, authority=t.authority, tls=t.tls) as channel:
-            try:
-                await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
-            except TimeoutError as e:
-                raise UnreachableError(
-                    f"cannot reach the sidecar at {t.address} "
-                    f"(no answer in {self.connect_timeout:.0f}s)"
-                ) from e
+            await dial(channel, t.address, timeout=self.connect_timeout)
             stub: Any = sync_pb2_grpc.SyncStub(channel)
             call = stub.Session()
             session = _Session(call, self.reporter, self.stats, t.address)
             # Scan the local tree while the sidecar scans its workspace.
-            prescan = asyncio.create_task(asyncio.to_thread(self._rescan, None))
+            prescan = asyncio.ensure_future(self._cache_thread(self._rescan, None))
             self._cache_saved_at = None
             try:
                 await self._handshake(call)
@@ -553,11 +651,12 @@ class Syncer:
             except grpc.RpcError as e:
                 raise translate(e, t.address) from e
             finally:
-                if not prescan.done():
+                if not prescan.done() and not self._stop.is_set():
                     # The scan thread cannot be interrupted; let it finish so
-                    # nothing else touches the manifest meanwhile.
+                    # the next session's scan does not run beside it. When
+                    # stopping, nothing else will touch the manifest.
                     with contextlib.suppress(BaseException):
-                        await prescan
+                        await asyncio.shield(prescan)
                 if session.reader is not None:
                     session.reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -621,11 +720,10 @@ class Syncer:
                 return EXIT_UNSETTLED
             p = await self._round(session, initial=False, scope=None)
             rounds += 1
-        if self.stats.conflicts or self.stats.problems:
-            for path, why in sorted({**self.stats.problems, **self.stats.conflicts}.items()):
-                self.reporter.note(f"not synced: {path}: {why}")
-            return EXIT_NOT_SYNCED
-        return EXIT_OK
+        unsynced = self.ledger.unsynced()
+        for path, why in unsynced:
+            self.reporter.note(f"not synced: {path}: {why}")
+        return EXIT_NOT_SYNCED if unsynced else EXIT_OK
 
     # ------------------------------------------------------------ watching
 
@@ -825,17 +923,15 @@ class Syncer:
         scanned: bool = False,
     ) -> Plan:
         started = time.perf_counter()
-        planned_scope = None if scanned else await asyncio.to_thread(self._rescan, scope)
+        planned_scope = None if scanned else await self._cache_thread(self._rescan, scope)
         if self._deferred:
-            await asyncio.to_thread(self._resolve_digests)
+            await self._cache_thread(self._resolve_digests)
         p = self._plan(planned_scope)
         self.stats.rounds += 1
         self.reporter.round_started(p, initial=initial)
         if not p.empty:
             await self._send(session, p.changes)
-        self.stats.conflicts = {c.path: c.reason for c in p.conflicts} | {
-            k: v for k, v in self.stats.conflicts.items() if k in self.held
-        }
+        self.ledger.round_done(p.conflicts, p.changes, planned_scope)
         self._round_done = True
         self.reporter.round_finished(self.stats)
         await self._save_cache_now_and_then()
@@ -843,17 +939,21 @@ class Syncer:
             "connect.round",
             changes=len(p.changes),
             conflicts=len(p.conflicts),
+            first_of_session=initial,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return p
 
     async def _send(self, session: _Session, changes: list[Change]) -> None:
         pending: list[tuple[asyncio.Future[pb.Ack], list[_Outgoing]]] = []
+        limits = Limits(self.inline_max)
         i = 0
         while i < len(changes):
             if session.failed is not None:
                 raise _as_devstack(session.failed, self.target.address)
-            msg, outgoing, i = await self._prepare_batch(session, changes, i)
+            packed = pack(changes, i, limits)
+            i = packed.end
+            msg, outgoing = await self._build_batch(session, packed)
             if not outgoing:
                 continue
             await session.window.acquire()
@@ -882,96 +982,50 @@ class Syncer:
             self._record(ack, outgoing)
 
     def _record(self, ack: pb.Ack, outgoing: list[_Outgoing]) -> None:
-        problems = {p.path: p for p in ack.problems}
-        for out in outgoing:
-            ch = out.change
-            prob = problems.get(ch.path) if problems else None
-            if prob is None and ack.problems_omitted:
-                continue  # unknown: not recorded either way (see below)
-            if prob is None:
-                apply_to(self.remote, ch)
-                self.held.pop(ch.path, None)
-                self.stats.problems.pop(ch.path, None)
-                self.stats.conflicts.pop(ch.path, None)
-                if ch.action in (Action.WRITE, Action.SYMLINK, Action.RENAME):
-                    self.stats.files_synced += 1
-                continue
-            actual = (
-                entry_from_pb(prob.actual) if prob.HasField("actual") and prob.actual.kind else None
-            )
-            if prob.reason == "conflict":
-                # Remember what the workspace holds; leave the path alone until
-                # either side changes again.
-                if actual is None:
-                    self.remote.pop(ch.path, None)
-                else:
-                    self.remote[ch.path] = actual
-                self.held[ch.path] = (self.local.get(ch.path), self.remote.get(ch.path))
-                self.stats.conflicts[ch.path] = prob.message
-            elif prob.reason in ("digest-mismatch", "incomplete"):
-                # The file changed while it was sent: look at it again.
-                self.stats.problems.pop(ch.path, None)
-                self._hints.put_nowait({ch.path})
-            else:
-                self.held[ch.path] = (self.local.get(ch.path), self.remote.get(ch.path))
-                self.stats.problems[ch.path] = prob.message
-                self.reporter.note(f"rejected: {prob.message}")
-        if ack.problems_omitted:
-            # The ops it did not list may or may not have been applied: what
-            # was recorded above still holds; the rest comes from a new
-            # session's manifest.
-            raise StaleViewError(
-                f"batch {ack.seq}: {ack.problems_omitted} more problem(s) than its "
-                "acknowledgement could list; reading the workspace again"
-            )
+        """Book an acknowledgement (``devstack.core.sync.acks``)."""
+        done = self.ledger.record(_ack_from_pb(ack), [o.change for o in outgoing], self.local)
+        for note in done.notes:
+            self.reporter.note(note)
+        if done.rescan:
+            self._hints.put_nowait(set(done.rescan))
+        if done.stale is not None:
+            raise StaleViewError(done.stale)
 
-    async def _prepare_batch(
-        self, session: _Session, changes: list[Change], start: int
-    ) -> tuple[pb.ClientMessage, list[_Outgoing], int]:
-        """Build the next batch message from ``changes[start:]``, its ops
-        filled in place: small files inline, large ones chunked or, when the
-        sidecar has an older version, as a delta against its signature."""
+    async def _build_batch(
+        self, session: _Session, packed: Packed
+    ) -> tuple[pb.ClientMessage, list[_Outgoing]]:
+        """The batch message for ``packed``, its ops filled in place: small
+        files inline, a large one chunked or, when the sidecar has an older
+        version, as a delta against its signature."""
         msg = pb.ClientMessage()
         ops = msg.batch.ops
         outgoing: list[_Outgoing] = []
-        inline_bytes = 0
-        i = start
         small: list[_Outgoing] = []
-        while i < len(changes) and len(outgoing) < BATCH_OPS:
-            ch = changes[i]
-            if ch.action == Action.WRITE and ch.entry is not None:
-                size = ch.entry.size
-                if size <= self.inline_max:
-                    if inline_bytes + size > BATCH_BYTES and outgoing:
-                        break
-                    inline_bytes += size
-                    out = _Outgoing(ch, self._op(ops.add(), ch))
-                    small.append(out)
-                    outgoing.append(out)
-                else:
-                    outgoing.append(await self._large(session, ch, ops.add()))
-                    i += 1
-                    break  # one large file ends a batch: keep batches bounded
-            else:
-                outgoing.append(_Outgoing(ch, self._op(ops.add(), ch)))
-            i += 1
+        for ch, how in packed.items:
+            if how is Carry.CHUNKED:
+                outgoing.append(await self._large(session, ch, ops.add()))
+                continue
+            out = _Outgoing(ch, self._op(ops.add(), ch))
+            if how is Carry.INLINE:
+                small.append(out)
+            outgoing.append(out)
         if small:
             # Two worker threads: reading, hashing and zlib release the GIL.
             half = (len(small) + 1) // 2
             parts = [small[:half], small[half:]] if len(small) > 1 else [small]
-            sent = await asyncio.gather(*(asyncio.to_thread(self._fill_inline, p) for p in parts))
+            sent = await asyncio.gather(*(self._cache_thread(self._fill_inline, p) for p in parts))
             self.stats.bytes_sent += sum(sent)
             gone = [k for k, o in enumerate(outgoing) if o.op.kind == pb.OP_UNSPECIFIED]
             if gone:  # vanished: the next round sees it
                 for k in reversed(gone):
                     del ops[k]
                     del outgoing[k]
-        return msg, outgoing, i
+        return msg, outgoing
 
     def _op(self, op: pb.Op, ch: Change) -> pb.Op:
         """Fill ``op`` (a part of the batch message) for ``ch``."""
         entry = ch.entry
-        op.kind = _OP[ch.action]
+        op.kind = OP_KIND_TO_PB[ch.action]
         if ch.force:
             op.force = True
         if entry is not None:
@@ -1023,11 +1077,11 @@ class Syncer:
         self._op(op, ch)
         op.chunked = True
         old = ch.expected
-        if old is not None and old.kind == Kind.FILE and old.size >= deltas.DELTA_THRESHOLD:
+        if old is not None and wants_delta(ch):
             sig = await session.signature(ch.path)
             if sig.blocks and bytes(sig.digest) == old.digest:
                 blocks = [deltas.Block(b.offset, b.length, b.hash) for b in sig.blocks]
-                steps = await asyncio.to_thread(self._delta, entry, blocks)
+                steps = await _off_loop(self._delta, entry, blocks)
                 if steps is not None:
                     op.delta = True
                     return _Outgoing(ch, op, chunked=True, steps=steps)

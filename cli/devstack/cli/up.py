@@ -53,6 +53,7 @@ examples:
   devstack up --local stock           baselines of all, your copy of stock only
   devstack up --local -f examples/shop --smoke
   devstack up web                     your copy of web in the cluster
+  devstack up --baseline              the shared baselines of every service (platform team)
 """
 
 
@@ -116,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
     dlog.configure(level="warning")
     project = load_project(args)
     if args.local:
+        if getattr(args, "baseline", False):
+            raise ConfigError(
+                "--baseline deploys a cluster's shared baselines; the local stack always "
+                "runs the baselines: `devstack up --local` without it"
+            )
         return run_local(args, project)
     cluster = _cluster()
     if cluster is None:

@@ -7,11 +7,15 @@ from __future__ import annotations
 import argparse
 
 from devstack.cli.cluster_up import dump, table
-from devstack.cli.project import add_output_argument, add_project_arguments, load_project
-from devstack.cli.workflow_status import (
+from devstack.cli.project import (
     add_mode_arguments,
-    add_settings_arguments,
+    add_output_argument,
+    add_project_arguments,
     is_local,
+    load_project,
+)
+from devstack.cli.workflow_status import (
+    add_settings_arguments,
     preview_url,
     settings_of,
     targets_of,

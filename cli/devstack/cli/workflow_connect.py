@@ -4,6 +4,9 @@ authority Traefik routes by) and the token from the Secret the copy's pod
 mounts. Then the same sync as the explicit form,
 ``devstack connect [PATH] --to HOST:PORT --token-file FILE`` (which stays,
 :mod:`devstack.cli.connect`): the explicit form is the one with a token file.
+
+:func:`copy_sidecar` is the one home of "find my copy's sidecar", on the
+local stack or in the cluster; ``devstack test`` uses it too.
 """
 
 from __future__ import annotations
@@ -11,21 +14,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from devstack.cli import connect
-from devstack.cli.project import Project, add_project_arguments, load_project
-from devstack.cli.releases import (
-    ReleaseError,
-    SidecarAccess,
-    cluster,
-    read_token,
-    release_manifest,
-    release_namespace,
-    sidecar_access,
+from devstack.cli.exec import SidecarTarget
+from devstack.cli.project import (
+    Project,
+    add_mode_arguments,
+    add_project_arguments,
+    is_local,
+    load_project,
 )
-from devstack.cli.workflow_status import add_mode_arguments, is_local
 from devstack.core.errors import ConfigError
+from devstack.core.helmfile import Release
 from devstack.core.owner import copy_name
+
+if TYPE_CHECKING:
+    # The Kubernetes client is imported only when a cluster is asked, so that
+    # `connect --help` and the local stack do not pay for it.
+    from devstack.cli.releases import SidecarAccess
 
 EXAMPLES = """examples:
   devstack connect web                  sync . to your copy of web, then keep it in sync
@@ -59,29 +67,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "second", nargs="?", default=None, metavar="PATH", help="source tree (default: .)"
     )
+    add_sidecar_arguments(parser, explicit=True)
+    connect.add_sync_arguments(parser)
+    add_mode_arguments(parser)
+    add_project_arguments(parser)
+
+
+def add_sidecar_arguments(parser: argparse.ArgumentParser, *, explicit: bool = False) -> None:
+    """--to, --authority, --tls: how to reach your copy's sidecar in a cluster
+    (``explicit``: with ``connect``'s --token-file, for any sidecar)."""
     g = parser.add_argument_group("sidecar")
     g.add_argument(
         "--to",
         default=os.environ.get("DEVSTACK_SIDECAR"),
         metavar="HOST:PORT",
         help="where to dial: the cluster's Traefik entry point (default: the copy's sync host "
-        "on port 80, 443 with TLS); with --token-file, the sidecar (env DEVSTACK_SIDECAR)",
+        "on port 80, 443 with TLS)"
+        + ("; with --token-file, the sidecar (env DEVSTACK_SIDECAR)" if explicit else ""),
     )
-    g.add_argument(
-        "--token-file",
-        default=os.environ.get("DEVSTACK_TOKEN_FILE"),
-        help="the explicit form: the sidecar's token is in this file (env DEVSTACK_TOKEN_FILE)",
-    )
+    if explicit:
+        g.add_argument(
+            "--token-file",
+            default=os.environ.get("DEVSTACK_TOKEN_FILE"),
+            help="the explicit form: the sidecar's token is in this file (env DEVSTACK_TOKEN_FILE)",
+        )
     g.add_argument(
         "--authority",
         default=os.environ.get("DEVSTACK_AUTHORITY"),
         metavar="HOST",
-        help="HTTP/2 :authority to send (default with SERVICE: the copy's sync host)",
+        help="HTTP/2 :authority to send (default: the copy's sync host)",
     )
     g.add_argument("--tls", action="store_true", help="use TLS (e.g. a websecure entry point)")
-    connect.add_sync_arguments(parser)
-    add_mode_arguments(parser)
-    add_project_arguments(parser)
 
 
 def local_sidecar(project: Project, service: str) -> tuple[str, str, str]:
@@ -105,15 +121,29 @@ def local_sidecar(project: Project, service: str) -> tuple[str, str, str]:
     raise ConfigError(f"the local stack runs no service {service!r} (your copies: {known})")
 
 
-async def find_sidecar(project: Project, service: str) -> tuple[SidecarAccess, str]:
-    """Your copy of ``service``: how to reach its sidecar, and its token."""
+def declared_release(project: Project, service: str) -> Release:
+    """The Helmfile's release ``service``, or one line listing the declared ones."""
     try:
-        release = project.helmfile.release(service)
+        return project.helmfile.release(service)
     except KeyError:
         known = ", ".join(r.name for r in project.helmfile.releases) or "none"
         raise ConfigError(
             f"{project.helmfile.path} declares no service {service!r} (it declares: {known})"
         ) from None
+
+
+async def find_sidecar(project: Project, service: str) -> tuple[SidecarAccess, str]:
+    """Your copy of ``service`` in the cluster: how to reach its sidecar, and its token."""
+    from devstack.cli.releases import (
+        ReleaseError,
+        cluster,
+        read_token,
+        release_manifest,
+        release_namespace,
+        sidecar_access,
+    )
+
+    release = declared_release(project, service)
     name = copy_name(service, project.owner)
     ns = release_namespace(project, release.namespace)
     async with cluster(project, "devstack-connect") as api:
@@ -140,13 +170,36 @@ def run(args: argparse.Namespace) -> int:
             "(or devstack connect PATH --to HOST:PORT --token-file FILE)"
         )
     project = load_project(args)
-    if is_local(args, project):
-        args.to, token, source = local_sidecar(project, args.first)
-        args.path = args.second or source
-        return connect.sync(args, token)
-    access, token = asyncio.run(find_sidecar(project, args.first))
-    args.path = args.second or "."
-    args.to = args.to or access.default_address
-    args.authority = args.authority or access.host
-    args.tls = args.tls or access.tls
-    return connect.sync(args, token)
+    found = copy_sidecar(args, project, args.first)
+    args.path = args.second or found.source or "."
+    args.to, args.authority, args.tls = found.address, found.authority, found.tls
+    return connect.sync(args, found.token)
+
+
+@dataclass(frozen=True)
+class CopySidecar(SidecarTarget):
+    """Your copy's sidecar, found in either mode."""
+
+    #: On the local stack: the service's source folder; None in a cluster.
+    source: str | None = None
+
+
+def copy_sidecar(
+    args: argparse.Namespace, project: Project, service: str, *, local: bool | None = None
+) -> CopySidecar:
+    """Your copy of ``service``'s sidecar, where ``connect`` and ``test`` reach
+    it: on the local stack (``--local``, or one runs and no ``--cluster``; or
+    ``local`` when the caller decided already), from its state file; in the
+    cluster, from the copy's sync route and token Secret, dialled through
+    Traefik, with ``--to``/``--authority``/``--tls`` overriding what the route
+    says."""
+    if is_local(args, project) if local is None else local:
+        address, token, source = local_sidecar(project, service)
+        return CopySidecar(address, token, source=source)
+    access, token = asyncio.run(find_sidecar(project, service))
+    return CopySidecar(
+        address=getattr(args, "to", None) or access.default_address,
+        token=token,
+        authority=getattr(args, "authority", None) or access.host,
+        tls=bool(getattr(args, "tls", False)) or access.tls,
+    )

@@ -27,8 +27,10 @@ from devstack.cli.cluster_up import dump, namespaces_of, service_label, table
 from devstack.cli.project import (
     Project,
     StatusRow,
+    add_mode_arguments,
     add_output_argument,
     add_project_arguments,
+    is_local,
     load_project,
 )
 from devstack.cli.releases import (
@@ -128,27 +130,6 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         help="preview hosts are <service>--<owner>.<preview domain> "
         "(env DEVSTACK_PREVIEW_DOMAIN; default preview.localtest.me)",
     )
-
-
-def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("where (default: the local stack if one runs, else the cluster)")
-    m = g.add_mutually_exclusive_group()
-    m.add_argument(
-        "--local", action="store_true", help="the local stack `devstack up --local` started"
-    )
-    m.add_argument("--cluster", action="store_true", help="the cluster, even if a local stack runs")
-
-
-def is_local(args: argparse.Namespace, project: Project) -> bool:
-    """``--local``; else, without ``--cluster``, whether a local stack runs
-    (its state file, which `devstack up --local` writes, exists)."""
-    if getattr(args, "local", False):
-        return True
-    if getattr(args, "cluster", False):
-        return False
-    from devstack.cli import localstack
-
-    return localstack.read_state(project) is not None
 
 
 def settings_of(args: argparse.Namespace) -> AgentSettings:

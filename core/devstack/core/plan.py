@@ -11,8 +11,9 @@ written by sync (``UNTRACKED``: seeded from the image or made by the app).
   overwrite, unless the sidecar is a replica or the person forces it.
 - Entries only in the workspace are deleted only if sync made them (or in
   replica mode): the pod's own files are never removed behind its back.
-  These rules live in ``devstack.core.rules``, which the sidecar applies
-  to every op whatever the client sends; the plan only follows them.
+  These rules live in ``devstack.core.sync.conflict``, whose one function
+  the sidecar applies to every op whatever the client sends; the plan
+  calls the same function, only to follow them.
 - A file or symlink that becomes another kind of thing is replaced in one
   op that expects what is there; a folder that becomes a file goes after
   its content, and only if all of it may go.
@@ -21,23 +22,16 @@ written by sync (``UNTRACKED``: seeded from the image or made by the app).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from devstack.core.manifest import Entry, Kind, Manifest, SyncState, make_entry
 from devstack.core.paths import depth
-from devstack.core.rules import Deed, refusal
+from devstack.core.sync.conflict import Deed, conflict
+from devstack.core.sync.model import OpKind, Reason
 
-
-class Action(enum.Enum):
-    MKDIR = "mkdir"
-    WRITE = "write"
-    SYMLINK = "symlink"
-    DELETE = "delete"
-    RENAME = "rename"
-    CHMOD = "chmod"
-    ADOPT = "adopt"
+#: A change's kind: the one ``OpKind`` (this name is the planner's).
+Action = OpKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +128,10 @@ def plan(
                 return
         if lo is None:
             assert re_ is not None
-            if refusal(Deed.REMOVE, re_.state, re_.kind, replica=replica, force=force) is None:
+            why = conflict(Deed.REMOVE, re_, re_.state, replica=replica, force=force)
+            if why is None:
                 deletes[p] = re_
-            elif re_.state == dirty:
+            elif why.code is Reason.CHANGED_IN_WORKSPACE:  # (the pod's own files stay quietly)
                 conflicts.append(
                     Conflict(p, lo, re_, "deleted on the laptop, changed in the workspace")
                 )
@@ -148,7 +143,7 @@ def plan(
                 creates.append(lo)
             return
         if lo.kind != re_.kind:
-            if refusal(Deed.REPLACE, re_.state, re_.kind, replica=replica, force=force):
+            if conflict(Deed.REPLACE, re_, re_.state, replica=replica, force=force):
                 conflicts.append(
                     Conflict(p, lo, re_, f"is a {re_.kind.name.lower()} in the workspace")
                 )
@@ -169,7 +164,7 @@ def plan(
             elif re_.state != synced:
                 writes.append(Change(Action.ADOPT, p, lo, re_))
             return
-        if refusal(Deed.OVERWRITE, re_.state, re_.kind, replica=replica, force=force):
+        if conflict(Deed.OVERWRITE, re_, re_.state, replica=replica, force=force):
             conflicts.append(Conflict(p, lo, re_, "changed on the laptop and in the workspace"))
             return
         action = Action.WRITE if lo.kind == k_file else Action.SYMLINK
@@ -205,7 +200,7 @@ def plan(
             (
                 q
                 for q, e in below.items()
-                if refusal(Deed.REMOVE, e.state, e.kind, replica=replica, force=force)
+                if conflict(Deed.REMOVE, e, e.state, replica=replica, force=force)
             ),
             None,
         )
@@ -254,7 +249,10 @@ def plan(
 
     changes: list[Change] = []
     for p in sorted(early_deletes, key=lambda q: (-depth(q), q)):
-        changes.append(Change(Action.DELETE, p, None, early_deletes[p]))
+        e = early_deletes[p]
+        changes.append(
+            Change(Action.DELETE, p, None, e, force=force and e.state == SyncState.DIRTY)
+        )
     changes += sorted(mkdirs, key=lambda c: (depth(c.path), c.path))
     changes += renames
     changes += sorted(writes, key=lambda c: c.path)

@@ -1,11 +1,17 @@
-"""Carry the routing key from an app's inbound request to its outbound calls.
+"""Carry the routing key, and the whole baggage, from an app's inbound
+request to its outbound calls.
 
-No I/O of its own. Server middleware reads the key from the request that came
-in (:func:`devstack.core.routing.owner_from_headers`) and keeps it in a
-context variable for the duration of that request; client hooks add it to
-every request the app makes meanwhile: the baggage member (other baggage
-members kept) and the plain header. Outside a tagged request they add
-nothing, so untagged traffic stays untagged.
+No I/O of its own. Server middleware reads the request that came in: its
+routing key (:func:`devstack.core.routing.owner_from_headers`) and its W3C
+``baggage``; it keeps both in a context variable for the duration of that
+request. Client hooks add them to every request the app makes meanwhile, as
+W3C Baggage and OpenTelemetry propagate baggage: the outbound ``baggage`` is
+the inbound one, every member with its properties and in order, with the
+routing key set in it (one member, never two), within the W3C limits
+(:func:`devstack.core.routing.with_owner_in_baggage`); and the plain header.
+A request that carried baggage but no routing key passes its baggage on
+as it came, untagged; outside a request the hooks add nothing, so untagged
+traffic stays untagged.
 
 Server side:
     - ASGI (Starlette, FastAPI, Django ASGI...): ``app = RoutingASGIMiddleware(app)``
@@ -17,6 +23,7 @@ Client side:
     - httpx: ``httpx.Client(event_hooks={"request": [httpx_hook()]})`` or
       ``httpx.AsyncClient(event_hooks={"request": [httpx_async_hook()]})``
     - requests: ``install_requests(session)`` (mounts a routing adapter)
+    - anything else (urllib...): ``headers.update(outbound_headers())``
 
 aiohttp, httpx and requests are imported only when their helper is used.
 Apps in other languages get the same from OpenTelemetry's W3C baggage
@@ -27,18 +34,32 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from devstack.core.routing import (
+    W3C_BAGGAGE_HEADER,
     RouteSettings,
+    baggage_of,
+    merge_baggage,
     owner_from_headers,
     route_headers,
     with_owner_in_baggage,
 )
 
-_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "devstack_route_owner", default=None
+
+@dataclass(frozen=True)
+class _Inbound:
+    """What the request being handled came with."""
+
+    owner: str | None = None
+    baggage: str | None = None
+
+
+_NOTHING = _Inbound()
+_inbound: contextvars.ContextVar[_Inbound | None] = contextvars.ContextVar(
+    "devstack_route_inbound", default=None
 )
 
 DEFAULT_SETTINGS = RouteSettings()
@@ -46,18 +67,31 @@ DEFAULT_SETTINGS = RouteSettings()
 
 def current_owner() -> str | None:
     """The routing key of the request being handled, if it carried one."""
-    return _owner.get()
+    return (_inbound.get() or _NOTHING).owner
+
+
+def current_baggage() -> str | None:
+    """The W3C ``baggage`` the request being handled came with (several
+    headers as one list), if it carried any."""
+    return (_inbound.get() or _NOTHING).baggage
 
 
 @contextlib.contextmanager
-def routing_context(owner: str | None) -> Iterator[None]:
-    """Run a block as if handling a request tagged with ``owner``
-    (also how a worker or a test tags its outbound calls)."""
-    token = _owner.set(owner)
+def routing_context(owner: str | None, *, baggage: str | None = None) -> Iterator[None]:
+    """Run a block as if handling a request tagged with ``owner`` that came
+    with ``baggage`` (also how a worker or a test tags its outbound calls)."""
+    token = _inbound.set(_Inbound(owner, baggage or None))
     try:
         yield
     finally:
-        _owner.reset(token)
+        _inbound.reset(token)
+
+
+def _inbound_of(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]], settings: RouteSettings
+) -> _Inbound:
+    pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
+    return _Inbound(owner_from_headers(pairs, settings), baggage_of(pairs))
 
 
 def outbound_headers(
@@ -66,21 +100,34 @@ def outbound_headers(
     settings: RouteSettings = DEFAULT_SETTINGS,
     owner: str | None = None,
 ) -> dict[str, str]:
-    """The headers to set on an outbound request (empty when untagged).
+    """The headers to set on an outbound request made while handling one
+    (empty outside a request, or for one that carried neither a routing key
+    nor baggage).
 
-    ``existing`` holds the request's own headers (looked up case-blind): a
-    baggage header the app set itself keeps its other members.
+    ``baggage``: the inbound baggage, every member kept, with the routing
+    key set in it (W3C style); the plain route header (and, Jaeger style,
+    ``uberctx-<key>``) with the key. ``existing`` holds the request's own
+    headers (looked up case-blind): the members of a ``baggage`` header the
+    app set itself are merged in (replacing an inbound member of the same
+    key). ``owner`` overrides the routing key of the request being handled.
     """
     owner = owner or current_owner()
-    if owner is None:
-        return {}
-    headers = route_headers(owner, settings)
-    if settings.baggage_style == "w3c" and existing is not None:
-        own = next((v for k, v in existing.items() if k.lower() == settings.baggage_header), None)
-        if own:
-            headers[settings.baggage_header] = with_owner_in_baggage(
-                own, owner, key=settings.baggage_key
+    inbound = current_baggage()
+    own = None
+    if existing is not None and (owner is not None or inbound):
+        own = next((v for k, v in existing.items() if k.lower() == W3C_BAGGAGE_HEADER), None)
+    headers: dict[str, str] = {}
+    if owner is not None:
+        headers = route_headers(owner, settings)
+        if settings.baggage_style == "w3c":
+            headers[W3C_BAGGAGE_HEADER] = with_owner_in_baggage(
+                merge_baggage(inbound, own, limit=False), owner, key=settings.baggage_key
             )
+            return headers
+    if inbound:
+        forwarded = merge_baggage(inbound, own)
+        if forwarded:
+            headers[W3C_BAGGAGE_HEADER] = forwarded
     return headers
 
 
@@ -97,7 +144,8 @@ ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
 
 class RoutingASGIMiddleware:
-    """ASGI middleware: tags the request's context with its routing key."""
+    """ASGI middleware: tags the request's context with its routing key and
+    baggage."""
 
     def __init__(self, app: ASGIApp, *, settings: RouteSettings = DEFAULT_SETTINGS) -> None:
         self.app = app
@@ -108,17 +156,21 @@ class RoutingASGIMiddleware:
             await self.app(scope, receive, send)
             return
         pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers") or []]
-        with routing_context(owner_from_headers(pairs, self.settings)):
+        token = _inbound.set(_inbound_of(pairs, self.settings))
+        try:
             await self.app(scope, receive, send)
+        finally:
+            _inbound.reset(token)
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class RoutingWSGIMiddleware:
-    """WSGI middleware: tags the request's context with its routing key.
+    """WSGI middleware: tags the request's context with its routing key and
+    baggage (the server joins several ``baggage`` headers into one).
 
-    The key is set while the app is called (when it makes its outbound
+    They are set while the app is called (when it makes its outbound
     calls), not while a streamed response body is iterated.
     """
 
@@ -132,8 +184,11 @@ class RoutingWSGIMiddleware:
             for k, v in environ.items()
             if k.startswith("HTTP_")
         ]
-        with routing_context(owner_from_headers(pairs, self.settings)):
+        token = _inbound.set(_inbound_of(pairs, self.settings))
+        try:
             return self.app(environ, start_response)
+        finally:
+            _inbound.reset(token)
 
 
 def aiohttp_middleware(*, settings: RouteSettings = DEFAULT_SETTINGS) -> Any:
@@ -142,8 +197,11 @@ def aiohttp_middleware(*, settings: RouteSettings = DEFAULT_SETTINGS) -> Any:
 
     @web.middleware
     async def devstack_routing(request: Any, handler: Any) -> Any:
-        with routing_context(owner_from_headers(request.headers.items(), settings)):
+        token = _inbound.set(_inbound_of(request.headers.items(), settings))
+        try:
             return await handler(request)
+        finally:
+            _inbound.reset(token)
 
     return devstack_routing
 

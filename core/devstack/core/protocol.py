@@ -1,6 +1,7 @@
 """Protocol helpers shared by ``devstack connect`` and the sidecar (pure):
 version and limits, conversion between core entries and protobuf messages,
-content encoding, the op kinds, token handling.
+content encoding, token handling. The op kinds and outcome reasons, and their
+wire values, are ``devstack.core.sync``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 from devstack.core.errors import ConfigError, ProtocolError
 from devstack.core.manifest import Entry, Kind, SyncState, gc_paused, make_entry
+from devstack.core.sync.wire import OP_KIND_FROM_PB, OP_KIND_TO_PB
 from devstack.sync.v1 import sync_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -34,19 +36,11 @@ TOKEN_FILE_ENV = "DEVSTACK_TOKEN_FILE"  # noqa: S105 (a variable name)
 #: reload steps or ``Exec`` commands.
 TOKEN_ENV_VARS: Final = (TOKEN_FILE_ENV, "DEVSTACK_TOKEN")
 
-#: Wire op kind -> its name, which is also ``devstack.core.plan.Action``'s
-#: value and the sidecar applier's op kind.
-OP_NAMES: Final[Mapping[int, str]] = {
-    pb.OP_WRITE: "write",
-    pb.OP_MKDIR: "mkdir",
-    pb.OP_SYMLINK: "symlink",
-    pb.OP_DELETE: "delete",
-    pb.OP_RENAME: "rename",
-    pb.OP_CHMOD: "chmod",
-    pb.OP_ADOPT: "adopt",
-}
-#: Op name (``Action.value``) -> wire op kind.
-OP_CODES: Final[Mapping[str, int]] = {name: code for code, name in OP_NAMES.items()}
+#: Wire op kind -> its name (``OpKind``'s value). The mapping itself has
+#: one home, ``devstack.core.sync.wire``; these are views of it by name.
+OP_NAMES: Final[Mapping[int, str]] = {code: k.value for code, k in OP_KIND_FROM_PB.items()}
+#: Op name (``OpKind``'s value) -> wire op kind.
+OP_CODES: Final[Mapping[str, int]] = {k.value: code for k, code in OP_KIND_TO_PB.items()}
 
 #: Extensions whose content is already compressed: never worth zlib.
 _COMPRESSED = frozenset(

@@ -14,6 +14,11 @@ members may come before or after it), and writes the Traefik rule
 expressions that match it, in v3 syntax (``Header``/``HeaderRegexp``) or in
 v2 syntax (``Headers``/``HeadersRegexp``).
 
+It forwards baggage as W3C Baggage and OpenTelemetry do: a hop passes on
+every member it received, properties and all, in order, with the routing key
+set in it (:func:`with_owner_in_baggage`, :func:`merge_baggage`), within the
+W3C limits (:data:`BAGGAGE_MAX_MEMBERS`, :data:`BAGGAGE_MAX_BYTES`).
+
 It also holds the Kubernetes label names that say which Service belongs to
 what, because the CLI, the charts and the agent all use them.
 """
@@ -43,6 +48,13 @@ DEFAULT_ROUTE_HEADER = "x-devstack-route"
 W3C_BAGGAGE_HEADER = "baggage"
 JAEGER_BAGGAGE_PREFIX = "uberctx-"
 
+#: The W3C Baggage limits a sender keeps to (https://www.w3.org/TR/baggage/#limits,
+#: and OpenTelemetry's propagators): at most 180 list-members (the header
+#: grammar's ``list-member 0*179( OWS "," OWS list-member )``) and 8192 bytes
+#: in all. The spec asks every platform to pass on at least 64 members.
+BAGGAGE_MAX_MEMBERS = 180
+BAGGAGE_MAX_BYTES = 8192
+
 Owner = NewType("Owner", str)
 ServiceName = NewType("ServiceName", str)
 
@@ -51,6 +63,15 @@ BaggageStyle = Literal["w3c", "jaeger"]
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # RFC 7230 token: what a baggage key and a header name may contain.
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# A W3C baggage list-member, as the spec writes it (https://www.w3.org/TR/baggage/#header-content):
+# key OWS "=" OWS value *( OWS ";" OWS property ), property = key [OWS "=" OWS value];
+# key is a token, value *baggage-octet (printable ASCII but space, '"', ',', ';' and '\').
+_BAGGAGE_KEY = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_BAGGAGE_VALUE = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+_BAGGAGE_MEMBER = re.compile(
+    rf"({_BAGGAGE_KEY})[ \t]*=[ \t]*({_BAGGAGE_VALUE})"
+    rf"(?:[ \t]*;[ \t]*{_BAGGAGE_KEY}(?:[ \t]*=[ \t]*{_BAGGAGE_VALUE})?)*"
+)
 
 
 class RoutingError(ValueError):
@@ -154,21 +175,96 @@ def owner_from_headers(
     return None
 
 
+def baggage_of(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> str | None:
+    """The W3C ``baggage`` a request carries (whatever the baggage style of
+    the routing key): its ``baggage`` headers as one list, in order, or
+    ``None`` without one."""
+    values = [v.strip() for v in _get(headers, W3C_BAGGAGE_HEADER) if v.strip()]
+    return ",".join(values) if values else None
+
+
+def baggage_members(value: str | None) -> list[str]:
+    """The list-members of a ``baggage`` header value, in order, each as
+    written (properties kept, the whitespace around it dropped). A member
+    that does not follow the W3C grammar is dropped, as the spec lets a
+    receiver do: passing it on would make the next hop's header invalid."""
+    return [
+        m for m in (raw.strip() for raw in (value or "").split(",")) if _BAGGAGE_MEMBER.fullmatch(m)
+    ]
+
+
+def _member_key(member: str) -> str:
+    return member.partition("=")[0].strip()
+
+
+def _within_limits(members: list[str], keep: int | None = None) -> str:
+    """``members`` joined, within the W3C limits: from the first member that
+    does not fit on, every member is dropped whole (none is ever cut), but
+    ``members[keep]``, which is always kept."""
+    count = 1 if keep is not None else 0
+    size = len(members[keep]) if keep is not None else 0
+    out: list[str] = []
+    full = False
+    for i, member in enumerate(members):
+        if i == keep:
+            out.append(member)
+            continue
+        grown = size + len(member) + (1 if count else 0)  # ASCII only: chars are bytes
+        if full or count + 1 > BAGGAGE_MAX_MEMBERS or grown > BAGGAGE_MAX_BYTES:
+            full = True
+            continue
+        out.append(member)
+        count, size = count + 1, grown
+    return ",".join(out)
+
+
+def merge_baggage(*values: str | None, limit: bool = True) -> str:
+    """Several ``baggage`` values as one, the way a hop passes baggage on:
+    every member of the first, in order, as written; then each member of
+    the later ones replaces, in place, the first member with its key, or is
+    added at the end. Within the W3C limits (members beyond them dropped
+    whole), unless ``limit`` is false (for a caller that adds to it and
+    applies them after: :func:`with_owner_in_baggage` does).
+    ``merge_baggage(inbound)`` is the inbound baggage as it may be passed on."""
+    members: list[str] = []
+    for value in values:
+        for member in baggage_members(value):
+            key = _member_key(member)
+            at = next((i for i, m in enumerate(members) if _member_key(m) == key), None)
+            if at is None:
+                members.append(member)
+            else:
+                members[at] = member
+    return _within_limits(members) if limit else ",".join(members)
+
+
 def with_owner_in_baggage(
     baggage: str | None, owner: str, *, key: str = DEFAULT_BAGGAGE_KEY
 ) -> str:
-    """``baggage`` with its ``key`` member set to ``owner``: other members are
-    kept in order, any earlier ``key`` member is replaced."""
+    """``baggage`` with its ``key`` member set to ``owner``: the baggage a
+    hop passes on for a request of ``owner``'s.
+
+    Every other member is kept as written (properties too), in order. The
+    first ``key`` member stays where it is: untouched when it already holds
+    ``owner``, else replaced by ``key=owner``; any later ``key`` member is
+    dropped, so there is exactly one. Without one, ``key=owner`` comes first.
+    Malformed members are dropped (:func:`baggage_members`), and so are the
+    members beyond the W3C limits, whole, from the end: never the routing
+    member."""
     member = f"{key}={urllib.parse.quote(owner, safe='')}"
-    kept = []
-    for raw in (baggage or "").split(","):
-        head = raw.split(";", 1)[0]
-        if not raw.strip():
-            continue
-        if "=" in head and head.partition("=")[0].strip() == key:
-            continue
-        kept.append(raw.strip())
-    return ",".join([member, *kept])
+    members: list[str] = []
+    at: int | None = None
+    for raw in baggage_members(baggage):
+        if _member_key(raw) != key:
+            members.append(raw)
+        elif at is None:
+            at = len(members)
+            value = raw.partition("=")[2].split(";", 1)[0].strip()
+            members.append(raw if urllib.parse.unquote(value) == owner else member)
+    if at is None:
+        members.insert(0, member)
+        at = 0
+    return _within_limits(members, keep=at)
 
 
 def route_headers(owner: str, settings: RouteSettings) -> dict[str, str]:

@@ -29,6 +29,7 @@ token:
   key: token
   value: ""
 sidecar:
+  enabled: true
   port: 7070
   mode: safe
   reload: none
@@ -66,12 +67,35 @@ route:
   entryPoints: [web]
   apiVersion: traefik.io/v1alpha1
   tls: {}
+readiness:
+  path: ""
+  port: 0
+  initialDelaySeconds: 0
+  periodSeconds: 5
+  timeoutSeconds: 1
+  failureThreshold: 3
+  startTimeoutSeconds: 0
 local:
   command: []
   dir: ""
   env: {}
   readyPath: /
   readyTimeoutSeconds: 60
+test:
+  command: []
+  dir: ""
+  env: {}
+  timeoutSeconds: 0
+build:
+  image: ""
+  context: ""
+  dockerfile: ""
+  builder: ""
+  command: []
+  args: {}
+  values:
+    repository: image.repository
+    tag: image.tag
 provision:
   enabled: true
   endpoint: http://localstack.localstack.svc.cluster.local:4566

@@ -96,7 +96,9 @@ Service selects on. For the pod template's labels only (never the selector).
 {{- $cfg := include "devstack-lib.config" . | fromYaml -}}
 {{- if $cfg.enabled -}}
 {{- include "devstack-lib.labels" . }}
+{{- if $cfg.sidecar.enabled }}
 devstack.dev/sync: {{ include "devstack-lib.base" . | quote }}
+{{- end }}
 {{- end -}}
 {{- end -}}
 

@@ -12,7 +12,7 @@ Use them with `with`, so that a key only appears when there is something under i
 {{- /* Pod spec fields: `shareProcessNamespace: true` for the signal reload strategy. */ -}}
 {{- define "devstack-lib.podSpec" -}}
 {{- $cfg := include "devstack-lib.config" . | fromYaml -}}
-{{- if and $cfg.enabled (eq $cfg.sidecar.reload "signal") -}}
+{{- if and $cfg.enabled $cfg.sidecar.enabled (eq $cfg.sidecar.reload "signal") -}}
 shareProcessNamespace: true
 {{- end -}}
 {{- end -}}
@@ -33,7 +33,7 @@ that command in the app image.
 {{- define "devstack-lib.initContainers" -}}
 {{- $root := .root -}}
 {{- $cfg := include "devstack-lib.config" $root | fromYaml -}}
-{{- if and $cfg.enabled $cfg.workspace.seed.enabled -}}
+{{- if and $cfg.enabled $cfg.sidecar.enabled $cfg.workspace.seed.enabled -}}
 {{- $image := required "devstack-lib.initContainers needs the app image: (dict \"root\" $ \"image\" IMAGE)" .image -}}
 {{- $source := $cfg.workspace.seed.source | default $cfg.workspace.path -}}
 {{- $seed := $cfg.workspace.seed -}}
@@ -107,6 +107,15 @@ that command in the app image.
 {{- if $s.reloadConfig -}}
 {{- $args = concat $args (list "--reload-config" "/etc/devstack/reload/rules.yaml") -}}
 {{- end -}}
+{{- $r := $cfg.readiness -}}
+{{- if and $r.path (eq $s.reload "supervise") -}}
+{{- if not ($r.port | int) -}}{{- fail "devstack.readiness.port is required with devstack.readiness.path" -}}{{- end -}}
+{{- $port := $r.port | int -}}
+{{- $args = concat $args (list "--ready-url" (printf "http://127.0.0.1:%d%s" $port $r.path)) -}}
+{{- if $r.startTimeoutSeconds -}}
+{{- $args = concat $args (list "--ready-timeout" (toString $r.startTimeoutSeconds)) -}}
+{{- end -}}
+{{- end -}}
 {{- if $s.owner -}}
 {{- $args = concat $args (list "--owner" (toString $s.owner)) -}}
 {{- end -}}
@@ -122,18 +131,27 @@ that command in the app image.
 
 {{- /*
 devstack-lib.containers: the sidecar container, as a list item to append to the
-pod's containers.
+pod's containers. Takes the chart's root context, or (dict "root" $ "appEnv" ENV):
+with sidecar.reload supervise the sidecar runs the app itself, so it gets the app's
+environment too: ENV (the app container's env items, as YAML) and the provisioning
+outputs (the same envFrom as devstack-lib.appEnvFrom).
 */ -}}
 {{- define "devstack-lib.containers" -}}
-{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
-{{- if $cfg.enabled -}}
+{{- $root := .root | default . -}}
+{{- $cfg := include "devstack-lib.config" $root | fromYaml -}}
+{{- $supervise := eq $cfg.sidecar.reload "supervise" -}}
+{{- if (and $cfg.enabled $cfg.sidecar.enabled) -}}
 {{- $port := int $cfg.sidecar.port -}}
 - name: devstack-sidecar
-  image: {{ include "devstack-lib.image" . | quote }}
+  image: {{ include "devstack-lib.image" $root | quote }}
   imagePullPolicy: {{ $cfg.image.pullPolicy }}
   args:
-    {{- include "devstack-lib.sidecarArgs" . | nindent 4 }}
+    {{- include "devstack-lib.sidecarArgs" $root | nindent 4 }}
   env:
+    {{- /* the app's own first: on a duplicate name the later, devstack's, wins */}}
+    {{- if and $supervise .appEnv }}
+    {{- .appEnv | nindent 4 }}
+    {{- end }}
     - name: DEVSTACK_LISTEN
       value: {{ printf "0.0.0.0:%d" $port | quote }}
     - name: DEVSTACK_WORKSPACE
@@ -147,12 +165,18 @@ pod's containers.
     - name: DEVSTACK_LOG_FORMAT
       value: {{ $cfg.sidecar.logFormat | quote }}
     - name: DEVSTACK_SERVICE
-      value: {{ include "devstack-lib.service" . | quote }}
+      value: {{ include "devstack-lib.service" $root | quote }}
     - name: DEVSTACK_OWNER
       value: {{ $cfg.owner | toString | quote }}
     {{- with $cfg.sidecar.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- if $supervise }}
+  {{- with include "devstack-lib.appEnvFrom" $root }}
+  envFrom:
+    {{- . | nindent 4 }}
+  {{- end }}
+  {{- end }}
   ports:
     - name: devstack-sync
       containerPort: {{ $port }}
@@ -193,7 +217,7 @@ pod's containers.
 {{- /* devstack-lib.appVolumeMounts: list items for the APP container's volumeMounts. */ -}}
 {{- define "devstack-lib.appVolumeMounts" -}}
 {{- $cfg := include "devstack-lib.config" . | fromYaml -}}
-{{- if $cfg.enabled -}}
+{{- if (and $cfg.enabled $cfg.sidecar.enabled) -}}
 - name: devstack-workspace
   mountPath: {{ $cfg.workspace.path | quote }}
 {{- end -}}
@@ -231,7 +255,7 @@ from the ConfigMap, secret values from the Secret (optional: the app starts with
 {{- $emptyDir := dict -}}
 {{- with $cfg.workspace.medium -}}{{- $_ := set $emptyDir "medium" . -}}{{- end -}}
 {{- with $cfg.workspace.sizeLimit -}}{{- $_ := set $emptyDir "sizeLimit" (toString .) -}}{{- end -}}
-{{- if $cfg.enabled -}}
+{{- if (and $cfg.enabled $cfg.sidecar.enabled) -}}
 - name: devstack-workspace
   emptyDir: {{ toJson $emptyDir }}
 {{- if and $cfg.workspace.seed.enabled (not $cfg.workspace.seed.command) }}
@@ -252,5 +276,36 @@ from the ConfigMap, secret values from the Secret (optional: the app starts with
 {{- end }}
 - name: devstack-tmp
   emptyDir: {}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+devstack-lib.readinessProbe: the app container's readinessProbe from
+devstack.readiness (an httpGet probe of path on port), or nothing when no path is
+set. It renders whether or not devstack is enabled, so a chart can take its probe
+from this one value in every environment:
+
+  {{- with include "devstack-lib.readinessProbe" . }}
+  readinessProbe:
+    {{- . | nindent 12 }}
+  {{- end }}
+
+The sidecar probes the same URL after each supervised restart (--ready-url), so a
+reload is reported done only once the app answers 200-399 there.
+*/ -}}
+{{- define "devstack-lib.readinessProbe" -}}
+{{- $cfg := include "devstack-lib.config" . | fromYaml -}}
+{{- $r := $cfg.readiness -}}
+{{- if $r.path -}}
+{{- if not ($r.port | int) -}}{{- fail "devstack.readiness.port is required with devstack.readiness.path" -}}{{- end -}}
+httpGet:
+  path: {{ $r.path | quote }}
+  port: {{ $r.port | int }}
+{{- with $r.initialDelaySeconds }}
+initialDelaySeconds: {{ . }}
+{{- end }}
+periodSeconds: {{ $r.periodSeconds }}
+timeoutSeconds: {{ $r.timeoutSeconds }}
+failureThreshold: {{ $r.failureThreshold }}
 {{- end -}}
 {{- end -}}

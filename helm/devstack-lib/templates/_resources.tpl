@@ -5,15 +5,18 @@ An app chart renders it from one template file:
   # templates/devstack.yaml
   {{ include "devstack-lib.resources" . }}
 
-Renders nothing when devstack is disabled.
+Renders nothing when devstack is disabled; with devstack.sidecar.enabled false, only
+the provisioning hooks.
 */ -}}
 {{- define "devstack-lib.resources" -}}
 {{- $cfg := include "devstack-lib.config" . | fromYaml -}}
-{{- if $cfg.enabled -}}
+{{- if and $cfg.enabled $cfg.sidecar.enabled -}}
 {{- include "devstack-lib.tokenSecret" . }}
 {{- include "devstack-lib.syncService" . }}
 {{- include "devstack-lib.ingressRoute" . }}
 {{- include "devstack-lib.reloadConfigMap" . }}
+{{- end -}}
+{{- if $cfg.enabled -}}
 {{- include "devstack-lib.provisionHooks" . }}
 {{- end -}}
 {{- end -}}

@@ -30,7 +30,22 @@ DEFAULT_REGION: Final = "us-east-1"
 _SERVICE_ACCOUNT_NAMESPACE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
+EXAMPLES = """examples:
+  devstack provision --spec values.yaml --release shop --endpoint http://127.0.0.1:4566
+                                        create what values.yaml's devstack.aws declares
+  devstack provision --spec values.yaml --release shop --owner alice --outputs-file out.env
+                                        alice's copies (names prefixed alice-), outputs to a file
+  devstack provision --teardown --release shop --owner alice --endpoint http://127.0.0.1:4566
+                                        delete what alice's copy of shop created
+
+The library chart's Helm hooks run it before install and upgrade and before delete;
+see docs/provisioning.md.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     env = os.environ.get
     parser.add_argument(
         "--spec",

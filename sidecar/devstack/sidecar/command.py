@@ -28,7 +28,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+EXAMPLES = """examples:
+  devstack sidecar --workspace /app --token-file /etc/devstack/token/token
+                                        serve /app to `devstack connect` on 0.0.0.0:7070
+  devstack sidecar --workspace /app --token-file T --reload supervise \\
+      --command "python /app/app.py" --reload-on "*.py" --ready-url http://127.0.0.1:8000/healthz
+                                        run the app, restart it when a .py file changes, and
+                                        report the reload done once it answers 200-399
+  devstack sidecar --workspace /app --token-file T --reload signal --signal HUP \\
+      --process-name gunicorn           signal the app's process instead
+
+The library chart (helm/devstack-lib) renders these arguments from `devstack.sidecar`
+values; you rarely run it by hand. See docs/reload.md.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--listen",
         default=_env("DEVSTACK_LISTEN", "0.0.0.0:7070"),

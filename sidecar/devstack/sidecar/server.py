@@ -2,8 +2,9 @@
 into workspace calls and back. Disk work runs on a per-session worker
 thread, so one slow session never stalls the event loop.
 
-Authentication: ``Session`` checks the token in ``Hello``; ``Status`` and
-``Exec`` check the ``authorization: Bearer`` metadata. Both compare in
+Authentication: ``Session`` checks the token in ``Hello``; ``Status``,
+``Exec``, ``Conflicts``, ``Resolve`` and ``ReadFile`` check the
+``authorization: Bearer`` metadata. Both compare in
 constant time. The standard health service is unauthenticated.
 
 Every resource a client can make the sidecar hold is bounded, whoever the
@@ -36,7 +37,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from devstack.core.delta import signature
-from devstack.core.errors import DevstackError, ProtocolError, WorkspaceIOError
+from devstack.core.errors import (
+    DevstackError,
+    ProtocolError,
+    StaleViewError,
+    WorkspaceIOError,
+)
 from devstack.core.ignore import IgnoreRules
 from devstack.core.logging import clip, get_logger
 from devstack.core.manifest import gc_paused
@@ -44,7 +50,6 @@ from devstack.core.paths import MAX_PATH_BYTES
 from devstack.core.protocol import (
     MAX_CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
-    OP_NAMES,
     PROTOCOL_VERSION,
     TOKEN_METADATA,
     decode,
@@ -54,8 +59,11 @@ from devstack.core.protocol import (
     manifest_messages,
     token_matches,
 )
+from devstack.core.sync.model import OpKind, Outcome, StagedOp
+from devstack.core.sync.wire import OP_KIND_FROM_PB, reason_to_pb
+from devstack.sidecar import conflicts
 from devstack.sidecar.execution import run_exec
-from devstack.sidecar.workspace import RESOURCE_ERRNOS, Batch, Outcome, StagedOp, Workspace
+from devstack.sidecar.workspace import RESOURCE_ERRNOS, Batch, Workspace
 from devstack.sync.v1 import sync_pb2 as pb
 from devstack.sync.v1 import sync_pb2_grpc
 
@@ -103,7 +111,11 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status that ends a session because of ``error``: a bad
     frame is the client's fault; the sidecar's disk running out of
     descriptors or space is RESOURCE_EXHAUSTED (the client retries later);
-    anything else is INTERNAL. Each with one readable line."""
+    anything else is INTERNAL. Each with one readable line. A session whose
+    view of the workspace went stale (``devstack resolve`` changed what sync
+    last wrote) ends with ABORTED: the client reads the workspace again."""
+    if isinstance(error, StaleViewError):
+        return grpc.StatusCode.ABORTED, clip(str(error))
     if isinstance(error, WorkspaceIOError | OSError):
         code = error.errno
         if isinstance(error, OSError):
@@ -202,14 +214,17 @@ def _committed(seq: int, outcomes: list[Outcome]) -> _Committed:
             ack.problems_omitted = len(problems) - i
             break
     rest = problems[PROBLEMS_SHOWN:]
-    conflicts = sum(o.reason == "conflict" for o in rest)
+    conflicts = sum(o.conflict for o in rest)
     return _Committed(msg, applied, changed, problems[:PROBLEMS_SHOWN], len(rest), conflicts)
 
 
 def _fill_problem(p: pb.Problem, o: Outcome) -> None:
     p.path = o.path  # whole: the client matches it against its ops
-    p.reason = o.reason
+    p.reason = o.reason  # what a client that predates ``code`` reads
     p.message = clip(o.message)
+    if o.code is not None:
+        p.code = reason_to_pb(o.code)
+        p.fix = o.fix
     if o.actual is not None:
         p.actual.CopyFrom(entry_to_pb(o.actual))
 
@@ -441,6 +456,8 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         self._threads: set[_DiskThread] = set()
         self.started = time.monotonic()
         self.last_reload: pb.Event | None = None
+        #: The conflicts batches reported, for ``Conflicts``.
+        self.conflict_log = conflicts.ConflictLog()
 
     # --------------------------------------------------------------- events
 
@@ -728,7 +745,9 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         batch, session.batch = session.batch, None
         if batch is None:  # the reader checked; cannot happen
             raise ProtocolError("commit of a batch that is not open")
-        return _committed(batch.seq, batch.commit())
+        outcomes = batch.commit()
+        self.conflict_log.observe(outcomes)
+        return _committed(batch.seq, outcomes)
 
     def _abort_open(self, session: _Session, bound: Any) -> None:
         batch, session.batch = session.batch, None
@@ -765,12 +784,18 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             unlisted=ack.problems_omitted,
         )
         for o in done.shown:
-            if o.reason == "conflict":
+            if o.conflict:
                 bound.warning("sync.conflict", path=o.path, message=o.message)
                 event = pb.Event(kind="conflict", message=clip(o.message), paths=[o.path])
                 out.put(pb.ServerMessage(event=event))
             else:
-                bound.warning("sync.rejected", path=o.path, reason=o.reason, message=o.message)
+                bound.warning(
+                    "sync.rejected",
+                    path=o.path,
+                    reason=o.reason,
+                    code=o.code.value if o.code else "",
+                    message=o.message,
+                )
         if done.more:
             bound.warning(
                 "sync.more_problems", seq=ack.seq, problems=done.more, conflicts=done.more_conflicts
@@ -793,32 +818,29 @@ class SyncService(sync_pb2_grpc.SyncServicer):
 
     def _open_batch(self, msg: pb.Batch) -> Batch:
         ops: list[StagedOp] = []
+        kinds = OP_KIND_FROM_PB
         for i, o in enumerate(msg.ops):
-            kind = OP_NAMES.get(o.kind)
             e = o.entry  # an unset entry reads as the default one, kind 0
-            path = e.path
-            staged = StagedOp(
-                i,
-                kind or "",
-                path,
-                entry_from_pb(e) if e.kind else None,
-                entry_from_pb(o.expected) if o.HasField("expected") else None,
-                o.expected_absent,
-                o.from_path,
-                o.force,
-                delta=o.delta,
-                chunked=o.chunked,
-            )
-            if kind is None:
-                staged.problem = Outcome(
-                    False, path, "bad-op", f"{path!r}: unknown op kind {o.kind}"
+            ops.append(
+                StagedOp(
+                    i,
+                    kinds.get(o.kind),  # None (refused, bad-op) for one it does not know
+                    e.path,
+                    entry_from_pb(e) if e.kind else None,
+                    entry_from_pb(o.expected) if o.HasField("expected") else None,
+                    o.expected_absent,
+                    o.from_path,
+                    o.force,
+                    o.delta,
+                    o.chunked,
                 )
-            ops.append(staged)
+            )
         batch = self.ws.open_batch(msg.seq, ops)
+        write = OpKind.WRITE
         inline = [
             (op.index, o)
             for op, o in zip(ops, msg.ops, strict=True)
-            if op.kind == "write" and not op.chunked and op.problem is None
+            if op.kind is write and not op.chunked
         ]
         batch.inline_many(inline, _inline_content)
         return batch
@@ -840,6 +862,105 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             digest=digest,
             blocks=[pb.Block(offset=b.offset, length=b.length, hash=b.hash) for b in blocks],
         )
+
+    # --------------------------------------------------------------- conflicts
+
+    async def _abort_for(self, context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> None:
+        """End a call for ``e``: a bad or unsafe path is INVALID_ARGUMENT,
+        nothing there NOT_FOUND, a folder FAILED_PRECONDITION, the rest as
+        ``status_for`` says."""
+        if isinstance(e, FileNotFoundError | NotADirectoryError):
+            await context.abort(grpc.StatusCode.NOT_FOUND, "nothing is there in the workspace")
+        if isinstance(e, IsADirectoryError):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "a folder in the workspace, not a file"
+            )
+        code, message = status_for(e)
+        await context.abort(code, message)
+
+    async def Conflicts(
+        self, request: pb.ConflictsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ConflictsResponse:
+        await self._require_auth(context)
+        try:
+            rules = await asyncio.to_thread(_ignore_rules, list(request.ignore))
+            return await asyncio.to_thread(
+                conflicts.pod_entries, self.ws, rules, list(request.paths), self.conflict_log
+            )
+        except (DevstackError, OSError) as e:
+            log.warning("conflicts.refused", error=str(e))
+            await self._abort_for(context, e)
+            raise  # abort raises; never reached
+
+    async def Resolve(
+        self, request: pb.ResolveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResolveResponse:
+        await self._require_auth(context)
+        if request.take not in (pb.SIDE_LAPTOP, pb.SIDE_POD):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "take: laptop or pod")
+        try:
+            results = await asyncio.to_thread(
+                conflicts.settle, self.ws, list(request.items), self.conflict_log
+            )
+        except (DevstackError, OSError) as e:
+            log.warning("resolve.refused", error=str(e))
+            await self._abort_for(context, e)
+            raise  # abort raises; never reached
+        done = [r.path for r in results if r.resolved]
+        side = "laptop" if request.take == pb.SIDE_LAPTOP else "pod"
+        log.info("conflicts.resolved", take=side, resolved=len(done), asked=len(results))
+        notified = 0
+        if done:
+            message = f"{len(done)} path(s) settled: the {side}'s version is kept"
+            event = pb.ServerMessage(
+                event=pb.Event(kind="resolved", message=message, paths=done[:50])
+            )
+            for s in list(self.sessions.values()):
+                s.out.offer(event)
+                if request.take == pb.SIDE_LAPTOP:
+                    # Its view of these paths is stale: it reads the
+                    # workspace again, and then sends the laptop's version.
+                    s.out.put(
+                        StaleViewError(
+                            f"devstack resolve --take laptop settled {len(done)} path(s): "
+                            "reading the workspace again"
+                        )
+                    )
+                notified += 1
+        return pb.ResolveResponse(results=results, sessions_notified=notified)
+
+    async def ReadFile(
+        self, request: pb.ReadFileRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.FileChunk]:
+        await self._require_auth(context)
+        path = request.path
+        try:
+            entry, fd = await asyncio.to_thread(conflicts.open_for_read, self.ws, path)
+        except (DevstackError, OSError) as e:
+            log.warning("read_file.refused", path=path, error=str(e))
+            await self._abort_for(context, e)
+            return
+        try:
+            yield pb.FileChunk(entry=entry_to_pb(entry))
+            if fd is None:  # a symlink: its target is the content
+                return
+            hasher = conflicts.content_hasher()
+            offset, left = 0, entry.size
+            while left > 0:
+                data = await asyncio.to_thread(conflicts.read_piece, fd, offset, left, hasher)
+                if not data:
+                    break  # it shrank meanwhile: the digest says so
+                offset += len(data)
+                left -= len(data)
+                yield pb.FileChunk(data=data)
+            yield pb.FileChunk(digest=hasher.digest())
+            log.info("read_file.sent", path=path, bytes=offset)
+        except OSError as e:
+            log.warning("read_file.failed", path=path, error=str(e))
+            await self._abort_for(context, e)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 SERVER_OPTIONS = [

@@ -1,6 +1,12 @@
 """The sidecar's workspace: its manifest with sync states, and the applier
 that stages and commits batches (filesystem I/O; no network).
 
+The applier is the thin I/O side of ``devstack.core.sync``: each op is a
+frozen ``StagedOp``; ``devstack.core.sync.decide`` says what to do with it
+given what the workspace holds (apply, adopt what is identical, a conflict
+or a refusal, each with its ``Reason``), and ``Batch`` looks at the disk,
+asks, and executes the decision, dispatched on the op's ``OpKind``.
+
 Safety rules, each enforced here and nowhere else:
 
 - Every path is checked by ``devstack.core.paths`` and every parent folder
@@ -39,12 +45,13 @@ import json
 import os
 import secrets
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from devstack.core.errors import ConfigError, ProtocolError, UnsafePathError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
@@ -70,9 +77,33 @@ from devstack.core.paths import (
     check_relpath,
     resolve_link,
 )
-from devstack.core.rules import Deed, refusal
+from devstack.core.sync.decide import (
+    Decision,
+    Do,
+    check_op,
+    chmod_tracks,
+    content_problem,
+    creates_without_look,
+    decide,
+    decide_rename,
+    rename_source,
+)
+from devstack.core.sync.model import (
+    OpKind,
+    Outcome,
+    Reason,
+    RefusedError,
+    StagedOp,
+    done,
+    not_applied,
+    reason_of,
+)
 
 log = get_logger("sidecar.workspace")
+
+# The op kinds as module constants: these checks run once an op, and looking a
+# member up on its enum class costs about ten times a global in Python 3.11.
+_WRITE, _RENAME = OpKind.WRITE, OpKind.RENAME
 T = TypeVar("T")
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -142,48 +173,6 @@ class WriteOptions:
 
 
 @dataclass
-class Outcome:
-    """What one op did."""
-
-    applied: bool
-    path: str
-    reason: str = ""
-    message: str = ""
-    actual: Entry | None = None
-    #: Whether the disk changed (an ``adopt`` of identical content, or the
-    #: delete of what is already gone, applies without changing anything:
-    #: nothing for the app to reload).
-    changed: bool = True
-
-
-@dataclass(slots=True)
-class StagedOp:
-    """One op of an open batch."""
-
-    index: int
-    kind: str  # write | mkdir | symlink | delete | rename | chmod | adopt
-    path: str
-    entry: Entry | None
-    expected: Entry | None
-    expected_absent: bool
-    from_path: str = ""
-    force: bool = False
-    problem: Outcome | None = None
-    # write only; descriptors are opened on demand and closed once the
-    # content is complete (or another op's content arrives)
-    fd: int = -1
-    staged_name: str = ""
-    staged: bool = False  # the staged file exists
-    sealed: bool = False  # complete, its mode and owner set, its fd closed
-    written: int = 0
-    hasher: Any = None  # a hashlib.blake2b while staging
-    old_fd: int = -1
-    old_size: int = 0
-    delta: bool = False
-    chunked: bool = False
-
-
-@dataclass
 class Counters:
     batches_applied: int = 0
     files_written: int = 0
@@ -245,9 +234,10 @@ class _DirCache:
                     child = os.open(parts[i], _O_DIR, dir_fd=fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise UnsafePathError(
+                        raise RefusedError(
+                            Reason.THROUGH_SYMLINK,
                             f"{'/'.join(parts[: i + 1])!r} is a symlink or not a folder: "
-                            "nothing is written through it"
+                            "nothing is written through it",
                         ) from e
                     raise
                 if owned:
@@ -299,6 +289,7 @@ class _DirCache:
 
 
 _RENAME_NOREPLACE = 1  # linux/fs.h
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 @functools.cache
@@ -324,7 +315,9 @@ def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> bo
     if libc is None:
         return False
     fn, get_errno = libc
-    if fn(src_dir_fd, os.fsencode(src), dst_dir_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    # os.fsencode, without its two calls per name (this runs once a file).
+    a, b = src.encode(_FS_ENCODING, _FS_ERRORS), dst.encode(_FS_ENCODING, _FS_ERRORS)
+    if fn(src_dir_fd, a, dst_dir_fd, b, _RENAME_NOREPLACE) == 0:
         return True
     err = get_errno()
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
@@ -646,7 +639,10 @@ class Workspace:
                     self.cache.put(path, stat_key(st), digest)
             if digest is not None:
                 return Entry(path, Kind.FILE, st.st_size, stat.S_IMODE(st.st_mode), digest)
-        raise UnsafePathError(f"{path!r} is a device, fifo or socket: the sidecar never touches it")
+        raise RefusedError(
+            Reason.SPECIAL_FILE,
+            f"{path!r} is a device, fifo or socket: the sidecar never touches it",
+        )
 
     def signature_source(self, path: str) -> tuple[int, int, bytes] | None:
         """(fd, size, digest) of a regular file at ``path`` for a delta
@@ -681,14 +677,47 @@ class Workspace:
         return Batch(self, seq, ops)
 
 
+class _Staging:
+    """A write's content while its batch is open: the mutable side of a
+    frozen :class:`StagedOp`. Descriptors are opened on demand and closed
+    once the content is complete (or another op's content arrives)."""
+
+    __slots__ = (
+        "fd",
+        "hasher",
+        "index",
+        "name",
+        "old_fd",
+        "old_size",
+        "op",
+        "sealed",
+        "staged",
+        "written",
+    )
+
+    def __init__(self, op: StagedOp, index: int, name: str) -> None:
+        self.op = op
+        self.index = index  # its place in the batch
+        self.name = name  # in staging; "" once renamed into place or discarded
+        self.fd = -1
+        self.staged = False  # the staging file exists
+        self.sealed = False  # complete, its mode and owner set, its fd closed
+        self.written = 0
+        self.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
+        self.old_fd = -1  # a delta's base, while copy ranges arrive
+        self.old_size = 0
+
+
 class Batch:
     """A batch being staged. ``commit`` applies it; ``abort`` discards it.
 
-    Staging holds at most one staging file and one delta base open at a
-    time: a file's descriptor is opened when its content starts arriving and
-    closed once it is complete or another file's content arrives. Any
-    ``OSError`` while staging discards the whole batch and raises
-    ``WorkspaceIOError``."""
+    Each op is a frozen :class:`StagedOp`; ``devstack.core.sync.decide``
+    says what to do with it given what the workspace holds, and this class
+    executes that. Staging holds at most one staging file and one delta
+    base open at a time: a file's descriptor is opened when its content
+    starts arriving and closed once it is complete or another file's
+    content arrives. Any ``OSError`` while staging discards the whole batch
+    and raises ``WorkspaceIOError``."""
 
     def __init__(self, ws: Workspace, seq: int, ops: list[StagedOp]) -> None:
         self.ws = ws
@@ -696,137 +725,136 @@ class Batch:
         self.ops = ops
         self.bytes = 0
         self._dirs = _DirCache(ws.root_fd)
-        self._writing: StagedOp | None = None  # whose staging fd is open
-        self._reading: StagedOp | None = None  # whose delta base fd is open
+        #: Ops already known not to apply, by index.
+        self._problems: dict[int, Outcome] = {}
+        #: Each write's staging, by op index (None for other ops).
+        self._staging: list[_Staging | None] = [None] * len(ops)
+        self._writing: _Staging | None = None  # whose staging fd is open
+        self._reading: _Staging | None = None  # whose delta base fd is open
         self._done = False
         #: Names this batch's staged files (with its seq and each op's index).
         self._token = f"{seq}-{secrets.token_hex(6)}"
+        problems, staging, dirs, token = self._problems, self._staging, self._dirs, self._token
         try:
-            for op in ops:
-                if op.problem is None:
-                    try:
-                        self._prepare(op)
-                    except (UnsafePathError, ProtocolError, WorkspaceIOError) as e:
-                        op.problem = Outcome(False, op.path, e.reason, str(e))
-                    self._dirs.trim()
+            for i, op in enumerate(ops):
+                refused = check_op(op)
+                if refused is not None:
+                    assert refused.code is not None
+                    problems[i] = not_applied(op.path, refused.code, refused.why)
+                elif op.kind is _WRITE:
+                    st = staging[i] = _Staging(op, i, f"{token}-{op.index}")
+                    if op.delta:
+                        # Only look now (a soft problem if it is not there); the
+                        # base is opened when the first copy range arrives.
+                        try:
+                            st.old_size = self._delta_base(st, keep=False)
+                        except (UnsafePathError, ProtocolError, WorkspaceIOError) as e:
+                            problems[i] = not_applied(op.path, reason_of(e), str(e))
+                        if dirs.retired or len(dirs.fds) > dirs.limit:
+                            dirs.trim()
         except OSError as e:
             self.abort()
             raise _io_error(f"batch {seq} was discarded, staging failed", e) from e
 
-    def _prepare(self, op: StagedOp) -> None:
-        check_relpath(op.path)
-        if op.from_path:
-            check_relpath(op.from_path)
-        if (
-            op.kind in ("write", "mkdir", "symlink", "chmod", "adopt", "rename")
-            and op.entry is None
-        ):
-            raise ProtocolError(f"{op.path!r}: {op.kind} without an entry")
-        if op.kind == "symlink":
-            assert op.entry is not None
-            check_link_target(op.path, op.entry.target)
-        if op.kind != "write":
-            return
-        assert op.entry is not None
-        if op.entry.kind != Kind.FILE or len(op.entry.digest) != DIGEST_SIZE:
-            raise ProtocolError(f"{op.path!r}: a write needs a file entry with a digest")
-        op.staged_name = f"{self._token}-{op.index}"
-        op.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
-        if op.delta:
-            # Only look now (a soft problem if it is not there); the base is
-            # opened when the first copy range arrives.
-            op.old_size = self._delta_base(op, keep=False)
-
-    def _delta_base(self, op: StagedOp, *, keep: bool) -> int:
+    def _delta_base(self, st: _Staging, *, keep: bool) -> int:
         """Open the regular file a delta copies from; its size. With
-        ``keep`` the descriptor stays in ``op.old_fd``."""
-        head, name = _split(op.path)
+        ``keep`` the descriptor stays in ``st.old_fd``."""
+        path = st.op.path
+        head, name = _split(path)
         try:
             # Never blocks on a FIFO the app made there.
             opened = open_regular(name, dir_fd=self._dirs.get(head))
         except FileNotFoundError as e:
-            raise ProtocolError(f"{op.path!r}: delta against a file that does not exist") from e
+            raise ProtocolError(f"{path!r}: delta against a file that does not exist") from e
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise UnsafePathError(f"{op.path!r} is a symlink: no delta through it") from e
+                raise RefusedError(
+                    Reason.THROUGH_SYMLINK, f"{path!r} is a symlink: no delta through it"
+                ) from e
             if e.errno in RESOURCE_ERRNOS:
                 raise
-            raise _io_error(f"{op.path!r}: cannot read the delta base", e) from e
+            raise _io_error(f"{path!r}: cannot read the delta base", e) from e
         if opened is None:
-            raise ProtocolError(f"{op.path!r}: delta base is not a regular file")
-        fd, st = opened
+            raise ProtocolError(f"{path!r}: delta base is not a regular file")
+        fd, stat_ = opened
         if keep:
-            op.old_fd = fd
+            st.old_fd = fd
         else:
             os.close(fd)
-        return st.st_size
+        return stat_.st_size
 
-    def op(self, index: int) -> StagedOp:
+    def _chunked(self, index: int) -> _Staging | None:
+        """The staging of op ``index``, a write whose content comes in
+        chunks; None if the op will not apply (its chunks are dropped)."""
         if not 0 <= index < len(self.ops):
             raise ProtocolError(f"batch {self.seq}: chunk for op {index}, which does not exist")
         op = self.ops[index]
-        if op.kind != "write" or not op.chunked:
+        if op.kind is not _WRITE or not op.chunked:
             raise ProtocolError(f"batch {self.seq}: chunk for op {index}, which takes no chunks")
-        return op
+        if index in self._problems:
+            return None
+        st = self._staging[index]
+        assert st is not None  # every write without a problem is staged
+        return st
 
-    def _open_staged(self, op: StagedOp) -> None:
-        """Make ``op``'s staging file the one open for writing."""
-        if op.fd >= 0:
+    def _open_staged(self, st: _Staging) -> None:
+        """Make ``st``'s staging file the one open for writing."""
+        if st.fd >= 0:
             return
-        if self._writing is not None and self._writing is not op:
+        if self._writing is not None and self._writing is not st:
             self._close_fd(self._writing)
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        flags |= os.O_APPEND if op.staged else os.O_CREAT | os.O_EXCL
-        op.fd = os.open(op.staged_name, flags, 0o600, dir_fd=self.ws.staging_fd)
-        op.staged = True
-        self._writing = op
+        flags |= os.O_APPEND if st.staged else os.O_CREAT | os.O_EXCL
+        st.fd = os.open(st.name, flags, 0o600, dir_fd=self.ws.staging_fd)
+        st.staged = True
+        self._writing = st
 
-    def _seal(self, op: StagedOp) -> None:
-        """Give ``op``'s complete staging file its mode and owner and close
+    def _seal(self, st: _Staging) -> None:
+        """Give ``st``'s complete staging file its mode and owner and close
         it: nothing more is written to it, so commit only renames it."""
-        assert op.entry is not None
+        entry = st.op.entry
+        assert entry is not None
         opts = self.ws.options
-        os.fchmod(op.fd, opts.file_perm(op.entry.mode))
+        os.fchmod(st.fd, opts.file_perm(entry.mode))
         if opts.uid is not None or opts.gid is not None:
             os.fchown(
-                op.fd,
+                st.fd,
                 opts.uid if opts.uid is not None else -1,
                 opts.gid if opts.gid is not None else -1,
             )
-        self._close_fd(op)
-        op.sealed = True
+        self._close_fd(st)
+        st.sealed = True
 
-    def _close_fd(self, op: StagedOp) -> None:
-        if op.fd >= 0:
-            fd, op.fd = op.fd, -1
+    def _close_fd(self, st: _Staging) -> None:
+        if st.fd >= 0:
+            fd, st.fd = st.fd, -1
             os.close(fd)
-        if self._writing is op:
+        if self._writing is st:
             self._writing = None
 
-    def _close_base(self, op: StagedOp) -> None:
-        if op.old_fd >= 0:
-            fd, op.old_fd = op.old_fd, -1
+    def _close_base(self, st: _Staging) -> None:
+        if st.old_fd >= 0:
+            fd, st.old_fd = st.old_fd, -1
             os.close(fd)
-        if self._reading is op:
+        if self._reading is st:
             self._reading = None
 
-    def _append(self, op: StagedOp, data: bytes) -> None:
+    def _append(self, st: _Staging, data: bytes) -> None:
         """Write ``data`` after what is staged, hashing it in the same pass;
         seal the file once it is complete."""
-        assert op.entry is not None and op.hasher is not None
-        end = _end_after(op, data)
-        if end == op.written:
+        end = _end_after(st, data)
+        if end == st.written:
             return
-        if op.fd < 0:
-            self._open_staged(op)
-        _write_all(op.fd, data)
-        op.hasher.update(data)
-        op.written = end
-        if end == op.entry.size:  # complete: nothing more will come
-            self._seal(op)
-            self._close_base(op)
+        if st.fd < 0:
+            self._open_staged(st)
+        _write_all(st.fd, data)
+        st.hasher.update(data)
+        st.written = end
+        if st.op.entry is not None and end == st.op.entry.size:  # complete
+            self._seal(st)
+            self._close_base(st)
 
-    def _staging(self, what: str, fn: Any, *args: Any) -> None:
+    def _stage(self, what: str, fn: Any, *args: Any) -> None:
         """Run a staging step; an OSError discards the whole batch."""
         try:
             fn(*args)
@@ -836,116 +864,131 @@ class Batch:
 
     def write(self, index: int, data: bytes) -> None:
         """Append literal content to a staged write."""
-        op = self.op(index)
-        if op.problem is not None:
+        st = self._chunked(index)
+        if st is None:
             return
-        self._staging(f"cannot stage {op.path!r}", self._append, op, data)
+        self._stage(f"cannot stage {st.op.path!r}", self._append, st, data)
         self.bytes += len(data)
 
     def copy(self, index: int, offset: int, length: int) -> None:
         """Append a range of the file's current content (delta)."""
-        op = self.op(index)
-        if op.problem is not None:
+        st = self._chunked(index)
+        if st is None:
             return
+        op = st.op
         if not op.delta:
             raise ProtocolError(f"{op.path!r}: copy range in an op that is not a delta")
-        if offset + length > op.old_size:
+        if offset + length > st.old_size:
             raise ProtocolError(f"{op.path!r}: copy range past the end of the current content")
-        self._staging(f"cannot stage {op.path!r}", self._copy, op, offset, length)
+        self._stage(f"cannot stage {op.path!r}", self._copy, st, offset, length)
 
-    def _copy(self, op: StagedOp, offset: int, length: int) -> None:
-        if op.old_fd < 0:
+    def _copy(self, st: _Staging, offset: int, length: int) -> None:
+        op = st.op
+        if st.old_fd < 0:
             if self._reading is not None:
                 self._close_base(self._reading)
             try:
-                size = self._delta_base(op, keep=True)
+                size = self._delta_base(st, keep=True)
             except (ProtocolError, UnsafePathError, WorkspaceIOError) as e:  # gone meanwhile
-                op.problem = Outcome(False, op.path, e.reason, str(e))
-                self._release(op, unlink=True)
+                self._problems[st.index] = not_applied(op.path, reason_of(e), str(e))
+                self._release(st, unlink=True)
                 return
-            self._reading = op
+            self._reading = st
             if size < offset + length:
-                op.problem = Outcome(
-                    False, op.path, "conflict", f"{op.path!r}: changed during the delta"
+                self._problems[st.index] = not_applied(
+                    op.path, Reason.NOT_AS_EXPECTED, f"{op.path!r}: changed during the delta"
                 )
-                self._release(op, unlink=True)
+                self._release(st, unlink=True)
                 return
         pos = offset
         end = offset + length
         while pos < end:
-            data = os.pread(op.old_fd, min(1 << 20, end - pos), pos)
+            data = os.pread(st.old_fd, min(1 << 20, end - pos), pos)
             if not data:
                 raise ProtocolError(f"{op.path!r}: the current content shrank during the delta")
-            self._append(op, data)
+            self._append(st, data)
             pos += len(data)
 
     def inline(self, index: int, data: bytes) -> None:
-        op = self.ops[index]
-        if op.problem is None:
-            self._staging(f"cannot stage {op.path!r}", self._append, op, data)
-            self.bytes += len(data)
+        """Stage the whole (inline) content of write ``index``."""
+        if index in self._problems:
+            return
+        st = self._staging[index]
+        if st is None:
+            raise ProtocolError(f"batch {self.seq}: content for op {index}, which is no write")
+        self._stage(f"cannot stage {st.op.path!r}", self._append, st, data)
+        self.bytes += len(data)
 
     def inline_many(
         self, items: Sequence[tuple[int, T]], content: Callable[[StagedOp, T], bytes]
     ) -> None:
-        """Stage the inline content of many ops, each in one go (its staging
-        file open only while it is written): ``content(op, item)`` gives an
-        op's bytes; a ``ProtocolError`` from it, or content longer than
-        declared, is that op's problem. Any ``OSError`` discards the whole
-        batch, as in ``inline``."""
+        """Stage the inline content of many writes, each in one go (its
+        staging file open only while it is written): ``content(op, item)``
+        gives an op's bytes; a ``ProtocolError`` from it, or content longer
+        than declared, is that op's problem. Any ``OSError`` discards the
+        whole batch, as in ``inline``."""
         if self._writing is not None:
             self._close_fd(self._writing)
-        ops = self.ops
+        staging, problems = self._staging, self._problems
         for index, item in items:
-            op = ops[index]
-            if op.problem is not None:
+            if index in problems:
                 continue
+            st = staging[index]
+            if st is None:
+                raise ProtocolError(f"batch {self.seq}: content for op {index}, which is no write")
             try:
-                data = content(op, item)
-                self._write_whole(op, data)
+                data = content(st.op, item)
+                self._write_whole(st, data)
             except ProtocolError as e:
-                op.problem = Outcome(False, op.path, e.reason, str(e))
+                problems[index] = not_applied(st.op.path, reason_of(e), str(e))
                 continue
             except OSError as e:
                 self.abort()
                 raise _io_error(
-                    f"batch {self.seq} was discarded, cannot stage {op.path!r}", e
+                    f"batch {self.seq} was discarded, cannot stage {st.op.path!r}", e
                 ) from e
             self.bytes += len(data)
 
-    def _write_whole(self, op: StagedOp, data: bytes) -> None:
+    def _write_whole(self, st: _Staging, data: bytes) -> None:
         """``_append`` for ``inline_many``: the staging file is open only
         while ``data`` is written (sealed if complete, closed otherwise), and
         one that is complete at once is created with its final mode when the
         umask lets it (no chmod then)."""
-        assert op.entry is not None and op.hasher is not None
-        end = _end_after(op, data)
-        if end == op.written:
+        entry = st.op.entry
+        assert entry is not None
+        end = st.written + len(data)  # _end_after, without a call (this runs once a file)
+        if end > entry.size:
+            raise ProtocolError(
+                f"{st.op.path!r}: more content than the declared {entry.size} bytes"
+            )
+        if end == st.written:
             return
         ws = self.ws
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         mode = 0o600
         final = False  # created with its final mode: no chmod
-        if op.staged:
+        if st.staged:
             flags |= os.O_APPEND
         else:
             flags |= os.O_CREAT | os.O_EXCL
-            if end == op.entry.size and ws.umask is not None:
-                perm = ws.options.file_perm(op.entry.mode)
+            if end == entry.size and ws.umask is not None:
+                perm = ws.options.file_perm(entry.mode)
                 if not perm & (~0o777 | ws.umask):
                     mode, final = perm, True
-        op.fd = os.open(op.staged_name, flags, mode, dir_fd=ws.staging_fd)
-        op.staged = True
+        st.fd = os.open(st.name, flags, mode, dir_fd=ws.staging_fd)
+        st.staged = True
         try:
-            _write_all(op.fd, data)
-            op.hasher.update(data)
-            op.written = end
+            _write_all(st.fd, data)
+            st.hasher.update(data)
+            st.written = end
             if final and ws.options.uid is None and ws.options.gid is None:
-                op.sealed = True
-            elif end == op.entry.size:
-                self._seal(op)
+                st.sealed = True
+            elif end == entry.size:
+                self._seal(st)
         finally:
-            self._close_fd(op)
+            if st.fd >= 0:  # (never ``_writing``: inline_many let that go)
+                fd, st.fd = st.fd, -1
+                os.close(fd)
 
     # ------------------------------------------------------------- commit
 
@@ -954,17 +997,18 @@ class Batch:
         if self._done:
             return
         self._done = True
-        for op in self.ops:
-            with contextlib.suppress(OSError):
-                self._release(op, unlink=True)
+        for st in self._staging:
+            if st is not None:
+                with contextlib.suppress(OSError):
+                    self._release(st, unlink=True)
         self._dirs.close()
 
-    def _release(self, op: StagedOp, *, unlink: bool) -> None:
-        self._close_fd(op)
-        self._close_base(op)
-        if unlink and op.staged_name:
-            name, op.staged_name = op.staged_name, ""
-            if op.staged:
+    def _release(self, st: _Staging, *, unlink: bool) -> None:
+        self._close_fd(st)
+        self._close_base(st)
+        if unlink and st.name:
+            name, st.name = st.name, ""
+            if st.staged:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=self.ws.staging_fd)
 
@@ -976,204 +1020,181 @@ class Batch:
         outcomes: list[Outcome] = []
         if self._done:
             raise ProtocolError(f"batch {self.seq} was already committed or discarded")
+        problems, staging, dirs = self._problems, self._staging, self._dirs
         with ws.lock:
             finished = False
             try:
-                for op in self.ops:
-                    self._dirs.trim()
-                    if op.problem is not None:
-                        outcomes.append(op.problem)
-                        self._release(op, unlink=True)
+                for i, op in enumerate(self.ops):
+                    if dirs.retired or len(dirs.fds) > dirs.limit:  # (no call: once an op)
+                        dirs.trim()
+                    st = staging[i]
+                    known = problems.get(i) if problems else None
+                    if known is not None:
+                        outcomes.append(known)
+                        if st is not None:
+                            self._release(st, unlink=True)
                         continue
                     try:
-                        outcome = self._apply(op)
+                        outcome = self._apply(op, st)
                     except (UnsafePathError, ProtocolError) as e:
-                        outcome = Outcome(False, op.path, e.reason, str(e))
+                        outcome = not_applied(op.path, reason_of(e), str(e))
                     except OSError as e:
-                        outcome = Outcome(
-                            False, op.path, "io-error", f"{op.path!r}: {e.strerror or e}"
+                        outcome = not_applied(
+                            op.path, Reason.IO_ERROR, f"{op.path!r}: {e.strerror or e}"
                         )
                     finally:
-                        if op.fd >= 0 or op.old_fd >= 0 or op.staged_name:
+                        if st is not None and (st.fd >= 0 or st.old_fd >= 0 or st.name):
                             with contextlib.suppress(OSError):
-                                self._release(op, unlink=True)
+                                self._release(st, unlink=True)
                     outcomes.append(outcome)
-                    if outcome.reason == "conflict":
+                    if not outcome.applied and outcome.conflict:
                         ws.counters.conflicts += 1
                 finished = True
             finally:
                 self._done = True
                 if not finished:  # something unexpected broke the loop
-                    for op in self.ops:
-                        with contextlib.suppress(OSError):
-                            self._release(op, unlink=True)
+                    for left in staging:
+                        if left is not None:
+                            with contextlib.suppress(OSError):
+                                self._release(left, unlink=True)
                 self._dirs.close()
             ws.counters.batches_applied += 1
             ws.counters.bytes_received += self.bytes
             ws.save_state(force=False)
         return outcomes
 
-    def _conflict(self, op: StagedOp, actual: Entry | None, why: str) -> Outcome:
-        return Outcome(False, op.path, "conflict", f"{op.path!r}: {why}", actual)
-
-    def _check(self, op: StagedOp, path: str, current: Entry | None) -> Outcome | None:
-        """The conflict rules (``devstack.core.rules``, whatever the client
-        expected or asked for); None when the op may go ahead."""
-        if self.ws.replica:
-            return None
-        if op.expected_absent:
-            if current is not None:
-                return self._conflict(
-                    op, current, "exists in the workspace, the laptop expected nothing"
-                )
-        elif op.expected is not None:
-            if current is None:
-                return self._conflict(op, None, "is gone from the workspace")
-            if not current.same_content(op.expected):
-                return self._conflict(
-                    op, current, "changed in the workspace (not what the laptop expected)"
-                )
-        if current is None:
-            return None
-        if op.kind == "delete":
-            deed = Deed.REMOVE
-        elif op.entry is None or op.entry.kind == current.kind:
-            deed = Deed.OVERWRITE
-        else:
-            deed = Deed.REPLACE
-        why = refusal(
-            deed, self.ws.state(path, current), current.kind, replica=False, force=op.force
-        )
-        return None if why is None else self._conflict(op, current, why)
-
-    def _apply(self, op: StagedOp) -> Outcome:
-        ws = self.ws
-        dirs = self._dirs
-        path = op.path
-        head, name = _split(path)
+    def _apply(self, op: StagedOp, st: _Staging | None) -> Outcome:
+        """Look at the workspace, decide (``devstack.core.sync.decide``),
+        and do what the decision says."""
         kind = op.kind
-        if kind == "rename":
-            return self._rename(op, head, name)
-
-        if op.expected_absent and not ws.replica:
-            done = (
-                self._write_new(op, head, name)
-                if kind == "write"
-                else self._mkdir_new(op, head, name)
-                if kind == "mkdir"
-                else None
-            )
-            if done is not None:
-                return done
-        current = ws._current(dirs, path)
-        if kind == "adopt":
-            assert op.entry is not None
-            if current is None or not current.same_content(op.entry):
-                return self._conflict(
-                    op, current, "cannot adopt: the workspace holds something else"
-                )
+        assert kind is not None  # check_op refused it otherwise
+        if kind is _RENAME:
+            return self._rename(op)
+        ws = self.ws
+        path = op.path
+        head, _, name = path.rpartition("/")  # _split, without a call
+        if creates_without_look(op, replica=ws.replica):
+            if kind is _WRITE:
+                assert st is not None
+                first = self._write_new(st, head, name)
+            else:
+                first = self._mkdir_new(op, head, name)
+            if first is not None:
+                return first
+        current = ws._current(self._dirs, path)
+        state = SyncState.UNTRACKED if current is None else ws.state(path, current)
+        decision = decide(op, current, state, replica=ws.replica)
+        do = decision.do
+        if do is Do.CONFLICT or do is Do.REFUSE:
+            assert decision.code is not None
+            return not_applied(path, decision.code, f"{path!r}: {decision.why}", decision.actual)
+        if do is Do.ADOPT:
             ws._record(path, current)
-            return Outcome(True, path, changed=False)
-        problem = self._check(op, path, current)
+            return done(path, changed=False)
+        parent = self._dirs.get(head)
+        step = _Step(op, st, decision, current, state, parent, head, name)
+        return _EXECUTE[kind](self, step)
+
+    def _delete(self, s: _Step) -> Outcome:
+        ws, dirs, path, current = self.ws, self._dirs, s.op.path, s.current
+        if current is None:  # Do.FORGET: gone already
+            ws._record(path, None)
+            return done(path, changed=False)
+        if current.kind == Kind.DIRECTORY:
+            try:
+                os.rmdir(s.name, dir_fd=s.parent)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    return not_applied(
+                        path,
+                        Reason.NOT_EMPTY,
+                        f"{path!r}: kept, it holds files sync did not create",
+                    )
+                raise
+            dirs.forget(path)
+        else:
+            os.unlink(s.name, dir_fd=s.parent)
+        ws.cache.forget(path)
+        ws._record(path, None)
+        return done(path)
+
+    def _mkdir(self, s: _Step) -> Outcome:
+        entry, current = s.op.entry, s.current
+        assert entry is not None
+        if s.decision.clear_first:
+            assert current is not None
+            self._remove(s.parent, s.name, current)
+            current = None
+        if current is None:
+            os.mkdir(s.name, 0o700, dir_fd=s.parent)
+        self._chmod_chown(s.parent, s.name, self.ws.options.dir_perm(entry.mode), directory=True)
+        self._dirs.forget(s.op.path)
+        self.ws._record(s.op.path, entry)
+        return done(s.op.path)
+
+    def _chmod(self, s: _Step) -> Outcome:
+        entry, current = s.op.entry, s.current
+        assert entry is not None and current is not None  # decide: nothing to chmod otherwise
+        opts = self.ws.options
+        folder = current.kind == Kind.DIRECTORY
+        mode = opts.dir_perm(entry.mode) if folder else opts.file_perm(entry.mode)
+        self._chmod_chown(s.parent, s.name, mode, directory=folder, chown=False)
+        if chmod_tracks(s.state, current, entry):
+            self.ws._record(s.op.path, current)
+        return done(s.op.path)
+
+    def _symlink(self, s: _Step) -> Outcome:
+        ws, dirs, op = self.ws, self._dirs, s.op
+        path, entry = op.path, op.entry
+        assert entry is not None
+        target = entry.target
+        try:
+            resolve_link(path, target, lambda p: target if p == path else dirs.readlink(p))
+        except UnsafePathError as e:
+            raise RefusedError(Reason.SYMLINK_ESCAPES, str(e)) from e
+        tmp = f"{self._token}-{op.index}.link"
+        os.symlink(target, tmp, dir_fd=ws.staging_fd)
+        opts = ws.options
+        try:
+            if opts.uid is not None or opts.gid is not None:
+                os.chown(
+                    tmp,
+                    opts.uid if opts.uid is not None else -1,
+                    opts.gid if opts.gid is not None else -1,
+                    dir_fd=ws.staging_fd,
+                    follow_symlinks=False,
+                )
+            if s.decision.clear_first:
+                assert s.current is not None
+                self._remove(s.parent, s.name, s.current)
+                dirs.forget(path)
+            os.rename(tmp, s.name, src_dir_fd=ws.staging_fd, dst_dir_fd=s.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=ws.staging_fd)
+            raise
+        if not self._placed(s.parent, s.head):
+            os.unlink(s.name, dir_fd=s.parent)
+            raise RefusedError(
+                Reason.CHANGED_MEANWHILE, f"{path!r}: its folder moved while the link was made"
+            )
+        ws._record(path, entry)
+        return done(path)
+
+    def _write(self, s: _Step) -> Outcome:
+        st = s.st
+        assert st is not None
+        problem = self._verify(st)
         if problem is not None:
             return problem
-        parent = dirs.get(head)
+        if s.decision.clear_first:
+            assert s.current is not None
+            self._remove(s.parent, s.name, s.current)
+            self._dirs.forget(s.op.path)
+        os.rename(st.name, s.name, src_dir_fd=self.ws.staging_fd, dst_dir_fd=s.parent)
+        return self._written(st, s.parent, s.name)
 
-        if kind == "delete":
-            if current is None:
-                ws._record(path, None)
-                return Outcome(True, path, changed=False)
-            if current.kind == Kind.DIRECTORY:
-                try:
-                    os.rmdir(name, dir_fd=parent)
-                except OSError as e:
-                    if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                        return Outcome(
-                            False,
-                            path,
-                            "not-empty",
-                            f"{path!r}: kept, it holds files sync did not create",
-                        )
-                    raise
-                dirs.forget(path)
-            else:
-                os.unlink(name, dir_fd=parent)
-            ws.cache.forget(path)
-            ws._record(path, None)
-            return Outcome(True, path)
-
-        assert op.entry is not None
-        opts = ws.options
-        if kind == "mkdir":
-            mode = opts.dir_perm(op.entry.mode)
-            if current is not None and current.kind != Kind.DIRECTORY:
-                self._remove(parent, name, current)
-                current = None
-            if current is None:
-                os.mkdir(name, 0o700, dir_fd=parent)
-            self._chmod_chown(parent, name, mode, directory=True)
-            dirs.forget(path)
-            ws._record(path, op.entry)
-            return Outcome(True, path)
-
-        if kind == "chmod":
-            if current is None or current.kind == Kind.SYMLINK:
-                return self._conflict(op, current, "nothing to chmod")
-            mode = (
-                opts.dir_perm(op.entry.mode)
-                if current.kind == Kind.DIRECTORY
-                else opts.file_perm(op.entry.mode)
-            )
-            self._chmod_chown(
-                parent, name, mode, directory=current.kind == Kind.DIRECTORY, chown=False
-            )
-            # A mode is not content: sync takes on (as ``adopt`` does) only
-            # what the laptop holds too, never a file of the app's by a chmod.
-            if ws.state(path, current) != SyncState.UNTRACKED or current.same_content(op.entry):
-                ws._record(path, current)
-            return Outcome(True, path)
-
-        if kind == "symlink":
-            target = op.entry.target
-            resolve_link(path, target, lambda p: target if p == path else dirs.readlink(p))
-            tmp = f"{self._token}-{op.index}.link"
-            os.symlink(op.entry.target, tmp, dir_fd=ws.staging_fd)
-            try:
-                if opts.uid is not None or opts.gid is not None:
-                    os.chown(
-                        tmp,
-                        opts.uid if opts.uid is not None else -1,
-                        opts.gid if opts.gid is not None else -1,
-                        dir_fd=ws.staging_fd,
-                        follow_symlinks=False,
-                    )
-                if current is not None and current.kind == Kind.DIRECTORY:
-                    self._remove(parent, name, current)
-                    dirs.forget(path)
-                os.rename(tmp, name, src_dir_fd=ws.staging_fd, dst_dir_fd=parent)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=ws.staging_fd)
-                raise
-            if not self._placed(parent, head):
-                os.unlink(name, dir_fd=parent)
-                raise UnsafePathError(f"{path!r}: its folder moved while the link was made")
-            ws._record(path, op.entry)
-            return Outcome(True, path)
-
-        if kind == "write":
-            problem = self._verify(op)
-            if problem is not None:
-                return problem
-            if current is not None and current.kind == Kind.DIRECTORY:
-                self._remove(parent, name, current)
-                dirs.forget(path)
-            os.rename(op.staged_name, name, src_dir_fd=ws.staging_fd, dst_dir_fd=parent)
-            return self._written(op, parent, name)
-
-        raise ProtocolError(f"{path!r}: unknown op {kind!r}")
-
-    def _rename(self, op: StagedOp, head: str, name: str) -> Outcome:
+    def _rename(self, op: StagedOp) -> Outcome:
         """Move what sync wrote at ``op.from_path`` to ``op.path``: never
         what the app made or changed (safe mode), never onto something
         (unless a replica), and never a symlink, or a folder holding one,
@@ -1181,18 +1202,20 @@ class Batch:
         folder is remembered at its new place, so an app's edit in it is
         still a conflict there."""
         ws, dirs, src = self.ws, self._dirs, op.from_path
+        head, name = _split(op.path)
         current = ws._current(dirs, src)
-        if current is None or (
-            not ws.replica and op.expected is not None and not current.same_content(op.expected)
-        ):
-            return self._conflict(op, current, f"rename source {src!r} is not as expected")
-        target_now = ws._current(dirs, op.path)
-        if not ws.replica:
-            why = refusal(Deed.MOVE, ws.state(src, current), current.kind, replica=False)
-            if why is not None:
-                return self._conflict(op, current, f"rename source {src!r}: {why}")
-            if target_now is not None:
-                return self._conflict(op, target_now, "rename target exists in the workspace")
+        state = SyncState.UNTRACKED if current is None else ws.state(src, current)
+        # A source that is not as expected is a conflict before the target is looked at.
+        decision = rename_source(op, current, replica=ws.replica)
+        if decision is None:
+            target_now = ws._current(dirs, op.path)
+            decision = decide_rename(op, current, state, target_now, replica=ws.replica)
+        if decision.do is not Do.APPLY:
+            assert decision.code is not None
+            return not_applied(
+                op.path, decision.code, f"{op.path!r}: {decision.why}", decision.actual
+            )
+        assert current is not None
         if current.kind == Kind.SYMLINK:
             self._check_moved_links(src, op.path, [("", current.target)])
         elif current.kind == Kind.DIRECTORY:
@@ -1208,7 +1231,10 @@ class Batch:
         os.rename(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         if current.kind != Kind.FILE and not self._placed(dst_fd, head):
             os.rename(name, src_name, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
-            raise UnsafePathError(f"rename {src!r} -> {op.path!r}: the folder moved meanwhile")
+            raise RefusedError(
+                Reason.CHANGED_MEANWHILE,
+                f"rename {src!r} -> {op.path!r}: the folder moved meanwhile",
+            )
         dirs.forget(op.path)
         if current.kind == Kind.DIRECTORY:
             dirs.forget(src)
@@ -1216,7 +1242,7 @@ class Batch:
         ws.cache.forget(src)
         ws._record(src, None)
         ws._record(op.path, current)
-        return Outcome(True, op.path)
+        return done(op.path)
 
     def _placed(self, fd: int, folder: str) -> bool:
         """Whether ``fd`` is the folder at ``folder`` now, looked up afresh
@@ -1232,54 +1258,50 @@ class Batch:
             fresh.close()
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
-    def _verify(self, op: StagedOp) -> Outcome | None:
+    def _verify(self, st: _Staging) -> Outcome | None:
         """Why a write's staged content may not go in place (None: it may),
         its staging file created (an empty file's) and sealed."""
-        assert op.entry is not None and op.hasher is not None
-        if op.written != op.entry.size:
-            return Outcome(
-                False,
-                op.path,
-                "incomplete",
-                f"{op.path!r}: got {op.written} of {op.entry.size} bytes; nothing written",
-            )
-        if op.hasher.digest() != op.entry.digest:
-            return Outcome(
-                False, op.path, "digest-mismatch", f"{op.path!r}: content does not match its digest"
-            )
-        if not op.sealed:  # an empty file: no content created it yet
-            self._open_staged(op)
-            self._seal(op)
+        op = st.op
+        entry = op.entry
+        assert entry is not None
+        if st.written != entry.size or st.hasher.digest() != entry.digest:  # else, at once
+            problem = content_problem(op.path, entry, st.written, st.hasher.digest())
+            if problem is not None:
+                return not_applied(op.path, *problem)
+        if not st.sealed:  # an empty file: no content created it yet
+            self._open_staged(st)
+            self._seal(st)
         return None
 
-    def _written(self, op: StagedOp, parent: int, name: str) -> Outcome:
+    def _written(self, st: _Staging, parent: int, name: str) -> Outcome:
         """Record a write that was renamed into place."""
+        op = st.op
         assert op.entry is not None
         ws = self.ws
-        op.staged_name = ""
-        op.staged = False
-        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        ws.cache.put(op.path, stat_key(st), op.entry.digest)
+        st.name = ""
+        st.staged = False
+        stat_ = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        ws.cache.put(op.path, stat_key(stat_), op.entry.digest)
         ws._record(op.path, op.entry)
         ws.counters.files_written += 1
         return Outcome(True, op.path)
 
-    def _write_new(self, op: StagedOp, head: str, name: str) -> Outcome | None:
+    def _write_new(self, st: _Staging, head: str, name: str) -> Outcome | None:
         """A write where nothing is expected: renamed into place only if
         nothing is there, in one step (no look first, no window between the
         look and the rename). None: something is there, its content is not
         ready, or the filesystem cannot; the general path decides then."""
         ws = self.ws
-        if not ws.noreplace or self._verify(op) is not None:
+        if not ws.noreplace or self._verify(st) is not None:
             return None
         parent = self._dirs.get(head)
         try:
-            if not rename_noreplace(ws.staging_fd, op.staged_name, parent, name):
+            if not rename_noreplace(ws.staging_fd, st.name, parent, name):
                 ws.noreplace = False
                 return None
         except FileExistsError:
             return None
-        return self._written(op, parent, name)
+        return self._written(st, parent, name)
 
     def _mkdir_new(self, op: StagedOp, head: str, name: str) -> Outcome | None:
         """A folder where nothing is expected: made without a look first
@@ -1294,7 +1316,7 @@ class Batch:
         self._chmod_chown(parent, name, self.ws.options.dir_perm(op.entry.mode), directory=True)
         self._dirs.forget(op.path)
         self.ws._record(op.path, op.entry)
-        return Outcome(True, op.path)
+        return done(op.path)
 
     def _links_below(self, folder: str) -> tuple[list[tuple[str, str]], int]:
         """(path relative to ``folder``, target) of every symlink under it,
@@ -1304,9 +1326,10 @@ class Batch:
 
         def refuse(e: OSError) -> None:
             where = f"{folder}/{e.filename}" if isinstance(e.filename, str) else folder
-            raise UnsafePathError(
+            raise RefusedError(
+                Reason.UNREADABLE,
                 f"{folder!r}: cannot read {where!r} ({e.strerror}) to recheck the symlinks "
-                "in it, so it is not moved"
+                "in it, so it is not moved",
             ) from e
 
         out: list[tuple[str, str]] = []
@@ -1344,7 +1367,7 @@ class Batch:
                 check_link_target(new, target)
                 resolve_link(new, target, readlink)
             except UnsafePathError as e:
-                raise UnsafePathError(f"rename {src!r} -> {dst!r}: {e}") from e
+                raise RefusedError(Reason.SYMLINK_ESCAPES, f"rename {src!r} -> {dst!r}: {e}") from e
 
     def _remove(self, parent: int, name: str, current: Entry) -> None:
         """Remove what stands where a different kind must go (an empty folder
@@ -1371,11 +1394,15 @@ class Batch:
             path_only = True
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(f"{name!r} is no longer what sync made: not changed") from e
+                raise RefusedError(
+                    Reason.CHANGED_MEANWHILE, f"{name!r} is no longer what sync made: not changed"
+                ) from e
             raise
         try:
             if not (stat.S_ISDIR if directory else stat.S_ISREG)(os.fstat(fd).st_mode):
-                raise UnsafePathError(f"{name!r} is no longer what sync made: not changed")
+                raise RefusedError(
+                    Reason.CHANGED_MEANWHILE, f"{name!r} is no longer what sync made: not changed"
+                )
             opts = self.ws.options
             uid = -1 if opts.uid is None else opts.uid
             gid = -1 if opts.gid is None else opts.gid
@@ -1390,6 +1417,32 @@ class Batch:
                     os.fchown(fd, uid, gid)
         finally:
             os.close(fd)
+
+
+class _Step(NamedTuple):
+    """What executing one decided op needs: the op, its staging (a
+    write's), the decision, what the workspace holds at its path and in
+    which state, and its folder's descriptor, path and its own name there."""
+
+    op: StagedOp
+    st: _Staging | None
+    decision: Decision
+    current: Entry | None
+    state: SyncState
+    parent: int
+    head: str
+    name: str
+
+
+#: How each kind of op is executed once decided (a rename decides and
+#: executes in ``Batch._rename``).
+_EXECUTE: dict[OpKind, Callable[[Batch, _Step], Outcome]] = {
+    OpKind.DELETE: Batch._delete,
+    OpKind.MKDIR: Batch._mkdir,
+    OpKind.CHMOD: Batch._chmod,
+    OpKind.SYMLINK: Batch._symlink,
+    OpKind.WRITE: Batch._write,
+}
 
 
 @contextlib.contextmanager
@@ -1410,11 +1463,12 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _end_after(op: StagedOp, data: bytes) -> int:
-    """Where ``op``'s staged content ends once ``data`` is appended; a
+def _end_after(st: _Staging, data: bytes) -> int:
+    """Where ``st``'s staged content ends once ``data`` is appended; a
     :class:`ProtocolError` if that passes the size the laptop declared."""
-    assert op.entry is not None and op.hasher is not None
-    end = op.written + len(data)
-    if end > op.entry.size:
-        raise ProtocolError(f"{op.path!r}: more content than the declared {op.entry.size} bytes")
+    entry = st.op.entry
+    assert entry is not None
+    end = st.written + len(data)
+    if end > entry.size:
+        raise ProtocolError(f"{st.op.path!r}: more content than the declared {entry.size} bytes")
     return end

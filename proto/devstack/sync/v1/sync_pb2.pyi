@@ -20,9 +20,10 @@ diffs it against its own tree and sends only the difference, in numbered
 batches. A batch is staged in full and then committed: a batch that never
 sees its Commit (a dropped connection) changes nothing.
 
-Status and Exec are authenticated with the same token, sent as the metadata
-entry `authorization: Bearer <token>`. The standard grpc.health.v1 service
-is served alongside, without authentication, for probes.
+Status, Exec, Conflicts, Resolve and ReadFile are authenticated with the
+same token, sent as the metadata entry `authorization: Bearer <token>`.
+The standard grpc.health.v1 service is served alongside, without
+authentication, for probes.
 """
 
 from collections import abc as _abc
@@ -162,6 +163,147 @@ COMPRESSION_NONE: Compression.ValueType  # 0
 COMPRESSION_ZLIB: Compression.ValueType  # 1
 """zlib (RFC 1950) stream of the raw bytes."""
 Global___Compression: _TypeAlias = Compression  # noqa: Y015
+
+class _ProblemReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProblemReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProblemReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROBLEM_REASON_UNSPECIFIED: _ProblemReason.ValueType  # 0
+    """Not set: a sidecar that predates this enum. Read Problem.reason."""
+    PROBLEM_REASON_NOT_AS_EXPECTED: _ProblemReason.ValueType  # 1
+    """The workspace holds something else than the laptop expected (or
+    nothing where it expected something, or something where it expected
+    nothing). reason "conflict".
+    """
+    PROBLEM_REASON_CHANGED_IN_WORKSPACE: _ProblemReason.ValueType  # 2
+    """The app changed the entry since sync last wrote it. reason "conflict"."""
+    PROBLEM_REASON_UNTRACKED: _ProblemReason.ValueType  # 3
+    """Sync never wrote the entry (seeded from the image or made by the app):
+    only a replica removes, moves or replaces it. reason "conflict".
+    """
+    PROBLEM_REASON_SYMLINK_ESCAPES: _ProblemReason.ValueType  # 4
+    """A symlink whose target leads out of the workspace or into .devstack/,
+    by its own text or through the symlinks on its way. reason
+    "unsafe-path".
+    """
+    PROBLEM_REASON_UNSAFE_PATH: _ProblemReason.ValueType  # 5
+    """A path sync never uses (absolute, '..', too long, .devstack/). reason
+    "unsafe-path".
+    """
+    PROBLEM_REASON_THROUGH_SYMLINK: _ProblemReason.ValueType  # 6
+    """A folder on the way, or the file a delta reads, is a symlink or not a
+    folder in the workspace: nothing is written through it. reason
+    "unsafe-path".
+    """
+    PROBLEM_REASON_SPECIAL_FILE: _ProblemReason.ValueType  # 7
+    """A device, fifo or socket: never created, replaced or removed. reason
+    "unsafe-path".
+    """
+    PROBLEM_REASON_UNREADABLE: _ProblemReason.ValueType  # 8
+    """A folder below a folder being moved cannot be read, so the symlinks in
+    it cannot be checked: not moved. reason "unsafe-path".
+    """
+    PROBLEM_REASON_CHANGED_MEANWHILE: _ProblemReason.ValueType  # 9
+    """The workspace changed under the op while it was applied. reason
+    "unsafe-path".
+    """
+    PROBLEM_REASON_NOT_EMPTY: _ProblemReason.ValueType  # 10
+    """A folder holding files sync did not create is kept. reason "not-empty"."""
+    PROBLEM_REASON_INCOMPLETE: _ProblemReason.ValueType  # 11
+    """Less content than declared. reason "incomplete"."""
+    PROBLEM_REASON_DIGEST_MISMATCH: _ProblemReason.ValueType  # 12
+    """The content does not match its digest. reason "digest-mismatch"."""
+    PROBLEM_REASON_BAD_OP: _ProblemReason.ValueType  # 13
+    """An op kind the sidecar does not know. reason "bad-op"."""
+    PROBLEM_REASON_BAD_FRAME: _ProblemReason.ValueType  # 14
+    """An op that breaks the protocol. reason "bad-frame"."""
+    PROBLEM_REASON_IO_ERROR: _ProblemReason.ValueType  # 15
+    """The workspace's disk refused the op. reason "io-error"."""
+
+class ProblemReason(_ProblemReason, metaclass=_ProblemReasonEnumTypeWrapper):
+    """Why an op was not applied, finer than Problem.reason. The first three
+    are conflicts (Problem.reason "conflict"): the person decides. The rest
+    are refusals: the op can never apply as sent.
+    """
+
+PROBLEM_REASON_UNSPECIFIED: ProblemReason.ValueType  # 0
+"""Not set: a sidecar that predates this enum. Read Problem.reason."""
+PROBLEM_REASON_NOT_AS_EXPECTED: ProblemReason.ValueType  # 1
+"""The workspace holds something else than the laptop expected (or
+nothing where it expected something, or something where it expected
+nothing). reason "conflict".
+"""
+PROBLEM_REASON_CHANGED_IN_WORKSPACE: ProblemReason.ValueType  # 2
+"""The app changed the entry since sync last wrote it. reason "conflict"."""
+PROBLEM_REASON_UNTRACKED: ProblemReason.ValueType  # 3
+"""Sync never wrote the entry (seeded from the image or made by the app):
+only a replica removes, moves or replaces it. reason "conflict".
+"""
+PROBLEM_REASON_SYMLINK_ESCAPES: ProblemReason.ValueType  # 4
+"""A symlink whose target leads out of the workspace or into .devstack/,
+by its own text or through the symlinks on its way. reason
+"unsafe-path".
+"""
+PROBLEM_REASON_UNSAFE_PATH: ProblemReason.ValueType  # 5
+"""A path sync never uses (absolute, '..', too long, .devstack/). reason
+"unsafe-path".
+"""
+PROBLEM_REASON_THROUGH_SYMLINK: ProblemReason.ValueType  # 6
+"""A folder on the way, or the file a delta reads, is a symlink or not a
+folder in the workspace: nothing is written through it. reason
+"unsafe-path".
+"""
+PROBLEM_REASON_SPECIAL_FILE: ProblemReason.ValueType  # 7
+"""A device, fifo or socket: never created, replaced or removed. reason
+"unsafe-path".
+"""
+PROBLEM_REASON_UNREADABLE: ProblemReason.ValueType  # 8
+"""A folder below a folder being moved cannot be read, so the symlinks in
+it cannot be checked: not moved. reason "unsafe-path".
+"""
+PROBLEM_REASON_CHANGED_MEANWHILE: ProblemReason.ValueType  # 9
+"""The workspace changed under the op while it was applied. reason
+"unsafe-path".
+"""
+PROBLEM_REASON_NOT_EMPTY: ProblemReason.ValueType  # 10
+"""A folder holding files sync did not create is kept. reason "not-empty"."""
+PROBLEM_REASON_INCOMPLETE: ProblemReason.ValueType  # 11
+"""Less content than declared. reason "incomplete"."""
+PROBLEM_REASON_DIGEST_MISMATCH: ProblemReason.ValueType  # 12
+"""The content does not match its digest. reason "digest-mismatch"."""
+PROBLEM_REASON_BAD_OP: ProblemReason.ValueType  # 13
+"""An op kind the sidecar does not know. reason "bad-op"."""
+PROBLEM_REASON_BAD_FRAME: ProblemReason.ValueType  # 14
+"""An op that breaks the protocol. reason "bad-frame"."""
+PROBLEM_REASON_IO_ERROR: ProblemReason.ValueType  # 15
+"""The workspace's disk refused the op. reason "io-error"."""
+Global___ProblemReason: _TypeAlias = ProblemReason  # noqa: Y015
+
+class _Side:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SideEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Side.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIDE_UNSPECIFIED: _Side.ValueType  # 0
+    """Not set: invalid."""
+    SIDE_LAPTOP: _Side.ValueType  # 1
+    """The laptop's version: the next sync replaces the workspace's."""
+    SIDE_POD: _Side.ValueType  # 2
+    """The workspace's version: it was copied to the laptop (ReadFile)."""
+
+class Side(_Side, metaclass=_SideEnumTypeWrapper):
+    """Which side of a conflict a person keeps."""
+
+SIDE_UNSPECIFIED: Side.ValueType  # 0
+"""Not set: invalid."""
+SIDE_LAPTOP: Side.ValueType  # 1
+"""The laptop's version: the next sync replaces the workspace's."""
+SIDE_POD: Side.ValueType  # 2
+"""The workspace's version: it was copied to the laptop (ReadFile)."""
+Global___Side: _TypeAlias = Side  # noqa: Y015
 
 @_typing.final
 class Entry(_message.Message):
@@ -768,6 +910,8 @@ class Problem(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     ACTUAL_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    FIX_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """The op's path."""
     reason: _builtins.str
@@ -775,10 +919,18 @@ class Problem(_message.Message):
     expected), "unsafe-path", "bad-op" (unknown op kind), "bad-frame" (an op
     that breaks the protocol), "io-error", "incomplete" (less content than
     declared), "digest-mismatch", "not-empty" (a folder holding files sync
-    did not create is kept).
+    did not create is kept). Always set, also by sidecars that send `code`.
     """
     message: _builtins.str
     """A sentence for a person."""
+    code: Global___ProblemReason.ValueType
+    """The reason, finer than `reason` (which it refines: see each value).
+    Unset from a sidecar that predates it.
+    """
+    fix: _builtins.str
+    """What a person can do about it, in one sentence. Empty from a sidecar
+    that predates it.
+    """
     @_builtins.property
     def actual(self) -> Global___Entry:
         """For conflicts: what the workspace holds at path now (absent if unset)."""
@@ -790,10 +942,12 @@ class Problem(_message.Message):
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
         actual: Global___Entry | None = ...,
+        code: Global___ProblemReason.ValueType = ...,
+        fix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "message", b"message", "path", b"path", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "code", b"code", "fix", b"fix", "message", b"message", "path", b"path", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1155,3 +1309,306 @@ class ExecExit(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecExit: _TypeAlias = ExecExit  # noqa: Y015
+
+@_typing.final
+class ConflictsRequest(_message.Message):
+    """Asks for the workspace's side of possible conflicts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IGNORE_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ignore(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Gitignore-style patterns the laptop never syncs (as in Hello): matching
+        paths are left out.
+        """
+
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these paths, each whatever its state (empty: every path whose
+        entry changed since sync last wrote it, and every path reported as a
+        conflict since the sidecar started).
+        """
+
+    def __init__(
+        self,
+        *,
+        ignore: _abc.Iterable[_builtins.str] | None = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ignore", b"ignore", "paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConflictsRequest: _TypeAlias = ConflictsRequest  # noqa: Y015
+
+@_typing.final
+class PodEntry(_message.Message):
+    """One path as the workspace holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    MTIME_NS_FIELD_NUMBER: _builtins.int
+    ANCESTOR_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REPORTED_AT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The path."""
+    mtime_ns: _builtins.int
+    """Its modification time, in nanoseconds since the Unix epoch (0 when
+    nothing is there).
+    """
+    message: _builtins.str
+    """The conflict a batch last reported for the path since the sidecar
+    started, for a person (empty: none).
+    """
+    reported_at: _builtins.float
+    """When that was, in seconds since the Unix epoch (0: never)."""
+    @_builtins.property
+    def entry(self) -> Global___Entry:
+        """What the workspace holds there now, with its sync state; unset when
+        nothing is there.
+        """
+
+    @_builtins.property
+    def ancestor(self) -> Global___Entry:
+        """What sync last wrote there (kind, digest, target); unset when sync
+        never wrote there.
+        """
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        entry: Global___Entry | None = ...,
+        mtime_ns: _builtins.int = ...,
+        ancestor: Global___Entry | None = ...,
+        message: _builtins.str = ...,
+        reported_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ancestor", b"ancestor", "entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ancestor", b"ancestor", "entry", b"entry", "message", b"message", "mtime_ns", b"mtime_ns", "path", b"path", "reported_at", b"reported_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodEntry: _TypeAlias = PodEntry  # noqa: Y015
+
+@_typing.final
+class ConflictsResponse(_message.Message):
+    """The workspace's side of possible conflicts, by path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when more paths qualified than the reply lists."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PodEntry]:
+        """One per path, in path order."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___PodEntry] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConflictsResponse: _TypeAlias = ConflictsResponse  # noqa: Y015
+
+@_typing.final
+class ResolveItem(_message.Message):
+    """One path to settle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The path."""
+    @_builtins.property
+    def expected(self) -> Global___Entry:
+        """The workspace's entry as the person saw it (PodEntry.entry); unset:
+        nothing was there. A path that holds something else now is not settled.
+        """
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        expected: Global___Entry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected", b"expected"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected", b"expected", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveItem: _TypeAlias = ResolveItem  # noqa: Y015
+
+@_typing.final
+class ResolveRequest(_message.Message):
+    """Settles conflicts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAKE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    take: Global___Side.ValueType
+    """The side the person keeps (for logs and the event sessions get)."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolveItem]:
+        """The paths."""
+
+    def __init__(
+        self,
+        *,
+        take: Global___Side.ValueType = ...,
+        items: _abc.Iterable[Global___ResolveItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "take", b"take"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveRequest: _TypeAlias = ResolveRequest  # noqa: Y015
+
+@_typing.final
+class ResolveResult(_message.Message):
+    """How one path was settled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The path."""
+    resolved: _builtins.bool
+    """True when the workspace's entry is now what sync last wrote."""
+    reason: _builtins.str
+    """A stable reason when not: "changed" (the workspace holds something
+    else than expected), "unsafe-path", "io-error".
+    """
+    message: _builtins.str
+    """A sentence for a person."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        resolved: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "path", b"path", "reason", b"reason", "resolved", b"resolved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveResult: _TypeAlias = ResolveResult  # noqa: Y015
+
+@_typing.final
+class ResolveResponse(_message.Message):
+    """The result of Resolve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    SESSIONS_NOTIFIED_FIELD_NUMBER: _builtins.int
+    sessions_notified: _builtins.int
+    """Open sessions told to read the workspace again (SIDE_LAPTOP: each
+    then sends the laptop's version).
+    """
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolveResult]:
+        """One per item, in order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ResolveResult] | None = ...,
+        sessions_notified: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "sessions_notified", b"sessions_notified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveResponse: _TypeAlias = ResolveResponse  # noqa: Y015
+
+@_typing.final
+class ReadFileRequest(_message.Message):
+    """Asks for a file's content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The path, relative to the workspace."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadFileRequest: _TypeAlias = ReadFileRequest  # noqa: Y015
+
+@_typing.final
+class FileChunk(_message.Message):
+    """A piece of ReadFile's answer: first `entry`, then `data` pieces, then
+    `digest`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Bytes of the file, in order; at most 1 MiB each."""
+    digest: _builtins.bytes
+    """BLAKE2b-128 digest of all the data sent: compare it with the entry
+    the person saw before trusting the bytes.
+    """
+    @_builtins.property
+    def entry(self) -> Global___Entry:
+        """What is at the path (digest empty; size when it was opened). A
+        symlink's target is in entry.target and no data follows.
+        """
+
+    def __init__(
+        self,
+        *,
+        entry: Global___Entry | None = ...,
+        data: _builtins.bytes = ...,
+        digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data", "digest", b"digest", "entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data", "digest", b"digest", "entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["entry", "data", "digest"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___FileChunk: _TypeAlias = FileChunk  # noqa: Y015

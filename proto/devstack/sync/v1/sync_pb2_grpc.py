@@ -50,6 +50,21 @@ class SyncStub:
                 request_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ExecRequest.SerializeToString,
                 response_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ExecEvent.FromString,
                 _registered_method=True)
+        self.Conflicts = channel.unary_unary(
+                '/devstack.sync.v1.Sync/Conflicts',
+                request_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ConflictsRequest.SerializeToString,
+                response_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ConflictsResponse.FromString,
+                _registered_method=True)
+        self.Resolve = channel.unary_unary(
+                '/devstack.sync.v1.Sync/Resolve',
+                request_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ResolveResponse.FromString,
+                _registered_method=True)
+        self.ReadFile = channel.unary_stream(
+                '/devstack.sync.v1.Sync/ReadFile',
+                request_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ReadFileRequest.SerializeToString,
+                response_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.FileChunk.FromString,
+                _registered_method=True)
 
 
 class SyncServicer:
@@ -77,6 +92,31 @@ class SyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Conflicts(self, request, context):
+        """The workspace's side of possible conflicts (`devstack conflicts`): each
+        path whose entry changed since sync last wrote it, or that a batch
+        reported as a conflict, with its metadata and what sync last wrote.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resolve(self, request, context):
+        """Settles conflicts (`devstack resolve`): the workspace's current entry at
+        each path becomes what sync last wrote, if it is still the one the
+        person saw. Nothing in the workspace is written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFile(self, request, context):
+        """Streams one workspace file's content (`devstack resolve --take pod`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +134,21 @@ def add_SyncServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ExecRequest.FromString,
                     response_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ExecEvent.SerializeToString,
+            ),
+            'Conflicts': grpc.unary_unary_rpc_method_handler(
+                    servicer.Conflicts,
+                    request_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ConflictsRequest.FromString,
+                    response_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ConflictsResponse.SerializeToString,
+            ),
+            'Resolve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resolve,
+                    request_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ResolveRequest.FromString,
+                    response_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ResolveResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=devstack_dot_sync_dot_v1_dot_sync__pb2.ReadFileRequest.FromString,
+                    response_serializer=devstack_dot_sync_dot_v1_dot_sync__pb2.FileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +233,87 @@ class Sync:
             '/devstack.sync.v1.Sync/Exec',
             devstack_dot_sync_dot_v1_dot_sync__pb2.ExecRequest.SerializeToString,
             devstack_dot_sync_dot_v1_dot_sync__pb2.ExecEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Conflicts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/devstack.sync.v1.Sync/Conflicts',
+            devstack_dot_sync_dot_v1_dot_sync__pb2.ConflictsRequest.SerializeToString,
+            devstack_dot_sync_dot_v1_dot_sync__pb2.ConflictsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resolve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/devstack.sync.v1.Sync/Resolve',
+            devstack_dot_sync_dot_v1_dot_sync__pb2.ResolveRequest.SerializeToString,
+            devstack_dot_sync_dot_v1_dot_sync__pb2.ResolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/devstack.sync.v1.Sync/ReadFile',
+            devstack_dot_sync_dot_v1_dot_sync__pb2.ReadFileRequest.SerializeToString,
+            devstack_dot_sync_dot_v1_dot_sync__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,

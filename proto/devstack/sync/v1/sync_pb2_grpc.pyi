@@ -20,9 +20,10 @@ diffs it against its own tree and sends only the difference, in numbered
 batches. A batch is staged in full and then committed: a batch that never
 sees its Commit (a dropped connection) changes nothing.
 
-Status and Exec are authenticated with the same token, sent as the metadata
-entry `authorization: Bearer <token>`. The standard grpc.health.v1 service
-is served alongside, without authentication, for probes.
+Status, Exec, Conflicts, Resolve and ReadFile are authenticated with the
+same token, sent as the metadata entry `authorization: Bearer <token>`.
+The standard grpc.health.v1 service is served alongside, without
+authentication, for probes.
 """
 
 from collections import abc as _abc
@@ -61,6 +62,18 @@ class SyncStub:
     """A snapshot of the sidecar's state."""
     Exec: _grpc.UnaryStreamMultiCallable[_sync_pb2.ExecRequest, _sync_pb2.ExecEvent]
     """Runs a command in the workspace and streams its output and exit code."""
+    Conflicts: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ConflictsRequest, _sync_pb2.ConflictsResponse]
+    """The workspace's side of possible conflicts (`devstack conflicts`): each
+    path whose entry changed since sync last wrote it, or that a batch
+    reported as a conflict, with its metadata and what sync last wrote.
+    """
+    Resolve: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ResolveRequest, _sync_pb2.ResolveResponse]
+    """Settles conflicts (`devstack resolve`): the workspace's current entry at
+    each path becomes what sync last wrote, if it is still the one the
+    person saw. Nothing in the workspace is written.
+    """
+    ReadFile: _grpc.UnaryStreamMultiCallable[_sync_pb2.ReadFileRequest, _sync_pb2.FileChunk]
+    """Streams one workspace file's content (`devstack resolve --take pod`)."""
 
 @_typing.type_check_only
 class SyncAsyncStub(SyncStub):
@@ -73,6 +86,18 @@ class SyncAsyncStub(SyncStub):
     """A snapshot of the sidecar's state."""
     Exec: _aio.UnaryStreamMultiCallable[_sync_pb2.ExecRequest, _sync_pb2.ExecEvent]  # type: ignore[assignment]
     """Runs a command in the workspace and streams its output and exit code."""
+    Conflicts: _aio.UnaryUnaryMultiCallable[_sync_pb2.ConflictsRequest, _sync_pb2.ConflictsResponse]  # type: ignore[assignment]
+    """The workspace's side of possible conflicts (`devstack conflicts`): each
+    path whose entry changed since sync last wrote it, or that a batch
+    reported as a conflict, with its metadata and what sync last wrote.
+    """
+    Resolve: _aio.UnaryUnaryMultiCallable[_sync_pb2.ResolveRequest, _sync_pb2.ResolveResponse]  # type: ignore[assignment]
+    """Settles conflicts (`devstack resolve`): the workspace's current entry at
+    each path becomes what sync last wrote, if it is still the one the
+    person saw. Nothing in the workspace is written.
+    """
+    ReadFile: _aio.UnaryStreamMultiCallable[_sync_pb2.ReadFileRequest, _sync_pb2.FileChunk]  # type: ignore[assignment]
+    """Streams one workspace file's content (`devstack resolve --take pod`)."""
 
 class SyncServicer(metaclass=_abc_1.ABCMeta):
     """The sync service a sidecar serves."""
@@ -100,5 +125,35 @@ class SyncServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_sync_pb2.ExecEvent], _abc.AsyncIterator[_sync_pb2.ExecEvent]]:
         """Runs a command in the workspace and streams its output and exit code."""
+
+    @_abc_1.abstractmethod
+    def Conflicts(
+        self,
+        request: _sync_pb2.ConflictsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.ConflictsResponse, _abc.Awaitable[_sync_pb2.ConflictsResponse]]:
+        """The workspace's side of possible conflicts (`devstack conflicts`): each
+        path whose entry changed since sync last wrote it, or that a batch
+        reported as a conflict, with its metadata and what sync last wrote.
+        """
+
+    @_abc_1.abstractmethod
+    def Resolve(
+        self,
+        request: _sync_pb2.ResolveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.ResolveResponse, _abc.Awaitable[_sync_pb2.ResolveResponse]]:
+        """Settles conflicts (`devstack resolve`): the workspace's current entry at
+        each path becomes what sync last wrote, if it is still the one the
+        person saw. Nothing in the workspace is written.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadFile(
+        self,
+        request: _sync_pb2.ReadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sync_pb2.FileChunk], _abc.AsyncIterator[_sync_pb2.FileChunk]]:
+        """Streams one workspace file's content (`devstack resolve --take pod`)."""
 
 def add_SyncServicer_to_server(servicer: SyncServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

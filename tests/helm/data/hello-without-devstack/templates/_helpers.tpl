@@ -16,3 +16,17 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{- /* The app's env items: PORT, then .Values.env (a map or a list of env items). */}}
+{{- define "hello.appEnv" -}}
+- name: PORT
+  value: {{ .Values.port | quote }}
+{{- if kindIs "map" .Values.env }}
+{{- range $name, $value := .Values.env }}
+- name: {{ $name | quote }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- else if .Values.env }}
+{{ toYaml .Values.env }}
+{{- end }}
+{{- end -}}
