@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,9 +20,10 @@ from tests.support.net import free_port, wait_until  # noqa: E402
 
 
 def start_agent(
-    kube: EmulatorThread, workdir: Path, *, identity: str = "bench"
+    kube: EmulatorThread, workdir: Path, *, identity: str = "bench", args: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """``devstack agent`` against the emulator; returns (process, API port)."""
+    """``devstack agent`` against the emulator, with ``args`` appended to its
+    command line; returns (process, API port)."""
     kubeconfig = kube.kubeconfig(workdir / "kubeconfig")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEVSTACK_", "KUBE"))}
@@ -38,6 +39,7 @@ def start_agent(
             str(kubeconfig),
             "--listen",
             f"127.0.0.1:{port}",
+            *args,
         ],
         env=env,
         stderr=log,

@@ -19,17 +19,18 @@ Measures:
 1. cold start: from starting the agent to every IngressRoute and Middleware
    written (2 per copy, 1 per baseline), and the agent's peak RSS;
 2. one change at that size: a new copy created -> its objects written;
-   a copy deleted -> its objects gone;
+   a copy deleted -> its objects gone (the median of ``--changes`` of each);
 3. warm restart: a new agent process over objects that are already right:
-   time until it has looked at every key, and how many writes it made
-   (should be 0).
+   time until it has looked at every key, how many writes it made (should
+   be 0), and its RSS (it lists every object at once).
 
-Usage: .venv/bin/python bench/agent_scale.py [--owners 1000] [--services 20]
+Usage: .venv/bin/python bench/agent_scale.py [--owners 1000] [--services 20] [--changes 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--owners", type=int, default=1000)
     parser.add_argument("--services", type=int, default=20)
+    parser.add_argument(
+        "--changes", type=int, default=5, help="single changes timed (the median is shown)"
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -111,32 +115,36 @@ def main() -> None:
             cpu = cpu_seconds(proc.pid)
             print(f"| agent CPU time for the cold start (rest: the emulator) | {cpu:.1f} s |")
 
-            t1 = time.perf_counter()
-            emu.create(
-                services,
-                {
-                    "metadata": {
-                        "name": "svc0-newcomer",
-                        "namespace": "dev",
-                        "labels": {
-                            "devstack.dev/service": "svc0",
-                            "devstack.dev/owner": "newcomer",
+            created, deleted = [], []
+            for n in range(args.changes):
+                owner = f"newcomer{n}"
+                route = f"devstack-svc0--{owner}"
+                t1 = time.perf_counter()
+                emu.create(
+                    services,
+                    {
+                        "metadata": {
+                            "name": f"svc0-{owner}",
+                            "namespace": "dev",
+                            "labels": {
+                                "devstack.dev/service": "svc0",
+                                "devstack.dev/owner": owner,
+                            },
                         },
+                        "spec": {"ports": [{"name": "http", "port": 80}]},
                     },
-                    "spec": {"ports": [{"name": "http", "port": 80}]},
-                },
-            )
-            t2 = wait(
-                lambda: emu.get(routes, "dev", "devstack-svc0--newcomer") is not None, 60, 0.001
-            )
-            ms = (t2 - t1) * 1000
+                )
+                t2 = wait(lambda r=route: emu.get(routes, "dev", r) is not None, 60, 0.001)
+                created.append((t2 - t1) * 1000)
+                t3 = time.perf_counter()
+                emu.delete(services, "dev", f"svc0-{owner}")
+                t4 = wait(lambda r=route: emu.get(routes, "dev", r) is None, 60, 0.001)
+                deleted.append((t4 - t3) * 1000)
+                # (its Middleware goes right after; wait for it so the next starts clean)
+                wait(lambda r=route: emu.get(middlewares, "dev", f"{r}-route") is None, 60)
+            ms = statistics.median(created)
             print(f"| one change at size: copy created -> its IngressRoute written | {ms:.0f} ms |")
-            t3 = time.perf_counter()
-            emu.delete(services, "dev", "svc0-newcomer")
-            t4 = wait(lambda: emu.get(routes, "dev", "devstack-svc0--newcomer") is None, 60, 0.001)
-            # (its Middleware goes right after; wait for it so the restart starts clean)
-            wait(lambda: emu.get(middlewares, "dev", "devstack-svc0--newcomer-route") is None, 60)
-            ms = (t4 - t3) * 1000
+            ms = statistics.median(deleted)
             print(f"| one change at size: copy deleted -> its IngressRoute gone | {ms:.0f} ms |")
         finally:
             stop(proc)
@@ -170,8 +178,11 @@ def main() -> None:
                     and r.verb in ("create", "patch", "update", "delete")
                 ]
             )
+            rss_now, peak = rss_kib(proc.pid)
             print(f"| warm restart: every key checked | {t6 - t5:.2f} s |")
             print(f"| warm restart: writes made | {writes_after - writes_before} |")
+            rss = f"{rss_now / 1024:.0f} MiB / {peak / 1024:.0f} MiB"
+            print(f"| agent RSS after warm restart / peak | {rss} |")
         finally:
             stop(proc)
 

@@ -129,6 +129,30 @@ async def test_a_watch_error_event_is_an_error(kube: EmulatorThread, kubeconfig:
                 pass
 
 
+async def test_the_emulator_pages_a_list_as_the_real_server_does(
+    kube: EmulatorThread, kubeconfig: Path
+) -> None:
+    """The agent benchmarks list tens of thousands of objects from the
+    emulator, in pages: its ``limit``/``continue`` gives each object once,
+    in (namespace, name) order, every page with the first page's version
+    (the real server's paging: tests/cluster/test_kube_client.py)."""
+    emu = kube.emulator
+    services = emu.resource("v1", "services")
+    for ns, name in [("b", "x"), ("a", "z"), ("a", "y"), ("b", "w"), ("a", "v")]:
+        emu.create(services, {"metadata": {"name": name, "namespace": ns}, "spec": {}})
+    pages: list[int] = []
+    async with k8s.kube_client(str(kubeconfig)) as api:
+        items, rv = await api.list(
+            k8s.SERVICES, transform=lambda o: pages.append(1) or o, page_size=2
+        )
+        whole, whole_rv = await api.list(k8s.SERVICES, page_size=0)
+    keys = [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
+    assert keys == [("a", "v"), ("a", "y"), ("a", "z"), ("b", "w"), ("b", "x")]
+    assert rv == whole_rv and len(whole) == 5 and len(pages) == 5
+    lists = [r for r in emu.log if r.plural == "services" and r.verb == "list"]
+    assert len(lists) == 4  # three pages, then the whole list
+
+
 async def test_no_answer_is_unreachable(tmp_path: Path) -> None:
     cfg = tmp_path / "kc"
     cfg.write_text(

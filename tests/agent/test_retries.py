@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -221,13 +221,18 @@ class ScriptedApi:
         self.lists, self.watches = lists, watches
 
     async def list(
-        self, resource: Resource, *, namespace: str | None = None, label_selector: str | None = None
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        transform: Callable[[RawObject], RawObject] | None = None,
     ) -> tuple[list[RawObject], str]:
         answer = self.lists.pop(0) if self.lists else []
         if isinstance(answer, Exception):
             raise answer
         assert isinstance(answer, list)
-        return answer, "1"
+        return [transform(o) for o in answer] if transform else answer, "1"
 
     async def watch(self, resource: Resource, **_: Any) -> AsyncIterator[WatchEvent]:
         if not self.watches:

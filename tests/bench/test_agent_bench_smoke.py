@@ -56,3 +56,24 @@ def test_scale_prints_cold_start_memory_and_one_change() -> None:
     row(out, "warm restart: every key checked", seconds)
     # Not a timing: a restart over objects that are right writes nothing.
     row(out, "warm restart: writes made", "0")
+    row(out, "agent RSS after warm restart / peak", r"\d+ MiB / \d+ MiB")
+
+
+def test_usage_sampling_prints_cpu_per_interval_and_memory() -> None:
+    out = run(
+        "usage_sampling.py",
+        *("--owners", "3", "--pods", "2", "--interval", "1", "--intervals", "2", "--churn", "2"),
+    )
+    assert "owners: 3, pods each: 2, interval: 1 s" in out
+    seconds = r"\d+\.\d\d s"
+    row(out, "agent ready, every owner in the records", rf"{seconds} \| {seconds}")
+    row(out, "agent RSS", r"\d+ MiB \| \d+ MiB")
+    row(out, "agent CPU per interval, steady", rf"{MS} \| {MS}")
+    row(out, "agent CPU per interval, 2 Pods replaced each", rf"- \| {MS}")
+    row(out, "agent RSS after the churn", r"- \| \d+ MiB")
+    # Not a timing: the records hold the Pods' requested lifetimes, so the
+    # pod-seconds are there, and no more than the Pods lived.
+    match = re.search(r"^\| pod-seconds in the records \| - \| (\d+) \(.*: (\d+)\) \|$", out, re.M)
+    assert match, out
+    got, lived = int(match[1]), int(match[2])
+    assert 0 < got <= lived, out

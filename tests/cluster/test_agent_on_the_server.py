@@ -95,7 +95,7 @@ def _story(testbed: Testbed, admin: Kube, agent: ChartAgent, apps: str) -> None:
     assert [o["owner"] for o in shop["owners"]] == ["alice"]
 
     # it leads, through its Lease in the release namespace
-    lease_name = agent.one("ConfigMap")["data"]["DEVSTACK_LEASE_NAME"]
+    lease_name = agent.config()["data"]["DEVSTACK_LEASE_NAME"]
     lease = wait_for(
         lambda: admin.maybe(
             f"/apis/coordination.k8s.io/v1/namespaces/{release}/leases/{lease_name}"

@@ -196,6 +196,43 @@ async def test_a_list_then_a_watch_from_its_version_misses_nothing_and_replays_n
         await stream.aclose()  # type: ignore[attr-defined]
 
 
+async def test_a_list_in_pages_is_one_snapshot_transformed_page_by_page(
+    testbed: Testbed, admin: Kube, namespace: str
+) -> None:
+    """The real server's ``limit``/``continue``: seven objects in pages of
+    three are all there, once each, with the snapshot's version, each seen
+    by ``transform`` as its page arrived; an object created between the
+    pages is not in the snapshot, and a watch from its version sees it."""
+    for i in range(7):
+        admin.create(_service(namespace, f"s{i}", {"app": "shop"}))
+    seen: list[str] = []
+
+    def transform(obj: dict[str, Any]) -> dict[str, Any]:
+        name = obj["metadata"]["name"]
+        seen.append(name)
+        if name == "s3":  # the second page is being read: a newcomer now
+            admin.create(_service(namespace, "newcomer", {"app": "shop"}))
+        return {"metadata": {"name": name}}
+
+    async with k8s.kube_client(str(testbed.admin_kubeconfig)) as api:
+        items, rv = await api.list(
+            k8s.SERVICES,
+            namespace=namespace,
+            label_selector="app=shop",
+            transform=transform,
+            page_size=3,
+        )
+        names = [f"s{i}" for i in range(7)]
+        assert [i["metadata"] for i in items] == [{"name": n} for n in names]
+        assert seen == names
+        whole, whole_rv = await api.list(k8s.SERVICES, namespace=namespace, page_size=0)
+        assert int(whole_rv) > int(rv)  # the newcomer came after the snapshot
+        assert "newcomer" in {i["metadata"]["name"] for i in whole}
+        stream = api.watch(k8s.SERVICES, namespace=namespace, resource_version=rv)
+        assert await _events(stream, 1) == [("ADDED", "newcomer")]
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
 async def test_a_label_selected_watch_sees_objects_enter_and_leave_the_selection(
     testbed: Testbed, admin: Kube, namespace: str
 ) -> None:

@@ -6,9 +6,10 @@ object, and the answer).
 the chart rendered by Helm's engine and applied, the agent under a token of
 the chart's ServiceAccount), in both scopes, through its story: a baseline
 and an owner's copy appear, the copy changes, its middleware is edited and
-put back, route names are taken by someone else's objects, the copy goes
-away, and the Lease is taken, renewed and released. Then, from every
-request the agent made (its User-Agent, its ServiceAccount):
+put back, another owner's idle copy sleeps (its Deployment scaled to zero,
+the sleep recorded) and wakes (the record updated), route names are taken
+by someone else's objects, the copy goes away, and the Lease is taken,
+renewed and released. Then, from every request the agent made (its User-Agent, its ServiceAccount):
 
 - none was refused (403);
 - each (verb, group, resource, namespace or cluster, name) is granted by a
@@ -32,7 +33,7 @@ from typing import Any
 import pytest
 
 from devstack.agent.desired import ingress_route_name, middleware_name
-from devstack.core.routing import SERVICE_LABEL, crd_group_for
+from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL, crd_group_for
 from tests.support.chart_agent import ChartAgent, chart_agent, routed_service, without_grant
 from tests.support.helm import (
     Request,
@@ -81,10 +82,15 @@ class Audit:
             self.testbed.audit_events(self.user, offset=self.offset), user_agent=AGENT
         )
 
-    def called(self, verb: str, resource: str, *, code: int | None = None) -> Callable[[], bool]:
+    def called(
+        self, verb: str, resource: str, *, code: int | None = None, name: str | None = None
+    ) -> Callable[[], bool]:
         def check() -> bool:
             return any(
-                q.verb == verb and q.resource == resource and (code is None or q.code == code)
+                q.verb == verb
+                and q.resource == resource
+                and (code is None or q.code == code)
+                and (name is None or q.name == name)
                 for q in self.requests()
             )
 
@@ -115,6 +121,18 @@ def _story_until_the_copy_goes(
     wait_for(lambda: admin.maybe(alice_route), timeout=90)
     wait_for(lambda: admin.maybe(f"{routes}/{ingress_route_name('shop', None)}"))
     wait_for(lambda: admin.maybe(alice_mw))
+
+    # dana's copy has a Deployment and nobody uses it: it sleeps (scaled to
+    # zero through the scale subresource, the record created); scaled up
+    # again (as `devstack up` would), it woke (the record updated)
+    routed_service(admin, apps, "shop-dana", owner="dana")
+    deployments = f"/apis/apps/v1/namespaces/{apps}/deployments"
+    admin.create(_copy_deployment(apps, "shop-dana", "dana"))
+    wait_for(lambda: admin.get(f"{deployments}/shop-dana")["spec"]["replicas"] == 0, timeout=90)
+    wait_for(audit.called("create", "configmaps"))
+    admin.merge_patch(f"{deployments}/shop-dana", {"spec": {"replicas": 1}})
+    # (by name: the usage records are ConfigMaps the agent updates too)
+    wait_for(audit.called("update", "configmaps", name="devstack-agent-sleep"), timeout=90)
 
     # her copy changes port: her route is patched
     admin.merge_patch(
@@ -161,8 +179,46 @@ def _story_until_the_copy_goes(
     return alice_route, alice_mw
 
 
+def _copy_deployment(namespace: str, name: str, owner: str) -> dict[str, Any]:
+    labels = {SERVICE_LABEL: "shop", OWNER_LABEL: owner}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/never:1"}]},
+            },
+        },
+    }
+
+
+def _old_usage_record(namespace: str) -> dict[str, Any]:
+    """A day record from long before the retention (docs/usage.md)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "devstack-agent-usage-2020-01-01",
+            "namespace": namespace,
+            "labels": {
+                "devstack.dev/role": "usage",
+                "app.kubernetes.io/managed-by": "devstack-agent",
+            },
+        },
+        "data": {"day": "2020-01-01", "complete-until": "2020-01-02T00:00:00Z", "rows.json": "[]"},
+    }
+
+
 def _values(scope: str, apps: str) -> dict[str, Any]:
-    values: dict[str, Any] = {"scope": scope}
+    # copies sleep after 2 s idle, looked at every second
+    values: dict[str, Any] = {"scope": scope, "sleep": {"idleAfter": "2s", "checkInterval": "1s"}}
+    # usage records written every second (the list of metrics.k8s.io pods is
+    # made, and answered 404: the testbed has no metrics-server)
+    values["usage"] = {"interval": "1s"}
     if scope == "namespaced":
         values["namespaces"] = [apps]
     return values
@@ -185,6 +241,8 @@ def test_the_agent_calls_exactly_what_its_roles_grant(
     group = crd_group_for(traefik_version)
     values = {**_values(scope, apps), "traefikVersion": traefik_version}
     offset = testbed.audit_offset()
+    # a usage record past the retention: the agent deletes it
+    old_record = admin.create(_old_usage_record(release))
     with chart_agent(testbed, admin, release, tmp_path, values) as agent:
         audit = Audit(testbed, agent, offset)
         alice_route, alice_mw = _story_until_the_copy_goes(admin, audit, apps, group)
@@ -193,7 +251,10 @@ def test_the_agent_calls_exactly_what_its_roles_grant(
         # it holds its Lease: taken (created), then renewed
         wait_for(audit.called("create", "leases"))
         wait_for(audit.called("update", "leases"))
-    lease_name = agent.one("ConfigMap")["data"]["DEVSTACK_LEASE_NAME"]
+        # its usage records: listed, today's created and updated, the old one deleted
+        wait_for(lambda: admin.maybe(admin.object_path(old_record)) is None)
+        wait_for(audit.called("update", "configmaps"))
+    lease_name = agent.config()["data"]["DEVSTACK_LEASE_NAME"]
     lease = admin.get(f"/apis/coordination.k8s.io/v1/namespaces/{release}/leases/{lease_name}")
     assert not lease["spec"].get("holderIdentity")  # released on the way out
 
@@ -207,8 +268,9 @@ def test_the_agent_calls_exactly_what_its_roles_grant(
     assert audit.unused() == []
     # the checks see the scope: cluster-wide calls only with the cluster scope
     cluster_wide = {q.resource for q in requests if q.namespace is None}
-    assert cluster_wide == ({"services", "ingressroutes", "middlewares"} if scope == "cluster"
-                            else set())  # fmt: skip
+    assert cluster_wide == ({"services", "deployments", "pods", "persistentvolumeclaims",
+                             "ingressroutes", "middlewares"}
+                            if scope == "cluster" else set())  # fmt: skip
     assert {q.namespace for q in requests if q.resource == "leases"} == {release}
 
     # a grant more than the agent uses fails the least-privilege check
@@ -217,9 +279,7 @@ def test_the_agent_calls_exactly_what_its_roles_grant(
                                        frozenset({"update"}), None)]  # fmt: skip
     assert padded.unused() == [(None, group, "ingressroutes", "update", None)]
     # and the group is the one this Traefik version reads
-    assert {q.group for q in requests if q.resource != "leases" and q.resource != "services"} == {
-        group
-    }
+    assert {q.group for q in requests if q.resource in ("ingressroutes", "middlewares")} == {group}
 
 
 @pytest.mark.parametrize("scope", ["cluster", "namespaced"])
@@ -251,7 +311,8 @@ def test_a_verb_the_chart_does_not_grant_fails_the_story_and_shows_in_the_audit_
         wait_for(audit.called("delete", "middlewares", code=403), timeout=90)
         assert admin.maybe(alice_mw) is not None
 
-    (refused, *_) = audit.refused()
+    # (dana's copy, asleep, lost her routes too: that delete was refused as well)
+    (refused, *_) = [q for q in audit.refused() if q.name == middleware_name("shop", "alice")]
     assert (refused.verb, refused.group, refused.resource, refused.namespace) == (
         "delete", GROUP, "middlewares", apps)  # fmt: skip
     assert refused.name == middleware_name("shop", "alice")

@@ -204,10 +204,15 @@ def test_cluster_scope_grants_the_routing_rules_cluster_wide_and_the_lease_by_na
     cluster = _rules(one(docs, "ClusterRole"))
     assert {(g, r) for g, r, _ in cluster} == {
         ("", "services"),
+        ("", "pods"),
+        ("", "persistentvolumeclaims"),
+        ("metrics.k8s.io", "pods"),
+        ("apps", "deployments"),
+        ("apps", "deployments/scale"),
         ("traefik.io", "ingressroutes"),
         ("traefik.io", "middlewares"),
     }
-    (lease_role,) = by_kind(docs, "Role")
+    lease_role = one(docs, "Role", "devstack-leader-election")
     assert lease_role["metadata"]["namespace"] == "devstack-system"
     assert {(g, r) for g, r, _ in _rules(lease_role)} == {("coordination.k8s.io", "leases")}
     for rule in lease_role["rules"]:
@@ -219,7 +224,7 @@ def test_cluster_scope_grants_the_routing_rules_cluster_wide_and_the_lease_by_na
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "devstack", "namespace": "devstack-system"}
     ]
-    config = one(docs, "ConfigMap")
+    config = one(docs, "ConfigMap", "devstack")
     assert config["data"]["DEVSTACK_NAMESPACES"] == ""
 
 
@@ -231,12 +236,13 @@ def test_namespaced_scope_has_no_cluster_role_and_one_role_per_namespace() -> No
     routing = {
         d["metadata"]["namespace"]: _rules(d)
         for d in by_kind(docs, "Role")
-        if "leader" not in d["metadata"]["name"]
+        # the release namespace's own Roles: the Lease, the sleep and usage records
+        if d["metadata"]["namespace"] != "devstack-system"
     }
     assert routing == {"team-a": cluster, "team-b": cluster}
     bindings = {d["metadata"]["namespace"] for d in by_kind(docs, "RoleBinding")}
     assert bindings == {"team-a", "team-b", "devstack-system"}
-    assert one(docs, "ConfigMap")["data"]["DEVSTACK_NAMESPACES"] == "team-a,team-b"
+    assert one(docs, "ConfigMap", "devstack")["data"]["DEVSTACK_NAMESPACES"] == "team-a,team-b"
 
 
 def test_leader_election_timings_reach_the_agent_as_it_reads_them() -> None:
@@ -245,7 +251,9 @@ def test_leader_election_timings_reach_the_agent_as_it_reads_them() -> None:
     from devstack.agent.command import add_arguments, config_from_args
 
     values = {"leaderElection": {"leaseDuration": 30, "renewDeadline": 20, "retryPeriod": 0.5}}
-    data = one(documents(render(AGENT_CHART, values, name="devstack")), "ConfigMap")["data"]
+    data = one(documents(render(AGENT_CHART, values, name="devstack")), "ConfigMap", "devstack")[
+        "data"
+    ]
     parser = argparse.ArgumentParser()
     with mock.patch.dict(os.environ, data, clear=True):
         add_arguments(parser)
@@ -259,8 +267,8 @@ def test_leader_election_timings_reach_the_agent_as_it_reads_them() -> None:
 def test_the_traefik_api_group_is_the_one_the_agent_writes(version: str) -> None:
     docs = documents(render(AGENT_CHART, {"traefikVersion": version}, name="devstack"))
     groups = {g for g, _, _ in _rules(one(docs, "ClusterRole"))}
-    assert groups == {"", crd_group_for(version)}
-    assert one(docs, "ConfigMap")["data"]["DEVSTACK_TRAEFIK_VERSION"] == version
+    assert groups == {"", "apps", "metrics.k8s.io", crd_group_for(version)}
+    assert one(docs, "ConfigMap", "devstack")["data"]["DEVSTACK_TRAEFIK_VERSION"] == version
 
 
 def _jobs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -45,9 +45,17 @@ class ChartAgent:
     port: int
     log: Path
 
-    def one(self, kind: str) -> Obj:
-        (doc,) = [d for d in self.docs if d["kind"] == kind]
+    def one(self, kind: str, name: str | None = None) -> Obj:
+        (doc,) = [
+            d for d in self.docs if d["kind"] == kind and name in (None, d["metadata"]["name"])
+        ]
         return doc
+
+    def config(self) -> Obj:
+        """The ConfigMap the Deployment takes the agent's environment from
+        (the chart has another: the Grafana dashboard's)."""
+        (source,) = self.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        return self.one("ConfigMap", source["configMapRef"]["name"])
 
     def routes(self) -> Any:
         """``/v1/routes``, or None while the agent does not answer yet."""
@@ -90,7 +98,7 @@ def chart_agent(
         wait_for(lambda: _allgranted(as_agent, docs))
     # as the Deployment runs it: the ConfigMap's environment, the pod's name
     # and namespace; on loopback
-    env = dict(run.one("ConfigMap")["data"])
+    env = dict(run.config()["data"])
     env |= {
         "POD_NAME": POD_NAME,
         "POD_NAMESPACE": release,

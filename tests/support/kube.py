@@ -46,6 +46,8 @@ Import :func:`running_emulator` or use the ``kube`` fixture
 from __future__ import annotations
 
 import asyncio
+import base64
+import bisect
 import contextlib
 import copy
 import datetime
@@ -626,14 +628,24 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 0,
     ) -> list[Obj]:
+        """The matching objects in (namespace, name) order; with ``after``,
+        only those past that key, and with ``limit``, at most that many
+        (only those are copied)."""
         with self._mutex:
-            out = []
-            for (g, p, ns, _), obj in sorted(self._store.items()):
-                if (g, p) != (rdef.group, rdef.plural):
-                    continue
+            out: list[Obj] = []
+            kind = (rdef.group, rdef.plural)
+            keys = sorted(k for k in self._store if k[:2] == kind)
+            first = 0 if after is None else bisect.bisect_right(keys, (*kind, *after))
+            for key in keys[first:]:
+                ns = key[2]
                 if namespace is not None and ns != namespace:
                     continue
+                if limit and len(out) >= limit:
+                    break
+                obj = self._store[key]
                 labels = obj["metadata"].get("labels") or {}
                 if not label_selector_matches(label_selector, labels):
                     continue
@@ -649,13 +661,20 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 0,
     ) -> tuple[list[Obj], str]:
         """What a list answers: the objects and the ``resourceVersion`` they
         are the state at, read together under the lock (a watch from that
         version must miss nothing and replay nothing the items include)."""
         with self._mutex:
             items = self.objects(
-                rdef, namespace, label_selector=label_selector, field_selector=field_selector
+                rdef,
+                namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                after=after,
+                limit=limit,
             )
             return items, str(self._rv)
 
@@ -955,16 +974,27 @@ class KubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         ns, name = parsed.namespace, parsed.name
         status_only = parsed.subresource == "status"
         if verb == "list":
+            limit = max(0, int(query.get("limit") or 0))
+            after, snapshot = _continue_from(query.get("continue"))
             items, rv = self.list_objects(
                 rdef,
                 ns,
                 label_selector=query.get("labelSelector"),
                 field_selector=query.get("fieldSelector"),
+                after=after,
+                limit=limit + 1 if limit else 0,
             )
+            meta: dict[str, Any] = {"resourceVersion": snapshot or rv}
+            if limit and len(items) > limit:
+                items = items[:limit]
+                last = items[-1]["metadata"]
+                meta["continue"] = _continue_token(
+                    (str(last.get("namespace") or ""), str(last["name"])), meta["resourceVersion"]
+                )
             return {
                 "kind": f"{rdef.kind}List",
                 "apiVersion": rdef.api_version,
-                "metadata": {"resourceVersion": rv},
+                "metadata": meta,
                 "items": items,
             }
         if verb == "get":
@@ -1190,6 +1220,27 @@ class EmulatorThread:
             )
         )
         return path
+
+
+def _continue_token(last: tuple[str, str], rv: str) -> str:
+    """A list's ``continue``: the last key given and the first page's version.
+
+    Unlike a real API server's, later pages are read from the objects as
+    they are then, not from the first page's snapshot (every page reports
+    the first page's ``resourceVersion``): enough for an informer, whose
+    watch from that version replays what changed since."""
+    state = {"ns": last[0], "name": last[1], "rv": rv}
+    return base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+
+
+def _continue_from(token: str | None) -> tuple[tuple[str, str] | None, str | None]:
+    if not token:
+        return None, None
+    try:
+        state = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return (str(state["ns"]), str(state["name"])), str(state["rv"])
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(400, "BadRequest", "continue: not a token of this server") from None
 
 
 @contextlib.contextmanager

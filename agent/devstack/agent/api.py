@@ -2,9 +2,12 @@
 
 ``/healthz``  200 while the watch loops run.
 ``/readyz``   200 once every cache has synced (leader or not), else 503.
-``/metrics``  Prometheus text format.
+``/metrics``  Prometheus text format (prometheus_client's exposition).
 ``/v1/routes`` JSON: every service, its host, baseline, preview URL and
               owners (with their preview URLs and TTLs), plus problems.
+``/v1/usage`` JSON: usage per owner or team (``?since=7d&by=owner``), from
+              the day records plus what the leader has not written yet
+              (docs/usage.md); 400 ``{"error": ...}`` for a bad query.
 ``/version``  JSON: ``{"version": <devstack's version>, "protocol": <the
               devstack protocol version it speaks>}``, which ``devstack
               doctor`` compares with its own.
@@ -17,8 +20,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from devstack.agent.metrics import Metrics
+from devstack.agent.metrics import CONTENT_TYPE, Metrics
 from devstack.core import protocol
+from devstack.core.errors import DevstackError
 
 
 class Status(Protocol):
@@ -32,6 +36,12 @@ class Status(Protocol):
     def routes(self) -> dict[str, Any]: ...
 
 
+class UsageReport(Protocol):
+    """What the API reads from the usage service."""
+
+    async def report(self, *, since: str, by: str) -> dict[str, Any]: ...
+
+
 def build_version() -> str:
     """The installed devstack distribution's version (``unknown`` if none)."""
     try:
@@ -40,7 +50,7 @@ def build_version() -> str:
         return "unknown"
 
 
-def make_app(status: Status, metrics: Metrics) -> web.Application:
+def make_app(status: Status, metrics: Metrics, usage: UsageReport | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok = status.healthy()
         return web.json_response({"ok": ok}, status=200 if ok else 503)
@@ -51,10 +61,8 @@ def make_app(status: Status, metrics: Metrics) -> web.Application:
 
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(
-            text=metrics.render(),
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=metrics.render().encode("utf-8"),
+            headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
         )
 
     async def routes(_: web.Request) -> web.Response:
@@ -65,11 +73,25 @@ def make_app(status: Status, metrics: Metrics) -> web.Application:
             {"version": build_version(), "protocol": protocol.PROTOCOL_VERSION}
         )
 
+    async def usage_handler(request: web.Request) -> web.Response:
+        if usage is None:
+            return web.json_response({"error": "usage is not tracked by this agent"}, status=404)
+        try:
+            report = await usage.report(
+                since=request.query.get("since", "7d"), by=request.query.get("by", "owner")
+            )
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        except DevstackError as e:
+            return web.json_response({"error": f"usage records: {e}"}, status=503)
+        return web.json_response(report)
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/routes", routes)
+    app.router.add_get("/v1/usage", usage_handler)
     app.router.add_get("/version", version)
     return app
 

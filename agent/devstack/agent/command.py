@@ -18,6 +18,9 @@ from devstack.agent.controller import ControllerSettings
 from devstack.agent.desired import AgentSettings
 from devstack.agent.leader import LeaseSettings
 from devstack.agent.service import Agent, AgentConfig
+from devstack.agent.sleep import SleepSettings, parse_duration
+from devstack.agent.usage.ledger import Prices
+from devstack.agent.usage.service import UsageSettings, parse_teams
 from devstack.core import logging as devstack_logging
 from devstack.core.errors import ConfigError
 from devstack.core.routing import (
@@ -41,6 +44,13 @@ EXAMPLES = """examples:
                                         only these namespaces; preview URLs under that domain
   devstack agent --kubeconfig ~/.kube/config --context dev --listen 127.0.0.1:8081
                                         from a laptop, against the dev context
+  devstack agent --idle-after 4h --traefik-metrics-url http://traefik.traefik:9100/metrics
+                                        personal copies sleep after 4 h without a sync
+                                        session or a request routed to them (docs/sleep.md)
+  devstack agent --team alice=payments --team bob=search --price-core-hour 0.031 \\
+      --price-gib-hour 0.004 --currency EUR
+                                        attribute usage to teams and price it; /v1/usage and
+                                        `devstack usage` report it (docs/usage.md)
 
 Its chart (helm/devstack) runs it with leader election and least-privilege RBAC;
 /healthz, /metrics and /v1/routes are served on --listen. See docs/routing.md.
@@ -126,6 +136,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="SECONDS",
             help=f"leader election: {what} (env {var}; default {default:g})",
         )
+    g = parser.add_argument_group("sleep (docs/sleep.md)")
+    g.add_argument(
+        "--sleep",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("DEVSTACK_SLEEP", "true").strip().lower() not in ("0", "false", "no"),
+        help="scale idle personal copies to zero (env DEVSTACK_SLEEP; default on; "
+        "expired copies are scaled to zero either way)",
+    )
+    g.add_argument(
+        "--idle-after",
+        default=env.get("DEVSTACK_IDLE_AFTER", "2h"),
+        metavar="DURATION",
+        help="a copy with no sync session and no routed request for this long sleeps "
+        "(30m, 2h, 1d; env DEVSTACK_IDLE_AFTER; default 2h)",
+    )
+    g.add_argument(
+        "--sleep-check-interval",
+        default=env.get("DEVSTACK_SLEEP_CHECK_INTERVAL", "60s"),
+        metavar="DURATION",
+        help="how often to look for idle copies and scrape Traefik "
+        "(env DEVSTACK_SLEEP_CHECK_INTERVAL; default 60s)",
+    )
+    g.add_argument(
+        "--traefik-metrics-url",
+        action="append",
+        dest="traefik_metrics_urls",
+        metavar="URL",
+        help="a Traefik replica's Prometheus /metrics, with addServicesLabels on: the routed "
+        "requests (repeatable; env DEVSTACK_TRAEFIK_METRICS_URLS, comma-separated; none: "
+        "only sync sessions keep a copy awake)",
+    )
+    u = parser.add_argument_group("usage attribution (docs/usage.md)")
+    u.add_argument(
+        "--usage-interval",
+        default=env.get("DEVSTACK_USAGE_INTERVAL", "60s"),
+        metavar="DURATION",
+        help="how often the leader samples and writes the usage records (10s, 60s, 5m; "
+        "env DEVSTACK_USAGE_INTERVAL; default 60s)",
+    )
+    u.add_argument(
+        "--usage-retention-days",
+        default=env.get("DEVSTACK_USAGE_RETENTION_DAYS", "35"),
+        metavar="DAYS",
+        help="day records older than this are deleted (env DEVSTACK_USAGE_RETENTION_DAYS; "
+        "default 35)",
+    )
+    u.add_argument(
+        "--team",
+        action="append",
+        dest="teams",
+        metavar="OWNER=TEAM",
+        help="the team of an owner whose objects have no devstack.dev/team label "
+        "(repeatable; env DEVSTACK_TEAMS, e.g. alice=payments,bob=search)",
+    )
+    for flag, var, what in (
+        ("--price-core-hour", "DEVSTACK_PRICE_CORE_HOUR", "one CPU core requested for an hour"),
+        ("--price-gib-hour", "DEVSTACK_PRICE_GIB_HOUR", "one GiB of memory requested for an hour"),
+        ("--price-storage-gib-hour", "DEVSTACK_PRICE_STORAGE_GIB_HOUR",
+         "one GiB of PVC storage for an hour"),
+    ):  # fmt: skip
+        u.add_argument(
+            flag,
+            default=env.get(var),
+            metavar="PRICE",
+            help=f"what {what} costs (env {var}; with any price set, reports carry a cost)",
+        )
+    u.add_argument(
+        "--currency",
+        default=env.get("DEVSTACK_CURRENCY", "USD"),
+        help="the prices' currency (env DEVSTACK_CURRENCY; default USD)",
+    )
     parser.add_argument(
         "--identity",
         default=env.get("POD_NAME") or socket.gethostname(),
@@ -169,10 +250,82 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
             identity=args.identity,
             **timings,
         ),
+        sleep=_sleep_settings(args, env),
+        usage=usage_settings(args, env),
         listen_host=host,
         listen_port=port,
         kubeconfig=args.kubeconfig,
         context=args.context,
+    )
+
+
+def _sleep_settings(args: argparse.Namespace, env: Mapping[str, str]) -> SleepSettings:
+    urls = tuple(args.traefik_metrics_urls or _env_list(env, "DEVSTACK_TRAEFIK_METRICS_URLS"))
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--traefik-metrics-url {url!r}: give an http:// or https:// URL")
+    return SleepSettings(
+        enabled=bool(args.sleep),
+        idle_after=parse_duration(args.idle_after, what="--idle-after"),
+        check_interval=parse_duration(args.sleep_check_interval, what="--sleep-check-interval"),
+        traefik_metrics_urls=urls,
+    )
+
+
+def _seconds(value: str, *, what: str) -> float:
+    """``90``, ``90s``, ``5m``, ``1h`` as seconds; a ConfigError otherwise."""
+    text = str(value).strip()
+    unit = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r}: use seconds or a duration (10s, 5m, 1h)") from None
+    if not 0 < seconds <= 86400:
+        raise ConfigError(f"{what} {value!r}: use a duration between 1s and 24h")
+    return seconds
+
+
+def usage_settings(args: argparse.Namespace, env: Mapping[str, str]) -> UsageSettings:
+    """The usage flags (and their environment variables) as settings."""
+    interval = _seconds(args.usage_interval, what="--usage-interval")
+    try:
+        retention = int(str(args.usage_retention_days).strip())
+    except ValueError:
+        retention = 0
+    if retention < 1:
+        raise ConfigError(
+            f"--usage-retention-days {args.usage_retention_days!r}: use a whole number of days"
+            " (1 or more)"
+        )
+    try:
+        teams = parse_teams(args.teams or _env_list(env, "DEVSTACK_TEAMS"))
+    except ValueError as e:
+        raise ConfigError(f"--team: {e}") from None
+    prices: dict[str, float] = {}
+    for flag, attr in (
+        ("--price-core-hour", "price_core_hour"),
+        ("--price-gib-hour", "price_gib_hour"),
+        ("--price-storage-gib-hour", "price_storage_gib_hour"),
+    ):
+        raw = getattr(args, attr)
+        if raw is None or str(raw).strip() == "":
+            continue
+        try:
+            price = float(raw)
+        except ValueError:
+            price = -1.0
+        if not price >= 0 or price == float("inf"):
+            raise ConfigError(f"{flag} {raw!r}: use a price of 0 or more (for example 0.031)")
+        prices[attr.removeprefix("price_")] = price
+    currency = str(args.currency or "").strip()
+    if not currency:
+        raise ConfigError("--currency is empty: give one, for example USD or EUR")
+    return UsageSettings(
+        interval=interval,
+        retention_days=retention,
+        teams=teams,
+        prices=Prices(**prices, currency=currency) if prices else None,
     )
 
 

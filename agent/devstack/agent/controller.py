@@ -38,7 +38,7 @@ import asyncio
 import datetime
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from devstack.agent.desired import (
     INGRESS_ROUTE,
@@ -46,9 +46,11 @@ from devstack.agent.desired import (
     MANAGED_BY_LABEL,
     MIDDLEWARE,
     AgentSettings,
+    Copy,
     Desired,
     ObjectRef,
     Problem,
+    copy_from_service,
     desired_state,
 )
 from devstack.agent.informer import (
@@ -69,7 +71,7 @@ from devstack.agent.kube import (
     traefik_resources,
 )
 from devstack.agent.metrics import Metrics
-from devstack.agent.plan import Step, Verb, plan
+from devstack.agent.plan import Step, Verb, interned, own, plan, spec_drifted, summary
 from devstack.agent.writer import KubeWriter, NameTakenError, Writer, kinds
 from devstack.core.errors import AuthError, PermanentError, TemporaryError
 from devstack.core.logging import get_logger
@@ -78,6 +80,7 @@ from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 log = get_logger("agent.controller")
 
 RouteKey = tuple[str, str | None]
+_M = TypeVar("_M")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +106,11 @@ def route_key(obj: RawObject) -> RouteKey:
 
 def slim_service(obj: RawObject) -> RawObject:
     """A Service as the agent needs it: identity, labels, our annotations,
-    ports, and whether it is being deleted."""
+    ports (name and number), and whether it is being deleted. Label and
+    annotation keys, label values and the namespace are interned, and
+    Services with the same ports share one (read-only) ``spec``: the same
+    few recur on every Service. Its strings are its own (see
+    :func:`~devstack.agent.plan.own`)."""
     meta = obj.get("metadata") or {}
     keep = (
         "name",
@@ -114,13 +121,40 @@ def slim_service(obj: RawObject) -> RawObject:
         "resourceVersion",
         "deletionTimestamp",
     )
-    out_meta: dict[str, Any] = {k: meta[k] for k in keep if k in meta}
+    out_meta: dict[str, Any] = {k: own(meta[k]) for k in keep if k in meta}
+    if "namespace" in out_meta:
+        out_meta["namespace"] = interned(out_meta["namespace"])
+    if "labels" in out_meta:
+        labels = out_meta["labels"] or {}
+        out_meta["labels"] = {interned(k): interned(v) for k, v in labels.items()}
     annotations = {
-        k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("devstack.dev/")
+        interned(k): own(v)
+        for k, v in (meta.get("annotations") or {}).items()
+        if k.startswith("devstack.dev/")
     }
     if annotations:
         out_meta["annotations"] = annotations
-    return {"metadata": out_meta, "spec": {"ports": (obj.get("spec") or {}).get("ports") or []}}
+    ports = tuple(
+        (own(p.get("name")), p.get("port"))
+        for p in (obj.get("spec") or {}).get("ports") or []
+        if isinstance(p, dict)
+    )
+    spec = _SPECS.get(ports)
+    if spec is None:
+        spec = {
+            "ports": [
+                {k: v for k, v in (("name", name), ("port", port)) if v is not None}
+                for name, port in ports
+            ]
+        }
+        if len(_SPECS) < _MAX_SPECS:
+            _SPECS[ports] = spec
+    return {"metadata": out_meta, "spec": spec}
+
+
+#: The Service specs (ports) :func:`slim_service` shares, by their ports.
+_SPECS: dict[tuple[tuple[Any, Any], ...], RawObject] = {}
+_MAX_SPECS = 4096
 
 
 class Controller:
@@ -147,6 +181,7 @@ class Controller:
         self.now = now
         ir, mw = traefik_resources(agent.crd_group)
         self.writer: Writer = writer or KubeWriter(api, kinds(ir, mw))
+        self._resources = kinds(ir, mw)
         scopes: Iterable[str | None] = settings.namespaces or (None,)
         self.service_informers: list[Informer] = []
         self.object_informers: dict[tuple[str, str | None], Informer] = {}
@@ -172,16 +207,18 @@ class Controller:
                     namespace=ns,
                     label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
                     on_change=self._object_handler(kind),
-                    transform=slim,
+                    transform=summary,
                     backoff=settings.backoff,
                     watch_timeout=settings.watch_timeout,
                     metrics=self.metrics,
                     clock=self.clock,
                 )
         self._services: dict[ObjectKey, RawObject] = {}
-        self._services_by_key: dict[RouteKey, set[ObjectKey]] = {}
+        # (Tuples, not sets: most keys have one or two members, and a set
+        # costs four times a tuple's memory, at tens of thousands of keys.)
+        self._services_by_key: dict[RouteKey, tuple[ObjectKey, ...]] = {}
         self._objects: dict[ObjectRef, RawObject] = {}
-        self._objects_by_key: dict[RouteKey, set[ObjectRef]] = {}
+        self._objects_by_key: dict[RouteKey, tuple[ObjectRef, ...]] = {}
         self._dirty: set[RouteKey] = set()
         self._queue: asyncio.Queue[RouteKey] = asyncio.Queue()
         self._queued: set[RouteKey] = set()
@@ -198,6 +235,8 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self.idle = asyncio.Event()
         self.reconciles = 0
+        # (service, owner) -> since when that copy sleeps (the sleeper sets it).
+        self.asleep: dict[tuple[str, str], datetime.datetime] = {}
 
     # -- indexes ---------------------------------------------------------------------
 
@@ -214,13 +253,9 @@ class Controller:
             key, okey = route_key(obj), key_of(obj)
             if present:
                 self._services[okey] = obj
-                self._services_by_key.setdefault(key, set()).add(okey)
+                _index_add(self._services_by_key, key, okey)
             else:
-                members = self._services_by_key.get(key)
-                if members is not None:
-                    members.discard(okey)
-                    if not members:
-                        del self._services_by_key[key]
+                _index_discard(self._services_by_key, key, okey)
                 if new is None:
                     self._services.pop(okey, None)
             self.enqueue(key)
@@ -236,13 +271,9 @@ class Controller:
                 key = route_key(obj)
                 if present:
                     self._objects[ref] = obj
-                    self._objects_by_key.setdefault(key, set()).add(ref)
+                    _index_add(self._objects_by_key, key, ref)
                 else:
-                    members = self._objects_by_key.get(key)
-                    if members is not None:
-                        members.discard(ref)
-                        if not members:
-                            del self._objects_by_key[key]
+                    _index_discard(self._objects_by_key, key, ref)
                     if new is None:
                         self._objects.pop(ref, None)
                 self.enqueue(key)
@@ -366,7 +397,7 @@ class Controller:
 
     def desired_for(self, key: RouteKey) -> Desired:
         services = [self._services[k] for k in sorted(self._services_by_key.get(key, ()))]
-        return desired_state(services, self.agent, self.now())
+        return desired_state(services, self.agent, self.now(), self.asleep)
 
     async def reconcile(self, key: RouteKey) -> None:
         """Make the Traefik objects of ``key`` match its desired state."""
@@ -375,6 +406,15 @@ class Controller:
         self.reconciles += 1
         desired = self.desired_for(key)
         actual = {ref: self._objects[ref] for ref in sorted(self._objects_by_key.get(key, ()))}
+        for ref in spec_drifted(desired.objects, actual):
+            # The cache holds digests (plan.summary): read what is there.
+            found = await self.api.get_or_none(
+                self._resources[ref.kind], namespace=ref.namespace, name=ref.name
+            )
+            if found is None:
+                del actual[ref]
+            else:
+                actual[ref] = slim(found)
         self._report_expired(key, desired)
         self._report_problems(key, desired.problems)
         for step in plan(desired.objects, actual):
@@ -508,11 +548,31 @@ class Controller:
             (ref.kind, None)
         )
 
+    # -- sleep (devstack.agent.sleeper) --------------------------------------------------
+
+    def set_asleep(self, asleep: dict[tuple[str, str], datetime.datetime]) -> None:
+        """Which copies sleep now: each that changed is looked at again, with
+        its service's baseline (which carries a sleeping copy's routes)."""
+        changed = {k for k in {*asleep, *self.asleep} if asleep.get(k) != self.asleep.get(k)}
+        self.asleep = dict(asleep)
+        for service, owner in sorted(changed):
+            self.enqueue((service, owner))
+            self.enqueue((service, None))
+
+    def copies(self) -> list[Copy]:
+        """Every personal copy's Service as routing reads it."""
+        out = []
+        for raw in self._services.values():
+            parsed = copy_from_service(raw)
+            if isinstance(parsed, Copy) and parsed.owner is not None:
+                out.append(parsed)
+        return out
+
     # -- the view ---------------------------------------------------------------------------
 
     def routes(self) -> dict[str, Any]:
         """What ``/v1/routes`` shows: every service, owner, host and preview URL."""
-        desired = desired_state(list(self._services.values()), self.agent, self.now())
+        desired = desired_state(list(self._services.values()), self.agent, self.now(), self.asleep)
         blocked = set(self._write_problems)
         return {
             "ready": self.ready,
@@ -564,6 +624,22 @@ class Controller:
 
     def on_stopped_leading(self) -> None:
         self.metrics.set("devstack_agent_is_leader", 0)
+
+
+def _index_add(index: dict[RouteKey, tuple[_M, ...]], key: RouteKey, member: _M) -> None:
+    members: tuple[_M, ...] = index.get(key, ())
+    if member not in members:
+        index[key] = (*members, member)
+
+
+def _index_discard(index: dict[RouteKey, tuple[_M, ...]], key: RouteKey, member: _M) -> None:
+    members: tuple[_M, ...] = index.get(key, ())
+    if member in members:
+        rest = tuple(m for m in members if m != member)
+        if rest:
+            index[key] = rest
+        else:
+            del index[key]
 
 
 def _unblocked(service: RawObject, blocked: set[RouteKey]) -> RawObject:

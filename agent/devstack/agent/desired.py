@@ -17,6 +17,14 @@ For each logical service ``S`` (on host ``S.<domain>``):
   ``S--O.<preview domain>`` (1000), whose Middleware ``devstack-S--O-route``
   injects the routing key so the services it calls route the same way.
 
+While ``O``'s copy of ``S`` sleeps (the ``asleep`` input: the sleeper scaled
+it to zero), ``devstack-S--O`` goes and the baseline's IngressRoute carries
+``O``'s three routes instead, to the baseline Service, each with a headers
+Middleware (``devstack-S--O-asleep``; on the preview host
+``devstack-S--O-asleep-route``, which injects the routing key too) that adds
+the response header ``X-Devstack-Asleep`` saying so. They live with the
+baseline (its namespace, owned by it), so no route crosses namespaces.
+
 Every object lives in the namespace of the Service it routes to and is owned
 by it (``ownerReferences``), so deleting the Service deletes its routes.
 """
@@ -60,6 +68,14 @@ PREVIEW_PRIORITY = 1000
 
 INGRESS_ROUTE = "IngressRoute"
 MIDDLEWARE = "Middleware"
+
+#: The response header of a request the baseline serves for a sleeping copy.
+ASLEEP_HEADER = "X-Devstack-Asleep"
+#: On the Middlewares of a sleeping copy's fallback routes: whose copy sleeps.
+ASLEEP_OWNER_LABEL = "devstack.dev/asleep-owner"
+
+#: (service label, owner) -> since when that copy sleeps.
+Asleep = Mapping[tuple[str, str], datetime.datetime]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +150,7 @@ class OwnerRoutes:
     preview_url: str
     expires_at: str | None
     expired: bool
+    asleep_since: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +177,7 @@ class ServiceRoutes:
                     "preview_url": o.preview_url,
                     "expires_at": o.expires_at,
                     "expired": o.expired,
+                    "asleep_since": o.asleep_since,
                 }
                 for o in self.owners
             ],
@@ -353,20 +371,92 @@ def objects_for_copy(copy: Copy, settings: AgentSettings) -> dict[ObjectRef, Raw
     return out
 
 
+def asleep_middleware_name(service: str, owner: str, *, route: bool = False) -> str:
+    return f"devstack-{service}--{owner}-asleep" + ("-route" if route else "")
+
+
+def _rfc3339(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def asleep_header(service: str, owner: str, since: datetime.datetime) -> str:
+    """The value of :data:`ASLEEP_HEADER` for ``owner``'s copy of ``service``."""
+    return (
+        f"{service} copy of {owner} asleep since {_rfc3339(since)}; "
+        f"devstack connect {service} wakes it"
+    )
+
+
+def fallback_objects(
+    baseline: Copy, owner: Owner, since: datetime.datetime, settings: AgentSettings
+) -> tuple[list[RawObject], dict[ObjectRef, RawObject]]:
+    """While ``owner``'s copy sleeps: its three routes, to ``baseline``, and
+    the two Middlewares that add the asleep header (the preview host's also
+    injects the routing key, as the copy's own route does)."""
+    syntax = settings.syntax
+    service = baseline.service
+    svc_host = host_rule(host(service, settings), syntax=syntax)
+    response = {ASLEEP_HEADER: asleep_header(service, owner, since)}
+    names = (
+        asleep_middleware_name(service, owner),
+        asleep_middleware_name(service, owner, route=True),
+    )
+    objects: dict[ObjectRef, RawObject] = {}
+    for name, with_route in zip(names, (False, True), strict=True):
+        metadata = _metadata(baseline, name)
+        metadata["labels"][ASLEEP_OWNER_LABEL] = owner
+        headers: RawObject = {"customResponseHeaders": response}
+        if with_route:
+            headers["customRequestHeaders"] = route_headers(owner, settings.route)
+        objects[ObjectRef(kind=MIDDLEWARE, namespace=baseline.namespace, name=name)] = {
+            "apiVersion": settings.api_version,
+            "kind": MIDDLEWARE,
+            "metadata": metadata,
+            "spec": {"headers": headers},
+        }
+    asleep, asleep_route = ({"name": n, "namespace": baseline.namespace} for n in names)
+    routes = [
+        _route(
+            f"{svc_host} && {baggage_rule(owner, settings.route, syntax=syntax)}",
+            BAGGAGE_PRIORITY,
+            baseline,
+            [asleep],
+        ),
+        _route(
+            f"{svc_host} && {plain_header_rule(owner, settings.route, syntax=syntax)}",
+            HEADER_PRIORITY,
+            baseline,
+            [asleep],
+        ),
+        _route(
+            host_rule(preview_host(service, owner, settings), syntax=syntax),
+            PREVIEW_PRIORITY,
+            baseline,
+            [asleep_route],
+        ),
+    ]
+    return routes, objects
+
+
 def _sort_key(c: Copy) -> tuple[str, str, str]:
     created = c.created_at.isoformat() if c.created_at else "~"
     return (created, c.namespace, c.name)
 
 
 def desired_state(
-    services: Iterable[Mapping[str, Any]], settings: AgentSettings, now: datetime.datetime
+    services: Iterable[Mapping[str, Any]],
+    settings: AgentSettings,
+    now: datetime.datetime,
+    asleep: Asleep | None = None,
 ) -> Desired:
     """The desired Traefik objects for these Services (pure).
 
     Services without ``devstack.dev/service`` are ignored. When two Services
     claim the same baseline (or the same owner's copy), the oldest wins and
-    the others are reported as problems.
+    the others are reported as problems. A copy in ``asleep`` has no routes
+    of its own; the baseline of its service carries its fallback routes.
     """
+    asleep = asleep or {}
     problems: list[Problem] = []
     by_service: dict[str, dict[str | None, list[Copy]]] = {}
     for raw in services:
@@ -418,6 +508,11 @@ def desired_state(
                             else None
                         ),
                         expired=is_expired,
+                        asleep_since=(
+                            _rfc3339(asleep[(service, owner)])
+                            if (service, owner) in asleep
+                            else None
+                        ),
                     )
                 )
             if is_expired:
@@ -426,7 +521,12 @@ def desired_state(
             expires = chosen.expires_at if chosen.owner is not None else None
             if expires is not None and (next_expiry is None or expires < next_expiry):
                 next_expiry = expires
-            objects.update(objects_for_copy(chosen, settings))
+            if owner is not None and (service, owner) in asleep:
+                continue
+            copy_objects = objects_for_copy(chosen, settings)
+            if owner is None:
+                copy_objects = _with_fallbacks(chosen, copy_objects, asleep, settings)
+            objects.update(copy_objects)
         routes.append(
             ServiceRoutes(
                 service=service,
@@ -449,3 +549,32 @@ def desired_state(
         expired=tuple(expired),
         next_expiry=next_expiry,
     )
+
+
+def _with_fallbacks(
+    baseline: Copy,
+    objects: dict[ObjectRef, RawObject],
+    asleep: Asleep,
+    settings: AgentSettings,
+) -> dict[ObjectRef, RawObject]:
+    """The baseline's objects plus the fallback routes of its service's
+    sleeping copies (in owner order)."""
+    owners = sorted(o for s, o in asleep if s == baseline.service)
+    if not owners:
+        return objects
+    ref = ObjectRef(
+        kind=INGRESS_ROUTE,
+        namespace=baseline.namespace,
+        name=ingress_route_name(baseline.service, None),
+    )
+    route = objects[ref]
+    routes = list(route["spec"]["routes"])
+    out = dict(objects)
+    for owner in owners:
+        extra, middlewares = fallback_objects(
+            baseline, Owner(owner), asleep[(baseline.service, owner)], settings
+        )
+        routes.extend(extra)
+        out.update(middlewares)
+    out[ref] = {**route, "spec": {**route["spec"], "routes": routes}}
+    return out

@@ -8,7 +8,9 @@ comes again before the watch has delivered anything (a server that keeps
 answering 410) backs off like any other error instead of relisting in a
 tight loop. After a list, the cache is replaced and every object that
 changed (deletions included) is reported, so a missed event converges by
-the same path as the first sync.
+the same path as the first sync. A list is read in pages
+(``KubeApi.list``), each object slimmed by ``transform`` as its page
+arrives, so the agent never holds a large list parsed in one piece.
 
 A refusal (403) or a missing resource (404) is logged as an error
 (``informer.failed``) and retried with the same growing backoff, starting
@@ -136,11 +138,10 @@ class Informer:
     def _set(self, obj: RawObject) -> None:
         key = key_of(obj)
         old = self.cache.get(key)
-        if not _newer(old, obj):
-            return
+        if not _newer(old, obj) or old == obj:
+            return  # (an equal copy, such as the watch event of our own write: keep ours)
         self.cache[key] = obj
-        if old != obj:
-            self.on_change(old, obj)
+        self.on_change(old, obj)
 
     def _drop(self, key: ObjectKey) -> None:
         old = self.cache.pop(key, None)
@@ -157,18 +158,21 @@ class Informer:
 
     async def _list(self) -> None:
         items, rv = await self.api.list(
-            self.resource, namespace=self.namespace, label_selector=self.label_selector
+            self.resource,
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            transform=self.transform,
         )
         self.lists += 1
-        fresh = {key_of(o): self.transform(o) for o in items}
+        fresh = {key_of(o): o for o in items}
         for key in list(self.cache):
             if key not in fresh:
                 self._drop(key)
         for obj in fresh.values():
             key = key_of(obj)
             old = self.cache.get(key)
-            self.cache[key] = obj
             if old != obj:
+                self.cache[key] = obj
                 self.on_change(old, obj)
         self.resource_version = rv
         self._events = 0

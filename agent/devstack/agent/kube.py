@@ -48,7 +48,7 @@ import math
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
@@ -96,6 +96,10 @@ class ConflictError(TemporaryError, KubeError):
 
     reason = "conflict"
     status = 409
+
+
+#: Objects per page of a list (client-go's informers ask for 500).
+LIST_PAGE_SIZE = 500
 
 
 class GoneError(TemporaryError, KubeError):
@@ -253,6 +257,10 @@ CONFIG_MAPS = Resource(group="", version="v1", plural="configmaps", kind="Config
 SECRETS = Resource(group="", version="v1", plural="secrets", kind="Secret")
 LEASES = Resource(group="coordination.k8s.io", version="v1", plural="leases", kind="Lease")
 EVENTS = Resource(group="", version="v1", plural="events", kind="Event")
+PODS = Resource(group="", version="v1", plural="pods", kind="Pod")
+PVCS = Resource(
+    group="", version="v1", plural="persistentvolumeclaims", kind="PersistentVolumeClaim"
+)
 
 
 def traefik_resources(group: str = "traefik.io") -> tuple[Resource, Resource]:
@@ -355,15 +363,35 @@ class KubeApi:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        transform: Callable[[RawObject], RawObject] | None = None,
+        page_size: int = LIST_PAGE_SIZE,
     ) -> tuple[list[RawObject], str]:
-        """All matching objects and the list's ``resourceVersion``."""
+        """All matching objects and the list's ``resourceVersion``.
+
+        Read in pages of ``page_size`` (``limit``/``continue``, as client-go
+        lists), each item passed through ``transform`` as its page arrives:
+        a large list is never held parsed in one piece (an informer keeps
+        only its slim copies). The pages are one snapshot, served by the API
+        server at the first page's ``resourceVersion``; a continuation that
+        has expired meanwhile answers 410 (:class:`GoneError`: list again).
+        """
         query: dict[str, str | int | bool] = {}
         if label_selector:
             query["labelSelector"] = label_selector
-        data = await self.request("GET", resource.path(namespace=namespace), query=query)
-        items = data.get("items") or []
-        rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
-        return [cast(RawObject, i) for i in items], rv
+        if page_size > 0:
+            query["limit"] = page_size
+        out: list[RawObject] = []
+        path = resource.path(namespace=namespace)
+        while True:
+            data = await self.request("GET", path, query=query)
+            items = cast(list[RawObject], data.get("items") or [])
+            out.extend(items if transform is None else [transform(i) for i in items])
+            meta = data.get("metadata") or {}
+            rv = str(meta.get("resourceVersion") or "")
+            token = meta.get("continue")
+            if not token or page_size <= 0:
+                return out, rv
+            query["continue"] = str(token)
 
     async def create(self, resource: Resource, obj: RawObject) -> RawObject:
         namespace = (obj.get("metadata") or {}).get("namespace")

@@ -1,19 +1,38 @@
-"""The agent's Prometheus metrics, rendered in the text exposition format
-(no I/O; the HTTP API serves :meth:`Metrics.render`).
+"""The agent's Prometheus metrics, held by ``prometheus_client`` (no I/O; the
+HTTP API serves :meth:`Metrics.render` with :data:`CONTENT_TYPE`).
 
-Counters and gauges hold one value per label set; histograms hold
-cumulative buckets, a sum and a count, rendered as ``<name>_bucket{le=...}``,
-``<name>_sum`` and ``<name>_count`` under one ``# TYPE <name> histogram``.
+Every :class:`Metrics` has its own :class:`~prometheus_client.CollectorRegistry`
+(:attr:`Metrics.registry`), never the library's global one: tests run several
+agents in one process, and other parts of the agent (the usage ledger)
+register their collectors on the same registry so that one scrape of
+``/metrics`` returns them all. The registry also carries the process, platform
+and garbage-collector collectors (``process_*``, ``python_info``,
+``python_gc_*``).
+
+Counters, histograms and summaries export no ``<name>_created`` series (the
+registry drops them): they would double every counter's series for a
+timestamp nobody queries.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-LabelValues = tuple[tuple[str, str], ...]
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+
+#: The ``Content-Type`` of :meth:`Metrics.render`'s text.
+CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 
 #: Bucket bounds (seconds) for the reconcile-time histogram.
 RECONCILE_BUCKETS: tuple[float, ...] = (
@@ -32,123 +51,102 @@ RECONCILE_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 
+#: name -> (help, label names) of the agent's counters.
+_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "devstack_agent_reconciles_total": ("Reconciles by result.", ("result",)),
+    "devstack_agent_writes_total": ("API writes by verb and kind.", ("kind", "verb")),
+    "devstack_agent_watch_restarts_total": ("Watch restarts by reason.", ("reason", "resource")),
+    "devstack_agent_copy_expirations_total": (
+        "Times a personal copy expired (again after an extension).",
+        (),
+    ),
+}
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+#: name -> help of the agent's gauges (none has labels).
+_GAUGES: dict[str, str] = {
+    "devstack_agent_is_leader": "1 if this replica holds the lease.",
+    "devstack_agent_ready": "1 once every cache has synced.",
+    "devstack_agent_services": "Services with devstack.dev/service.",
+    "devstack_agent_managed_objects": "Traefik objects the agent manages.",
+    "devstack_agent_expired_copies": "Personal copies past their TTL now.",
+    "devstack_agent_problems": "Services the agent cannot route.",
+}
 
-
-def _labels(labels: LabelValues) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-@dataclass
-class _Family:
-    name: str
-    kind: str
-    help: str
-    values: dict[LabelValues, float] = field(default_factory=dict)
-
-    def lines(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        for labels, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(labels)} {_number(value)}"
+_WITH_CREATED = frozenset({"counter", "histogram", "summary"})
 
 
-@dataclass
-class _Histogram:
-    name: str
-    help: str
-    bounds: tuple[float, ...]
-    # label values -> (count per bucket, not cumulative, +Inf last; sum)
-    series: dict[LabelValues, tuple[list[int], list[float]]] = field(default_factory=dict)
-    kind: str = "histogram"
+class _Registry(CollectorRegistry):
+    """A registry whose scrape leaves out the ``_created`` samples (the
+    library's own switch, ``disable_created_metrics()``, is process-wide)."""
 
-    def observe(self, labels: LabelValues, value: float) -> None:
-        counts, total = self.series.setdefault(labels, ([0] * (len(self.bounds) + 1), [0.0]))
-        counts[bisect.bisect_left(self.bounds, value)] += 1
-        total[0] += value
-
-    def count(self, labels: LabelValues) -> float:
-        counts, _ = self.series.get(labels, ([0], [0.0]))
-        return float(sum(counts))
-
-    def lines(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        for labels, (counts, total) in sorted(self.series.items()):
-            cumulative = 0
-            for bound, n in zip((*self.bounds, math.inf), counts, strict=True):
-                cumulative += n
-                le = (*labels, ("le", "+Inf" if math.isinf(bound) else repr(bound)))
-                yield f"{self.name}_bucket{_labels(le)} {cumulative}"
-            yield f"{self.name}_sum{_labels(labels)} {_number(total[0])}"
-            yield f"{self.name}_count{_labels(labels)} {cumulative}"
+    def collect(self) -> Iterable[Metric]:
+        for family in super().collect():
+            if family.type not in _WITH_CREATED:
+                yield family
+                continue
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield kept
 
 
 class Metrics:
-    """Counters, gauges and histograms, keyed by name and label values."""
+    """The agent's counters, gauges and histogram, by name and label values.
+
+    ``inc``/``set``/``observe`` take the metric's name and its labels as
+    keywords (every label the metric declares); :meth:`get` reads one series
+    back without creating it.
+    """
 
     def __init__(self) -> None:
-        self._families: dict[str, _Family] = {}
-        self._histograms: dict[str, _Histogram] = {}
-        for name, kind, text in (
-            ("devstack_agent_reconciles_total", "counter", "Reconciles by result."),
-            ("devstack_agent_writes_total", "counter", "API writes by verb and kind."),
-            ("devstack_agent_watch_restarts_total", "counter", "Watch restarts by reason."),
-            ("devstack_agent_is_leader", "gauge", "1 if this replica holds the lease."),
-            ("devstack_agent_ready", "gauge", "1 once every cache has synced."),
-            ("devstack_agent_services", "gauge", "Services with devstack.dev/service."),
-            ("devstack_agent_managed_objects", "gauge", "Traefik objects the agent manages."),
-            ("devstack_agent_expired_copies", "gauge", "Personal copies past their TTL now."),
-            (
-                "devstack_agent_copy_expirations_total",
-                "counter",
-                "Times a personal copy expired (again after an extension).",
-            ),
-            ("devstack_agent_problems", "gauge", "Services the agent cannot route."),
-        ):
-            self._families[name] = _Family(name, kind, text)
-        self._histograms["devstack_agent_reconcile_seconds"] = _Histogram(
-            "devstack_agent_reconcile_seconds",
-            "Time spent reconciling one route key.",
-            RECONCILE_BUCKETS,
-        )
+        self.registry: CollectorRegistry = _Registry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._counters = {
+            name: Counter(name, text, labels, registry=self.registry)
+            for name, (text, labels) in _COUNTERS.items()
+        }
+        self._gauges = {
+            name: Gauge(name, text, registry=self.registry) for name, text in _GAUGES.items()
+        }
+        self._histograms = {
+            "devstack_agent_reconcile_seconds": Histogram(
+                "devstack_agent_reconcile_seconds",
+                "Time spent reconciling one route key.",
+                buckets=RECONCILE_BUCKETS,
+                registry=self.registry,
+            )
+        }
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        values = self._families[name].values
-        key = tuple(sorted(labels.items()))
-        values[key] = values.get(key, 0.0) + amount
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(amount)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self._families[name].values[tuple(sorted(labels.items()))] = value
+        gauge = self._gauges[name]
+        (gauge.labels(**labels) if labels else gauge).set(value)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         """Record one observation in histogram ``name``."""
-        self._histograms[name].observe(tuple(sorted(labels.items())), value)
+        histogram = self._histograms[name]
+        (histogram.labels(**labels) if labels else histogram).observe(value)
 
     def get(self, name: str, **labels: str) -> float:
-        """A counter's or gauge's value; for a histogram, its count."""
-        key = tuple(sorted(labels.items()))
+        """A counter's or gauge's value; for a histogram, its count (0 when
+        the series does not exist; reading does not create it)."""
+        collector: Counter | Gauge | Histogram
         if name in self._histograms:
-            return self._histograms[name].count(key)
-        return self._families[name].values.get(key, 0.0)
+            collector, sample = self._histograms[name], name + "_count"
+        elif name in self._counters:
+            collector, sample = self._counters[name], name
+        else:
+            collector, sample = self._gauges[name], name
+        for family in collector.collect():
+            for s in family.samples:
+                if s.name == sample and s.labels == labels:
+                    return float(s.value)
+        return 0.0
 
     def render(self) -> str:
-        families: list[_Family | _Histogram] = [
-            *self._families.values(),
-            *self._histograms.values(),
-        ]
-        return "\n".join(line for f in families for line in f.lines()) + "\n"
+        """Every collector on :attr:`registry`, in Prometheus' text format."""
+        return generate_latest(self.registry).decode("utf-8")

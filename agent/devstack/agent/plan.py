@@ -8,11 +8,23 @@ restart or a resync causes no churn. Only objects labelled
 
 Order: Middlewares are written before the IngressRoutes that use them and
 deleted after them.
+
+What the controller caches of each object it manages is :func:`summary`:
+identity, labels, preconditions, and digests of ``spec`` and the owner
+references instead of the values themselves (a few hundred bytes an object,
+not kilobytes, at tens of thousands of objects). Equal digests are equal
+values; an owner-reference drift is patched whole, and a ``spec`` that
+differs needs the object as it is (a merge patch removes what it must not
+hold): :func:`spec_drifted` names those objects, the controller reads each
+from the API and plans with it.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +37,66 @@ from devstack.agent.desired import (
     ObjectRef,
     RawObject,
 )
+
+#: In a :func:`summary`: the digests of ``spec`` and ``metadata.ownerReferences``.
+SPEC_DIGEST = "specDigest"
+OWNERS_DIGEST = "ownerReferencesDigest"
+#: The metadata a summary keeps.
+_SUMMARY_METADATA = ("name", "namespace", "uid", "resourceVersion")
+
+
+def digest(value: Any) -> bytes:
+    """A digest of a JSON value: equal for equal values (keys in any order)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def own(value: Any) -> Any:
+    """A string copied out of the document it was parsed from (anything
+    else as it is). A cache that keeps a few strings of each API response
+    would otherwise keep the allocator's pages of the whole response: the
+    process's memory would stay what the largest list needed."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    return value
+
+
+def interned(value: Any) -> str:
+    """:func:`own`, interned (a value that recurs on every object)."""
+    return sys.intern(own(str(value)))
+
+
+def summary(obj: Mapping[str, Any]) -> RawObject:
+    """What the agent keeps of an object it manages: name, namespace, uid,
+    resourceVersion, labels (keys and values interned: the same few
+    recur on every object), and the digests of ``spec`` and the owner
+    references. Its strings are its own (see :func:`own`)."""
+    meta = obj.get("metadata") or {}
+    kept: RawObject = {k: own(meta[k]) for k in _SUMMARY_METADATA if k in meta}
+    if "namespace" in kept:
+        kept["namespace"] = interned(kept["namespace"])
+    labels = meta.get("labels")
+    if labels:
+        kept["labels"] = {interned(k): interned(v) for k, v in labels.items()}
+    return {
+        "metadata": kept,
+        OWNERS_DIGEST: digest(meta.get("ownerReferences") or []),
+        SPEC_DIGEST: digest(obj.get("spec")),
+    }
+
+
+def spec_drifted(
+    desired: Mapping[ObjectRef, RawObject], actual: Mapping[ObjectRef, RawObject]
+) -> list[ObjectRef]:
+    """The objects whose cached :func:`summary` says their ``spec`` is not
+    the desired one: :func:`plan` needs them as they are."""
+    return sorted(
+        ref
+        for ref, want in desired.items()
+        if (have := actual.get(ref)) is not None
+        and SPEC_DIGEST in have
+        and have[SPEC_DIGEST] != digest(want.get("spec"))
+    )
 
 
 class Verb(enum.Enum):
@@ -76,11 +148,19 @@ def _drift(actual: Mapping[str, Any], desired: Mapping[str, Any]) -> RawObject |
     changed_labels = {k: v for k, v in (d_meta.get("labels") or {}).items() if a_labels.get(k) != v}
     if changed_labels:
         meta_patch["labels"] = changed_labels
-    if (a_meta.get("ownerReferences") or []) != (d_meta.get("ownerReferences") or []):
-        meta_patch["ownerReferences"] = d_meta.get("ownerReferences") or []
+    want_owners = d_meta.get("ownerReferences") or []
+    if OWNERS_DIGEST in actual:
+        owners_differ = actual[OWNERS_DIGEST] != digest(want_owners)
+    else:
+        owners_differ = (a_meta.get("ownerReferences") or []) != want_owners
+    if owners_differ:
+        meta_patch["ownerReferences"] = want_owners
     if meta_patch:
         patch["metadata"] = meta_patch
-    if actual.get("spec") != desired.get("spec"):
+    if SPEC_DIGEST in actual and "spec" not in actual:
+        if actual[SPEC_DIGEST] != digest(desired.get("spec")):
+            raise ValueError("a spec that drifted needs the object itself (see spec_drifted)")
+    elif actual.get("spec") != desired.get("spec"):
         patch["spec"] = merge_diff(actual.get("spec") or {}, desired.get("spec") or {})
     return patch or None
 

@@ -17,6 +17,9 @@ from devstack.agent.desired import AgentSettings
 from devstack.agent.kube import KubeApi, kube_client
 from devstack.agent.leader import LeaderElector, LeaseSettings
 from devstack.agent.metrics import Metrics
+from devstack.agent.sleep import SleepSettings
+from devstack.agent.sleeper import Sleeper
+from devstack.agent.usage.service import UsageService, UsageSettings
 from devstack.core.logging import get_logger
 
 log = get_logger("agent")
@@ -27,6 +30,8 @@ class AgentConfig:
     agent: AgentSettings = field(default_factory=AgentSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
+    sleep: SleepSettings = field(default_factory=SleepSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
     listen_host: str = "0.0.0.0"
     listen_port: int = 8080
     kubeconfig: str | None = None
@@ -45,6 +50,8 @@ class Agent:
         self.api: KubeApi | None = None
         self.controller: Controller | None = None
         self.elector: LeaderElector | None = None
+        self.sleeper: Sleeper | None = None
+        self.usage: UsageService | None = None
 
     async def __aenter__(self) -> Agent:
         cfg = self.config
@@ -64,15 +71,53 @@ class Agent:
                 metrics=self.metrics,
                 is_leader=lambda: bool(elector_box) and elector_box[0].is_leader,
             )
+            controller = self.controller
+            usage_box: list[UsageService] = []
+
+            def started_leading() -> None:
+                controller.on_started_leading()
+                for usage in usage_box:
+                    usage.on_started_leading()
+
+            def stopped_leading() -> None:
+                controller.on_stopped_leading()
+                for usage in usage_box:
+                    usage.on_stopped_leading()
+
             self.elector = LeaderElector(
-                self.api,
-                cfg.lease,
-                on_started=self.controller.on_started_leading,
-                on_stopped=self.controller.on_stopped_leading,
+                self.api, cfg.lease, on_started=started_leading, on_stopped=stopped_leading
             )
             elector_box.append(self.elector)
+            self.sleeper = Sleeper(
+                self.api,
+                cfg.sleep,
+                routes=self.controller,
+                lease_namespace=cfg.lease.namespace,
+                lease_name=cfg.lease.name,
+                namespaces=cfg.controller.namespaces,
+                metrics=self.metrics,
+                is_leader=self.controller.is_leader,
+                team_of=cfg.usage.team_of(),
+                backoff=cfg.controller.backoff,
+                watch_timeout=cfg.controller.watch_timeout,
+            )
+            if cfg.usage.enabled:
+                self.usage = UsageService(
+                    self.api,
+                    cfg.usage,
+                    namespaces=cfg.controller.namespaces,
+                    record_namespace=cfg.lease.namespace,
+                    lease_name=cfg.lease.name,
+                    metrics=self.metrics,
+                    is_leader=self.controller.is_leader,
+                    sleep_source=self.sleeper,
+                    watch_timeout=cfg.controller.watch_timeout,
+                )
+                usage_box.append(self.usage)
             runner = web.AppRunner(
-                make_app(self.controller, self.metrics), handle_signals=False, shutdown_timeout=1
+                make_app(self.controller, self.metrics, self.usage),
+                handle_signals=False,
+                shutdown_timeout=1,
             )
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
@@ -84,7 +129,10 @@ class Agent:
             self._tasks = [
                 asyncio.create_task(self.controller.run(), name="controller"),
                 asyncio.create_task(self.elector.run(), name="leader-election"),
+                asyncio.create_task(self.sleeper.run(), name="sleeper"),
             ]
+            if self.usage is not None:
+                self._tasks.append(asyncio.create_task(self.usage.run(), name="usage"))
             log.info(
                 "agent.started",
                 identity=cfg.lease.identity,
@@ -113,6 +161,8 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.usage is not None:
+            await self.usage.close()
         if self.elector is not None:
             await self.elector.release()
         await self._stack.aclose()

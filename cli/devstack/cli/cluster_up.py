@@ -463,6 +463,8 @@ async def _deploy_one(
         reporter.state(r.release, "failed")
         return
     workloads = workload_docs(manifest_docs(manifest))
+    if r.role == "copy" and not await _wake_copy(project, api, outcome, ns, workloads, reporter):
+        return
     deadline = started + timeout
     text = "waiting"
     while True:
@@ -495,6 +497,42 @@ async def _deploy_one(
         await asyncio.sleep(0.5)
     outcome.seconds = time.monotonic() - started
     log.info("up.release", release=r.release, state=outcome.state, seconds=outcome.seconds)
+
+
+async def _wake_copy(
+    project: Project,
+    api: Any,
+    outcome: Outcome,
+    namespace: str,
+    workloads: Sequence[Mapping[str, Any]],
+    reporter: Reporter,
+) -> bool:
+    """A copy the agent scaled to zero (asleep, or past its TTL) goes back to
+    the replicas its chart renders, and is waited for (docs/sleep.md).
+    False, with the outcome failed, when it does not come back."""
+    from devstack.agent.sleeper import WakeError, wake
+
+    r = outcome.release
+    replicas = {
+        str(d["metadata"]["name"]): int((d.get("spec") or {}).get("replicas", 1))
+        for d in workloads
+        if d.get("kind") == "Deployment"
+    }
+    try:
+        await wake(
+            api,
+            namespace,
+            service_label(project.helmfile.release(r.service)),
+            project.owner,
+            release=r.release,
+            replicas=replicas,
+            progress=lambda line: reporter.state(r.release, line.removeprefix(f"{r.release}: ")),
+        )
+    except (WakeError, TemporaryError) as e:
+        outcome.state, outcome.error = "failed", f"{r.release}: waking it failed: {one_line(e)}"
+        reporter.state(r.release, "failed")
+        return False
+    return True
 
 
 async def execute(

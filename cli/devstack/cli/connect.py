@@ -487,6 +487,13 @@ def sync(args: argparse.Namespace, token: str) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    if args.once:
+        # Done, and the digest cache saved: the console script may end the
+        # process without the interpreter's teardown (a caller's context
+        # managers, such as the copy's heartbeat, still exit first).
+        from devstack.cli import main as cli_main
+
+        cli_main.skip_teardown = True
     return int(code)
 
 

@@ -49,26 +49,28 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import importlib.metadata
-import json
 import os
-import re
-import socket
-import ssl
 import sys
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-import aiohttp
 import grpc
 import yaml
 
+from devstack.cli.agent_client import (
+    DirectHttp,
+    Http,
+    ServiceProxy,
+    add_agent_arguments,
+    check_agent_service,
+    locate_agent,
+)
+from devstack.cli.agent_client import kube_request as _kube
 from devstack.cli.doctor_checks import (
-    AGENT_SELECTOR,
     TRAEFIK_GROUPS,
     AccessFacts,
     AgentFacts,
@@ -131,125 +133,6 @@ Each line is ✓ ok, ! a warning, ✗ a failure (with `— fix: ...`), or - skip
 because a check before it failed. Without a terminal (or with NO_COLOR set)
 the marks are plain words: ok, warn, FAIL, skip.
 """
-
-
-# --- the shell: reaching things ---------------------------------------------------------------
-
-
-def why_no_answer(error: BaseException) -> tuple[str, str]:
-    """(kind, one line) for a request that got no answer: see :attr:`Answer.kind`."""
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, aiohttp.ClientConnectorCertificateError):
-            cert = e.certificate_error
-            said = getattr(cert, "verify_message", "") or str(cert)
-            return "tls-cert", f"the server's certificate is not trusted ({said})"
-        if isinstance(e, aiohttp.ClientConnectorError) and e.os_error is not e:
-            e = e.os_error
-            continue
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return "tls-cert", f"the server's certificate is not trusted ({e.verify_message})"
-        if isinstance(e, ssl.SSLError):
-            return "tls", f"the TLS handshake failed ({getattr(e, 'reason', None) or e})"
-        if isinstance(e, ConnectionRefusedError) or (
-            isinstance(e, OSError) and e.errno == errno.ECONNREFUSED
-        ):
-            return "refused", "connection refused"
-        if isinstance(e, socket.gaierror):
-            return "dns", f"unknown host ({e.strerror or e})"
-        if isinstance(e, TimeoutError | aiohttp.ServerTimeoutError):
-            return "timeout", "no answer in time"
-        e = e.__cause__ or e.__context__
-    text = " ".join(str(error).split()) or type(error).__name__
-    return "other", text[:300]
-
-
-def no_answer(error: BaseException) -> Answer:
-    kind, text = why_no_answer(error)
-    return Answer(error=text, kind=kind)
-
-
-def _body(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw[:2000].decode("utf-8", "replace")
-
-
-class Http(Protocol):
-    """Where an HTTP service is reached: directly, or through the API server."""
-
-    async def get(self, path: str) -> Answer: ...
-
-
-@dataclass
-class DirectHttp:
-    """Plain HTTP to ``base`` (no proxy from the environment: loopback and
-    port-forwards are meant)."""
-
-    base: str
-    timeout: float
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        data: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Answer:
-        url = self.base.rstrip("/") + path
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as s,
-                s.request(method, url, data=data, headers=dict(headers or {})) as r,
-            ):
-                return Answer(status=r.status, body=_body(await r.read()))
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            return no_answer(e)
-        except ValueError as e:  # a URL aiohttp cannot use
-            return Answer(error=f"not a usable URL ({e})", kind="other")
-
-    async def get(self, path: str) -> Answer:
-        return await self.request("GET", path)
-
-
-@dataclass
-class ServiceProxy:
-    """A Service's port through the API server's service proxy
-    (``/api/v1/namespaces/NS/services/NAME:PORT/proxy/...``), with the
-    kubeconfig's credentials."""
-
-    api: Any
-    namespace: str
-    service: str
-    port: str
-
-    async def get(self, path: str) -> Answer:
-        base = (
-            f"/api/v1/namespaces/{urllib.parse.quote(self.namespace)}/services/"
-            f"{urllib.parse.quote(self.service)}:{urllib.parse.quote(self.port)}/proxy"
-        )
-        return await _kube(self.api, "GET", base + path)
-
-
-async def _kube(api: Any, method: str, path: str, body: Any = None, **query: Any) -> Answer:
-    """One API request as an :class:`Answer`; an error status's ``error`` is
-    the message the answer carried (``""``: none, e.g. a proxied service's own
-    error status with a body of its own)."""
-    from devstack.agent.kube import KubeError
-
-    try:
-        got = await api.request(method, path, body=body, query=query or None)
-    except KubeError as e:
-        if e.status:
-            text = " ".join(str(e).split())
-            _, said, message = text.partition(f": {e.status}")
-            return Answer(status=e.status, error=message.strip()[:300] if said else text[:300])
-        return no_answer(e)
-    return Answer(status=200, body=got)
 
 
 # --- gathering: the Helmfile -----------------------------------------------------------------
@@ -402,52 +285,15 @@ async def gather_agent(
     """The agent at ``url``; else its Service through the service proxy: the
     one named (``service``, ``NAMESPACE/NAME``), else the one the chart's
     labels find in any namespace (else in ``namespace``, when listing every
-    namespace is forbidden)."""
+    namespace is forbidden): :func:`devstack.cli.agent_client.locate_agent`."""
     if url:
         return await _ask_agent(DirectHttp(url, timeout), AgentFacts(via=url))
     assert api is not None
-    if service:
-        ns, _, name = service.partition("/")
-        path = f"/api/v1/namespaces/{urllib.parse.quote(ns)}/services/{urllib.parse.quote(name)}"
-        got = await _kube(api, "GET", path)
-        looked_in = f"Service {service} (--agent-service)"
-        if got.status == 404:
-            return AgentFacts(via="", looked_in=looked_in)
-        items = [got.body] if got.status == 200 and isinstance(got.body, dict) else []
-        listed = got
-    else:
-        looked_in = "any namespace"
-        listed = await _kube(api, "GET", "/api/v1/services", labelSelector=AGENT_SELECTOR)
-        if listed.status == 403:
-            looked_in = f"namespace {namespace}"
-            listed = await _kube(
-                api,
-                "GET",
-                f"/api/v1/namespaces/{urllib.parse.quote(namespace)}/services",
-                labelSelector=AGENT_SELECTOR,
-            )
-        items = (
-            sorted(
-                (i for i in listed.body.get("items") or () if isinstance(i, dict)),
-                key=lambda i: (i["metadata"].get("namespace", ""), i["metadata"].get("name", "")),
-            )
-            if listed.status == 200 and isinstance(listed.body, dict)
-            else []
-        )
-    if listed.status != 200:
-        return AgentFacts(
-            via="", looked_in=looked_in, lookup_error=listed.error or f"answered {listed.status}"
-        )
-    if not items:
-        return AgentFacts(via="", looked_in=looked_in)
-    svc = items[0]
-    meta = svc["metadata"]
-    ports = (svc.get("spec") or {}).get("ports") or [{}]
-    port = next((p for p in ports if p.get("name") == "http"), ports[0])
-    port_ref = str(port.get("name") or port.get("port") or "http")
-    proxy = ServiceProxy(api, str(meta.get("namespace")), str(meta.get("name")), port_ref)
-    facts = AgentFacts(via=f"{proxy.namespace}/{proxy.service}", proxied=True, looked_in=looked_in)
-    return await _ask_agent(proxy, facts)
+    found = await locate_agent(api, service, namespace)
+    if found.proxy is None:
+        return AgentFacts(via="", looked_in=found.looked_in, lookup_error=found.lookup_error)
+    facts = AgentFacts(via=found.via, proxied=True, looked_in=found.looked_in)
+    return await _ask_agent(found.proxy, facts)
 
 
 _STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
@@ -777,20 +623,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     g = parser.add_argument_group("what to reach")
-    g.add_argument(
-        "--agent-url",
-        default=os.environ.get("DEVSTACK_AGENT_URL") or "",
-        metavar="URL",
-        help="the agent's HTTP API (env DEVSTACK_AGENT_URL; default: its Service, through the "
-        "API server's service proxy)",
-    )
-    g.add_argument(
-        "--agent-service",
-        default=os.environ.get("DEVSTACK_AGENT_SERVICE") or "",
-        metavar="NAMESPACE/NAME",
-        help="the agent chart's Service, when several run or listing Services in every "
-        "namespace is not allowed (env DEVSTACK_AGENT_SERVICE; default: found by its labels)",
-    )
+    add_agent_arguments(g)
     g.add_argument(
         "--to",
         default=os.environ.get("DEVSTACK_SIDECAR"),
@@ -812,8 +645,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dlog.configure(level=os.environ.get("DEVSTACK_LOG_LEVEL") or "warning")
-    if args.agent_service and not re.fullmatch(r"[a-z0-9-]+/[a-z0-9.-]+", args.agent_service):
-        raise ConfigError(f"--agent-service {args.agent_service!r}: give NAMESPACE/NAME")
+    check_agent_service(args.agent_service)
     if args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout:g}: give a positive number of seconds")
     environ = dict(os.environ)

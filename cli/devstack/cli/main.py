@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curl": ("devstack.cli.curl", "send a request tagged with your routing key"),
     "build": ("devstack.cli.build", "build and push a service's image; `up` deploys that tag"),
     "doctor": ("devstack.cli.doctor", "check the setup, one line each, with the fix"),
+    "usage": (
+        "devstack.cli.usage",
+        "show each owner's or team's usage and cost, with a chart of the biggest spenders",
+    ),
     "agent": ("devstack.agent.command", "run the cluster agent that reconciles Traefik routes"),
     "provision": ("devstack.provision.command", "create declared AWS resources"),
     "init": ("devstack.cli.init", "write a starter helmfile.yaml and .devstackignore"),
@@ -51,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: The exit code of a process killed by SIGPIPE (128 + 13).
 EXIT_BROKEN_PIPE = 141
+#: Set by a command whose work is all done and saved (``connect --once``):
+#: the console script then ends without the interpreter's teardown, which
+#: frees every object and module one by one (~0.15 s after a large sync).
+skip_teardown = False
 
 
 class CommandModule(Protocol):
@@ -121,4 +129,11 @@ def main_entry() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = EXIT_BROKEN_PIPE
+    if skip_teardown:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                code = code or EXIT_BROKEN_PIPE
+        os._exit(code)
     sys.exit(code)

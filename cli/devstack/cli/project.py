@@ -265,6 +265,9 @@ class StatusRow:
     #: The last reload's outcome, one line (``""``: none yet).
     last_reload: str
     preview_url: str
+    #: A copy the cluster's agent put to sleep: since when (RFC 3339);
+    #: ``"unknown"`` when its sleep record cannot be read. None: awake.
+    asleep_since: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -274,4 +277,5 @@ class StatusRow:
             "sync": self.sync,
             "last_reload": self.last_reload,
             "preview_url": self.preview_url,
+            "asleep_since": self.asleep_since,
         }

@@ -78,6 +78,7 @@ from devstack.core.sync.batching import (
     Carry,
     Limits,
     Packed,
+    interleave,
     pack,
     wants_delta,
 )
@@ -945,41 +946,77 @@ class Syncer:
         return p
 
     async def _send(self, session: _Session, changes: list[Change]) -> None:
+        """Send ``changes`` in batches. The next batch is built (its files
+        read, hashed and encoded on worker threads) while this one is
+        written to the stream and its chunks streamed, so reading and
+        compressing overlap with sending; a batch that asks the sidecar for
+        a signature is built only once the batch before it is sent. Large
+        files go spread among the small ones (``interleave``), so the
+        sidecar applies small files while a large one crosses the link."""
         pending: list[tuple[asyncio.Future[pb.Ack], list[_Outgoing]]] = []
         limits = Limits(self.inline_max)
+        changes = interleave(changes, self.inline_max)
+        ahead: asyncio.Future[tuple[pb.ClientMessage, list[_Outgoing]]] | None = None
         i = 0
-        while i < len(changes):
-            if session.failed is not None:
-                raise _as_devstack(session.failed, self.target.address)
-            packed = pack(changes, i, limits)
-            i = packed.end
-            msg, outgoing = await self._build_batch(session, packed)
-            if not outgoing:
-                continue
-            await session.window.acquire()
-            session.seq += 1
-            seq = session.seq
-            fut: asyncio.Future[pb.Ack] = asyncio.get_running_loop().create_future()
-            session.acks[seq] = fut
-            fut.add_done_callback(lambda _f: session.window.release())
-            msg.batch.seq = seq
-            await session.send(msg)
-            for index, out in enumerate(outgoing):
-                if out.chunked:
-                    await self._stream(session, seq, index, out)
-            inline = sum(
-                o.change.entry.size
-                for o in outgoing
-                if o.change.action == Action.WRITE and o.change.entry and not o.chunked
-            )
-            self.reporter.progress(len(outgoing), inline)
-            commit = pb.ClientMessage()
-            commit.commit.seq = seq
-            await session.send(commit)
-            pending.append((fut, outgoing))
+        try:
+            while i < len(changes) or ahead is not None:
+                if session.failed is not None:
+                    raise _as_devstack(session.failed, self.target.address)
+                if ahead is None:
+                    packed = pack(changes, i, limits)
+                    i = packed.end
+                    ahead = asyncio.ensure_future(self._build_batch(session, packed))
+                building, ahead = ahead, None
+                msg, outgoing = await building
+                if i < len(changes):
+                    packed = pack(changes, i, limits)
+                    if not any(
+                        how is Carry.CHUNKED and wants_delta(ch) for ch, how in packed.items
+                    ):
+                        i = packed.end
+                        ahead = asyncio.ensure_future(self._build_batch(session, packed))
+                if not outgoing:
+                    continue
+                await self._send_batch(session, msg, outgoing, pending)
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
         for fut, outgoing in pending:
             ack = await fut
             self._record(ack, outgoing)
+
+    async def _send_batch(
+        self,
+        session: _Session,
+        msg: pb.ClientMessage,
+        outgoing: list[_Outgoing],
+        pending: list[tuple[asyncio.Future[pb.Ack], list[_Outgoing]]],
+    ) -> None:
+        """Send one built batch: the batch message (in the window), its
+        chunked files' content, and its commit."""
+        await session.window.acquire()
+        session.seq += 1
+        seq = session.seq
+        fut: asyncio.Future[pb.Ack] = asyncio.get_running_loop().create_future()
+        session.acks[seq] = fut
+        fut.add_done_callback(lambda _f: session.window.release())
+        msg.batch.seq = seq
+        await session.send(msg)
+        for index, out in enumerate(outgoing):
+            if out.chunked:
+                await self._stream(session, seq, index, out)
+        inline = sum(
+            o.change.entry.size
+            for o in outgoing
+            if o.change.action == Action.WRITE and o.change.entry and not o.chunked
+        )
+        self.reporter.progress(len(outgoing), inline)
+        commit = pb.ClientMessage()
+        commit.commit.seq = seq
+        await session.send(commit)
+        pending.append((fut, outgoing))
 
     def _record(self, ack: pb.Ack, outgoing: list[_Outgoing]) -> None:
         """Book an acknowledgement (``devstack.core.sync.acks``)."""

@@ -52,7 +52,8 @@ examples:
   devstack up --local                 every service of ./helmfile.yaml on this machine
   devstack up --local stock           baselines of all, your copy of stock only
   devstack up --local -f examples/shop --smoke
-  devstack up web                     your copy of web in the cluster
+  devstack up web                     your copy of web in the cluster (wakes it if the
+                                      agent put it to sleep, renews an expired one)
   devstack up --baseline              the shared baselines of every service (platform team)
 """
 

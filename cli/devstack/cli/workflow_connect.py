@@ -7,13 +7,24 @@ mounts. Then the same sync as the explicit form,
 
 :func:`copy_sidecar` is the one home of "find my copy's sidecar", on the
 local stack or in the cluster; ``devstack test`` uses it too.
+
+In a cluster, ``connect`` first wakes your copy if the agent put it to sleep
+(:func:`wake_copy`: scale back, wait until ready; an expired copy is an
+error that says to run ``devstack up``), and while the session lasts it
+marks it in use (:func:`sync_heartbeat`: the Deployment annotation
+``devstack.dev/last-sync``, at the start and every 60 s). See docs/sleep.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,6 +58,8 @@ EXAMPLES = """examples:
 
 With a local stack running (`devstack up --local`), SERVICE is your copy there
 (default PATH: the service's source folder); --cluster asks the cluster anyway.
+In a cluster, a copy the agent put to sleep is woken first (and waited for), and
+the session keeps it awake (docs/sleep.md).
 """
 
 
@@ -170,10 +183,116 @@ def run(args: argparse.Namespace) -> int:
             "(or devstack connect PATH --to HOST:PORT --token-file FILE)"
         )
     project = load_project(args)
-    found = copy_sidecar(args, project, args.first)
+    local = is_local(args, project)
+    if not local:
+        asyncio.run(wake_copy(project, args.first))
+    found = copy_sidecar(args, project, args.first, local=local)
     args.path = args.second or found.source or "."
     args.to, args.authority, args.tls = found.address, found.authority, found.tls
-    return connect.sync(args, found.token)
+    if local:
+        return connect.sync(args, found.token)
+    with sync_heartbeat(project, args.first):
+        return connect.sync(args, found.token)
+
+
+#: How often a session marks the copy in use (the agent's idle clock).
+HEARTBEAT_INTERVAL = 60.0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _copy_of(project: Project, service: str) -> tuple[str, str, str]:
+    """Your copy of ``service``: (its namespace, its service label, its release)."""
+    from devstack.cli.cluster_up import service_label
+    from devstack.cli.releases import release_namespace
+
+    release = declared_release(project, service)
+    return (
+        release_namespace(project, release.namespace),
+        service_label(release),
+        copy_name(service, project.owner),
+    )
+
+
+async def wake_copy(project: Project, service: str, *, timeout: float = 300.0) -> list[str]:
+    """Wake your copy of ``service`` if it sleeps, and wait until it is
+    ready (a progress line per change); an expired copy is an error."""
+    from devstack.agent.desired import Copy, copy_from_service
+    from devstack.agent.kube import SERVICES
+    from devstack.agent.sleeper import WakeError, copy_selector, wake
+    from devstack.cli.releases import cluster
+
+    ns, label, release = _copy_of(project, service)
+    async with cluster(project, "devstack-connect") as api:
+        services, _ = await api.list(
+            SERVICES, namespace=ns, label_selector=copy_selector(label, project.owner)
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        for raw in services:
+            parsed = copy_from_service(raw)
+            if isinstance(parsed, Copy) and parsed.expired(now) and parsed.expires_at:
+                when = parsed.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                raise ConfigError(
+                    f"your copy of {service} expired at {when}: its TTL took its routes and "
+                    f"scaled it to zero; run `devstack up {service}` to renew it"
+                )
+        try:
+            return await wake(
+                api, ns, label, project.owner, release=release, progress=_progress, timeout=timeout
+            )
+        except WakeError as e:
+            raise ConfigError(f"{e}; then run `devstack connect {service}` again") from e
+
+
+@contextlib.contextmanager
+def sync_heartbeat(
+    project: Project, service: str, *, interval: float = HEARTBEAT_INTERVAL
+) -> Iterator[None]:
+    """Mark your copy of ``service`` in use now and every ``interval``
+    seconds until the block ends (a thread of its own: the sync owns the
+    main thread's event loop). A mark that fails warns once; the sync goes on."""
+    from devstack.agent.sleeper import heartbeat
+    from devstack.cli.releases import cluster, one_line
+
+    ns, label, _ = _copy_of(project, service)
+    stop = threading.Event()
+    warned: list[bool] = []
+
+    async def beat() -> None:
+        async with cluster(project, "devstack-connect") as api:
+            await heartbeat(api, ns, label, project.owner)
+
+    def once() -> None:
+        try:
+            asyncio.run(beat())
+        except Exception as e:  # a mark that fails must not stop the sync
+            if not warned:
+                warned.append(True)
+                print(
+                    f"devstack connect: cannot mark your copy of {service} in use "
+                    f"({one_line(e)}); the agent may put it to sleep while you sync",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    started = threading.Event()
+
+    def loop() -> None:
+        once()
+        started.set()
+        while not stop.wait(interval):
+            once()
+
+    thread = threading.Thread(target=loop, name="devstack-heartbeat", daemon=True)
+    thread.start()
+    started.wait(timeout=30)  # the first mark, before the sync starts
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 @dataclass(frozen=True)

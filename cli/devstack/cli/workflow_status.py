@@ -5,7 +5,9 @@
 - :func:`preview_url`, :func:`sync_state` and :func:`last_reload` are pure:
   a row's columns from the routing settings and a sidecar's ``Status``;
 - :func:`gather` is the shell: readiness from the server, the sidecar's
-  ``Status`` RPC through the copy's sync route (when it answers).
+  ``Status`` RPC through the copy's sync route (when it answers), and
+  whether the agent put the copy to sleep (its Deployments at zero; since
+  when from the agent's sleep record, docs/sleep.md).
 
 ``devstack status --to ADDR --token-file FILE`` stays the one sidecar's own
 status (:mod:`devstack.cli.status`).
@@ -50,6 +52,8 @@ from devstack.core.owner import OwnerError, copy_name
 EXAMPLES = """examples:
   devstack status                       your copies and the baselines, one line each
   devstack status -o json               the same, for scripts
+                                        (a copy the agent put to sleep: READY says
+                                        "asleep since ..."; `devstack connect` wakes it)
   devstack status --to 127.0.0.1:8080   reach sidecars through this Traefik entry point
   devstack status --to HOST:PORT --token-file FILE   one sidecar's own status
 """
@@ -158,15 +162,44 @@ async def sidecar_status(address: str, token: str, authority: str, tls: bool) ->
             raise translate(e, address) from e
 
 
+def asleep_since(
+    deployments: Sequence[Any], records: dict[tuple[str, str], Any] | None
+) -> str | None:
+    """Whether a copy sleeps (it has Deployments, all at zero replicas), and
+    since when its sleep record says (``"unknown"``: no record to read)."""
+    from devstack.agent.sleep import format_time
+
+    if not deployments or any(int((d.get("spec") or {}).get("replicas", 1)) for d in deployments):
+        return None
+    for d in deployments:
+        meta = d.get("metadata") or {}
+        record = (records or {}).get((str(meta.get("namespace")), str(meta.get("name"))))
+        if record is not None:
+            return format_time(record.since)
+    return "unknown"
+
+
 async def _row(
-    project: Project, api: Any, t: Target, settings: AgentSettings, via: str | None
+    project: Project,
+    api: Any,
+    t: Target,
+    settings: AgentSettings,
+    via: str | None,
+    records: dict[tuple[str, str], Any] | None = None,
 ) -> StatusRow:
     docs = await release_manifest(api, t.namespace, t.release)
     items = await read_progress(api, t.namespace, workload_docs(docs))
     state = summary(items)
     ready = state.startswith("ready")
     sync, reload_ = "no sidecar", ""
+    asleep = None
     if t.owner:
+        from devstack.agent.sleeper import copy_deployments
+
+        asleep = asleep_since(await copy_deployments(api, t.namespace, t.label, t.owner), records)
+    if asleep is not None:
+        sync = "asleep"
+    elif t.owner:
         try:
             access = sidecar_access(docs, release=t.release)
         except DevstackError:
@@ -187,20 +220,28 @@ async def _row(
         sync=sync,
         last_reload=reload_,
         preview_url=preview_url(t, settings),
+        asleep_since=asleep,
     )
 
 
 async def gather(
     project: Project, targets: Sequence[Target], settings: AgentSettings, via: str | None
 ) -> list[StatusRow]:
+    from devstack.agent.sleeper import read_sleep_records
+
     async with cluster(project, "devstack-status") as api:
-        return list(await asyncio.gather(*(_row(project, api, t, settings, via) for t in targets)))
+        records = await read_sleep_records(api)
+        return list(
+            await asyncio.gather(*(_row(project, api, t, settings, via, records) for t in targets))
+        )
 
 
 def format_rows(rows: Sequence[StatusRow]) -> str:
     out = [["SERVICE", "OWNER", "READY", "SYNC", "LAST RELOAD", "PREVIEW URL"]]
     for r in rows:
         ready = "-" if r.ready is None else ("yes" if r.ready else "no")
+        if r.asleep_since is not None:
+            ready = f"asleep since {r.asleep_since}"
         out.append(
             [r.service, r.owner or "(baseline)", ready, r.sync, r.last_reload or "-", r.preview_url]
         )

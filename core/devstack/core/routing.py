@@ -35,6 +35,9 @@ from typing import Literal, NewType
 SERVICE_LABEL = "devstack.dev/service"
 #: Present on a personal copy: whose copy it is. The baseline has none.
 OWNER_LABEL = "devstack.dev/owner"
+#: Optional on a personal copy's objects (Pods, PVCs, Services): the owner's
+#: team, for usage attribution (else the agent's owner-to-team mapping).
+TEAM_LABEL = "devstack.dev/team"
 #: Optional on a personal copy: when its routes stop (RFC 3339 timestamp).
 EXPIRES_AT_ANNOTATION = "devstack.dev/expires-at"
 #: Optional on a personal copy: seconds after the Service's creation when its

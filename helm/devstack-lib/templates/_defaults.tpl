@@ -8,6 +8,7 @@ enabled: false
 name: ""
 service: ""
 owner: ""
+team: ""
 labels: {}
 image:
   repository: ghcr.io/devstack/devstack

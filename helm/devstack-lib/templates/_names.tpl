@@ -71,7 +71,8 @@ releases created, and the pre-delete hook still tears down).
 {{- /*
 devstack-lib.labels: the labels the agent routes by, for the app's Deployment,
 pod template and Service metadata. Renders nothing when devstack is disabled.
-The baseline (empty owner) carries no owner label. The app chart's own labels are
+The baseline (empty owner) carries no owner label; devstack.team adds devstack.dev/team
+(usage attribution, docs/usage.md). The app chart's own labels are
 expected to carry app.kubernetes.io/managed-by already.
 */ -}}
 {{- define "devstack-lib.labels" -}}
@@ -80,6 +81,9 @@ expected to carry app.kubernetes.io/managed-by already.
 {{- $l := dict "devstack.dev/service" (include "devstack-lib.service" .) -}}
 {{- if $cfg.owner -}}
 {{- $_ := set $l "devstack.dev/owner" (toString $cfg.owner) -}}
+{{- end -}}
+{{- if $cfg.team -}}
+{{- $_ := set $l "devstack.dev/team" (toString $cfg.team) -}}
 {{- end -}}
 {{- range $k, $v := $cfg.labels -}}
 {{- $_ := set $l $k (toString $v) -}}

@@ -57,14 +57,31 @@ traefik.containo.us
 The rules the agent needs where it watches Services: exactly the calls it makes
 (tests/scenarios/test_rbac.py runs the agent and compares):
 - services list/watch: its informers keep a cache of the Services it routes;
+- pods and persistentvolumeclaims list/watch: usage attribution keeps the lifetimes
+  of the owners' Pods, PVCs (and LoadBalancer Services); metrics.k8s.io pods list
+  (with usage.actualUsage) samples their actual use where metrics-server runs;
 - ingressroutes and middlewares list/watch (its caches), create, patch (merge patch)
   and delete; get only to tell, when a create meets an existing object, whether that
-  object is its own.
+  object is its own;
+- apps deployments list/watch: sleep (docs/sleep.md) keeps a cache of the copies'
+  Deployments (replicas, last sync); deployments/scale patch: it scales an idle or
+  expired copy to zero through the scale subresource, and nothing else of it.
 */ -}}
 {{- define "devstack.routingRules" -}}
 - apiGroups: [""]
-  resources: [services]
+  resources: [services, pods, persistentvolumeclaims]
   verbs: [list, watch]
+{{- if .Values.usage.actualUsage }}
+- apiGroups: [metrics.k8s.io]
+  resources: [pods]
+  verbs: [list]
+{{- end }}
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch]
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [patch]
 - apiGroups: [{{ include "devstack.traefikGroup" . | quote }}]
   resources: [ingressroutes, middlewares]
   verbs: [get, list, watch, create, patch, delete]

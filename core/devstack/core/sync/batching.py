@@ -92,6 +92,50 @@ def pack(changes: Sequence[Change], start: int, limits: Limits) -> Packed:
     return Packed(tuple(items), i)
 
 
+#: The actions of a plan's run of writes (``devstack.core.plan``): one change
+#: per path, in path order only, none depending on another's place in it.
+_WRITES_RUN = frozenset({Action.WRITE, Action.SYMLINK, Action.CHMOD, Action.ADOPT})
+
+
+def interleave(changes: Sequence[Change], inline_max: int) -> list[Change]:
+    """``changes`` with the large (chunked) writes of each run of writes
+    spread evenly among that run's other changes, each kind keeping its own
+    order; every other change keeps its place.
+
+    Small files cost the sidecar per file (creating, staging, renaming) and
+    large ones cost the link per byte: in path order a tree's large files
+    often sit together (``assets/``), so the sidecar idles while they cross
+    the link and the link idles while it applies the small ones. Spread,
+    each batch of small files is applied while a large file travels."""
+    out: list[Change] = []
+    i, n = 0, len(changes)
+    while i < n:
+        if changes[i].action not in _WRITES_RUN:
+            out.append(changes[i])
+            i += 1
+            continue
+        j = i
+        while j < n and changes[j].action in _WRITES_RUN:
+            j += 1
+        large = [c for c in changes[i:j] if carry(c, inline_max) is Carry.CHUNKED]
+        if not large or len(large) == j - i:
+            out.extend(changes[i:j])
+        else:
+            small = [c for c in changes[i:j] if carry(c, inline_max) is not Carry.CHUNKED]
+            # Large file k goes after small change ceil((k + 1) * S / (L + 1)):
+            # the run starts with a small one, so the sidecar has work at once,
+            # and ends with small ones while there are enough.
+            s, ell, placed = len(small), len(large), 0
+            for k, big in enumerate(large):
+                at = -(-(k + 1) * s // (ell + 1))
+                out.extend(small[placed:at])
+                placed = at
+                out.append(big)
+            out.extend(small[placed:])
+        i = j
+    return out
+
+
 def wants_delta(change: Change) -> bool:
     """Whether to ask the sidecar for a signature of its version first: the
     workspace holds an older file large enough for a delta to pay off."""

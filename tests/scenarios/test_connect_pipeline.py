@@ -1,0 +1,143 @@
+"""The client's send pipeline against a real `devstack sidecar` (a process
+on loopback): the next batch is built while this one is sent, and a batch
+that needs the sidecar's signature (a delta) waits until the one before it
+is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.cli import syncer as syncer_mod
+from devstack.cli.syncer import Syncer, Target
+from devstack.core.delta import DELTA_THRESHOLD
+from devstack.core.plan import Plan
+from devstack.core.protocol import INLINE_MAX
+from devstack.core.sync.acks import Stats
+from devstack.core.sync.batching import Limits
+from devstack.sync.v1 import sync_pb2 as pb
+from tests.support.sync import Sidecar, tree_state
+
+
+class _Quiet:
+    def round_started(self, plan: Plan, *, initial: bool) -> None: ...
+    def progress(self, files: int, nbytes: int) -> None: ...
+    def round_finished(self, stats: Stats) -> None: ...
+    def event(self, event: pb.Event) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[Path, Sidecar]]:
+    src = tmp_path / "src"
+    ws = tmp_path / "ws"
+    src.mkdir()
+    ws.mkdir()
+    token = tmp_path / "token"
+    token.write_text("tok-123\n")
+    sc = Sidecar(ws, token).start()
+    yield src, sc
+    sc.stop()
+
+
+class _Timeline:
+    """What the client did, in order: each batch built (by the paths it
+    carries), and each message written to the stream."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, str]] = []
+        build = Syncer._build_batch
+        send = syncer_mod._Session.send
+        events = self.events
+
+        async def traced_build(self: Syncer, session: Any, packed: Any) -> Any:
+            first = packed.items[0][0].path
+            events.append(("build", first))
+            return await build(self, session, packed)
+
+        async def traced_send(self: Any, msg: pb.ClientMessage) -> None:
+            which = msg.WhichOneof("msg")
+            if which == "batch":
+                events.append(("batch", msg.batch.ops[0].entry.path))
+            elif which == "commit":
+                events.append(("commit", str(msg.commit.seq)))
+            await send(self, msg)
+
+        monkeypatch.setattr(Syncer, "_build_batch", traced_build)
+        monkeypatch.setattr(syncer_mod._Session, "send", traced_send)
+
+    def index(self, kind: str, what: str) -> int:
+        return self.events.index((kind, what))
+
+
+def _sync_once(src: Path, sc: Sidecar) -> Syncer:
+    syncer = Syncer(
+        src,
+        Target(sc.address, "tok-123"),
+        reporter=_Quiet(),
+        cache_path=src.parent / "cache-of-this-story",
+        compress="never",
+    )
+    assert asyncio.run(syncer.run(once=True)) == 0
+    return syncer
+
+
+def test_the_next_batch_is_built_while_this_one_is_sent_and_a_delta_waits(
+    env: tuple[Path, Sidecar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, sc = env
+    big = bytes(range(256)) * ((max(DELTA_THRESHOLD, INLINE_MAX) * 2) // 256)
+    (src / "m-big.bin").write_bytes(big)
+    _sync_once(src, sc)
+
+    # Three small files a batch; the large file's older version is in the
+    # workspace, so it goes as a delta, in a batch of its own, spread into
+    # the middle of the small ones (``interleave``).
+    monkeypatch.setattr(syncer_mod, "Limits", functools.partial(Limits, max_ops=3))
+    for name in "abcdefghijkl":
+        (src / f"{name}.txt").write_bytes(name.encode() * 1000)
+    (src / "m-big.bin").write_bytes(big[:1000] + b"one edit" + big[1008:])
+    for name in "nopqrs":
+        (src / f"{name}.txt").write_bytes(name.encode() * 1000)
+    timeline = _Timeline(monkeypatch)
+    syncer = _sync_once(src, sc)
+
+    assert tree_state(sc.workspace) == tree_state(src)
+    # Only the edit and its neighbourhood travelled for the large file.
+    assert syncer.stats.bytes_sent < 18 * 1000 + len(big) // 4
+    at = timeline.index
+    # Batch "d..." was built before batch "a..." was committed: ahead.
+    assert at("build", "d.txt") < at("commit", "1")
+    assert at("build", "g.txt") < at("commit", "2")
+    # The delta's batch was built only once the batch before it was sent.
+    assert at("build", "m-big.bin") > at("commit", "3")
+    # Every batch went in order, each committed before the next opened.
+    batches = [what for kind, what in timeline.events if kind == "batch"]
+    assert batches == ["a.txt", "d.txt", "g.txt", "m-big.bin", "j.txt", "n.txt", "q.txt"]
+
+
+def test_a_file_that_vanishes_from_a_batch_built_ahead_is_left_for_the_next_round(
+    env: tuple[Path, Sidecar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, sc = env
+    monkeypatch.setattr(syncer_mod, "Limits", functools.partial(Limits, max_ops=2))
+    for name in "abcdef":
+        (src / f"{name}.txt").write_bytes(name.encode() * 100)
+    read = syncer_mod._read_inline
+    gone = src / "e.txt"
+
+    def vanishing(root: str, entry: Any) -> Any:
+        if entry.path == "c.txt" and gone.exists():
+            os.unlink(gone)  # while batch "c, d" is built, "e" (ahead or next) vanishes
+        return read(root, entry)
+
+    monkeypatch.setattr(syncer_mod, "_read_inline", vanishing)
+    _sync_once(src, sc)
+    assert not (sc.workspace / "e.txt").exists()
+    assert tree_state(sc.workspace) == tree_state(src)
