@@ -169,12 +169,11 @@ def traefik_access(testbed: Testbed) -> Iterator[TraefikAccess]:
         admin.apply({**sa, "metadata": {"name": name, "namespace": namespace}})
         added = []
         for plural, kind in OTHER_TRAEFIK_KINDS.items():
-            if (
-                admin.maybe(
-                    f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.traefik.io"
-                )
-                is None
-            ):
+            path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.traefik.io"
+            # an earlier module's teardown may still be deleting it: a CRD being
+            # deleted is never Established again, so wait for it to go first
+            wait_for(functools.partial(_settled, admin, path))
+            if admin.maybe(path) is None:
                 admin.apply(_open_crd(plural, kind))
                 added.append(plural)
         wait_for(lambda: _other_crds_established(admin))
@@ -189,9 +188,19 @@ def traefik_access(testbed: Testbed) -> Iterator[TraefikAccess]:
                 admin.delete(admin.object_path(doc))
             admin.delete(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
             for plural in added:
-                admin.delete(
-                    f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.traefik.io"
-                )
+                crd = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.traefik.io"
+                admin.delete(crd)
+                wait_for(functools.partial(_gone, admin, crd))
+
+
+def _settled(admin: Kube, path: str) -> bool:
+    """Not being deleted: absent, or present without a deletionTimestamp."""
+    obj = admin.maybe(path)
+    return not (obj and obj.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _gone(admin: Kube, path: str) -> bool:
+    return admin.maybe(path) is None
 
 
 def _other_crds_established(admin: Kube) -> bool:

@@ -379,14 +379,13 @@ def test_usage_is_the_integral_of_lifetimes_through_a_leader_change_and_a_restar
         # a standby exposes no usage series; the leader does, per owner and team
         assert "devstack_usage_pod_seconds_total" not in _scrape(standby)
         assert "\ndevstack_usage_actual_available 0.0\n" in _scrape(standby)
-        wait_for(
-            lambda: (
-                'devstack_usage_pod_seconds_total{owner="alice",team="payments"}' in _scrape(leader)
-            )
+        # each owner's series appears with the first sample that saw their pods:
+        # wait for both owners, as their pods may be seen in different samples
+        series = (
+            'devstack_usage_pod_seconds_total{owner="alice",team="payments"}',
+            'devstack_usage_cost_total{currency="EUR",owner="bob",team="search"}',
         )
-        assert 'devstack_usage_cost_total{currency="EUR",owner="bob",team="search"}' in _scrape(
-            leader
-        )
+        wait_for(lambda: all(s in _scrape(leader) for s in series))
         assert "devstack_usage_cpu_used_core_seconds_total" not in _scrape(leader)
 
         # alice's pod is deleted between two samples; then the leader dies

@@ -81,6 +81,32 @@ CASES: dict[str, Case] = {
         m(),
         [("mkdir", "a"), ("mkdir", "a/b"), ("mkdir", "a/b/c"), ("write", "a/b/c/x")],
     ),
+    "a new folder goes right before its content, depth first": Case(
+        m(d("a"), d("a/c"), f("a/c/y"), f("a/x"), f("a-b"), d("b"), f("b/z"), f("c")),
+        m(f("c", b"old")),
+        [
+            ("mkdir", "a"),
+            ("mkdir", "a/c"),
+            ("write", "a/c/y"),
+            ("write", "a/x"),
+            ("write", "a-b"),
+            ("mkdir", "b"),
+            ("write", "b/z"),
+            ("write", "c"),
+        ],
+    ),
+    "a new folder something is renamed into goes before the renames": Case(
+        m(d("dst"), d("dst/sub"), f("dst/sub/a", b"content"), f("dst/new"), d("n"), f("n/x")),
+        m(f("a", b"content")),
+        [
+            ("mkdir", "dst"),
+            ("mkdir", "dst/sub"),
+            ("rename", "dst/sub/a"),
+            ("write", "dst/new"),
+            ("mkdir", "n"),
+            ("write", "n/x"),
+        ],
+    ),
     "folders are deleted children first": Case(
         m(),
         m(d("a"), d("a/b"), f("a/b/x")),

@@ -49,13 +49,25 @@ CASES: dict[str, tuple[str, str]] = {
         "W:a l:b c:c =:d",
         "l:b c:c W:a =:d",
     ),
-    "folders, renames and deletes keep their places": (
+    "renames and deletes keep their places": (
         "d:x m:m r:r W:a w:b w:c d:y",
         "d:x m:m r:r w:b W:a w:c d:y",
     ),
     "each run of writes on its own": (
+        "W:a w:b r:n W:c w:d w:e w:f",
+        "w:b W:a r:n w:d w:e W:c w:f",
+    ),
+    "new folders among the writes count as small": (
         "W:a w:b m:n W:c w:d w:e w:f",
-        "w:b W:a m:n w:d w:e W:c w:f",
+        "w:b m:n W:a w:d w:e W:c w:f",
+    ),
+    "a large file never goes before its new folder": (
+        "w:a w:b m:n W:n/x w:n/y",
+        "w:a w:b m:n W:n/x w:n/y",
+    ),
+    "nor before a new folder further up": (
+        "w:a w:b w:c m:n m:n/o w:n/o/p W:n/o/x w:n/z",
+        "w:a w:b w:c m:n m:n/o W:n/o/x w:n/o/p w:n/z",
     ),
 }
 

@@ -25,6 +25,9 @@ the program and the violation)::
 
     .venv/bin/python tests/fuzz/fuzz_applier.py /tmp/applier-crash-<sha1>
 
+Each crash input, once fixed, goes into ``tests/fuzz/crashes/`` named for
+what it broke; CI replays them all (tests/sidecar/test_fuzz_applier.py).
+
 ``APPLIER_SKIP=d-staging,c-mode`` looks past violations that are known and not
 fixed yet (keys: see ``Found`` in the model). Executions and executions per
 second are printed at every power of two, and at the end of an

@@ -370,7 +370,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         [
             "helmfile.yaml:7: releases[0].values[0]: devstack.sidecars: unknown key of the library "
             "chart (expected one of: aws, build, enabled, image, imagePullSecrets, labels, local, name, "
-            "owner, provision, readiness, route, service, sidecar, test, token, workspace)"
+            "owner, provision, readiness, route, service, sidecar, team, test, token, workspace)"
         ],
     ),
     "devstack: a bad value in a values file names that file": (

@@ -114,9 +114,11 @@ class Informer:
         watch_timeout: int = 300,
         metrics: Metrics | None = None,
         clock: Clock | None = None,
+        purpose: str | None = None,
     ) -> None:
         self.api = api
         self.resource = resource
+        self.purpose = purpose
         self.namespace = namespace
         self.label_selector = label_selector
         self.on_change = on_change
@@ -133,7 +135,10 @@ class Informer:
 
     @property
     def name(self) -> str:
-        return f"{self.resource.plural}@{self.namespace or '*'}"
+        """How logs and metrics name it: ``services@*`` for routing's own,
+        ``usage:services@*`` for another part's cache of the same resource."""
+        scope = f"{self.resource.plural}@{self.namespace or '*'}"
+        return f"{self.purpose}:{scope}" if self.purpose else scope
 
     def _set(self, obj: RawObject) -> None:
         key = key_of(obj)

@@ -198,6 +198,7 @@ class Sleeper:
                 watch_timeout=watch_timeout,
                 metrics=self.metrics,
                 clock=self.clock,
+                purpose="sleep",
             )
             for ns in (namespaces or (None,))
         ]

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from devstack.core.errors import DevstackError
 
@@ -73,10 +72,28 @@ def _load(name: str) -> CommandModule:
 
 def version() -> str:
     """``devstack X.Y.Z``, the installed distribution's version."""
+    # Imported here: importlib.metadata costs ~30 ms, and only --version asks.
+    import importlib.metadata
+
     try:
         return f"devstack {importlib.metadata.version('devstack')}"
     except importlib.metadata.PackageNotFoundError:
         return "devstack (not installed: version unknown)"
+
+
+class _VersionAction(argparse._VersionAction):
+    """argparse's ``--version``, with the version looked up (:func:`version`)
+    only when the flag is given, not each time the parser is built."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        self.version = version()
+        super().__call__(parser, namespace, values, option_string)
 
 
 def build_parser(argv: Sequence[str], *, every: bool = False) -> argparse.ArgumentParser:
@@ -87,7 +104,7 @@ def build_parser(argv: Sequence[str], *, every: bool = False) -> argparse.Argume
         description="Work on a service in a shared Kubernetes cluster as if it ran on your laptop.",
         epilog="Run `devstack COMMAND --help` for a command's options and examples.",
     )
-    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="devstack_command", metavar="COMMAND", required=True)
     wanted = next((a for a in argv if a in COMMANDS), None)
     for name, (_, help_text) in COMMANDS.items():

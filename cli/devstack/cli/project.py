@@ -21,14 +21,16 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from devstack.core.errors import ConfigError
-from devstack.core.helmfile import Helmfile, load
-from devstack.core.helmfile.parse import DEFAULT_ENVIRONMENT
 from devstack.core.owner import owner_from_environment, validate_owner
+
+if TYPE_CHECKING:
+    # The Helmfile reader (and its jsonschema, ~100 ms) is imported only when
+    # a command reads the Helmfile (load_project), so that the flags and
+    # `--help` of every command, and `connect PATH --to ...`, do not pay for it.
+    from devstack.core.helmfile import Helmfile
 
 #: Where devstack keeps a project's local state, below the Helmfile's folder.
 STATE_DIR = ".devstack"
@@ -50,7 +52,7 @@ def add_project_arguments(
         "-e",
         "--environment",
         default=None,
-        help=f"the Helmfile environment (env HELMFILE_ENVIRONMENT; default {DEFAULT_ENVIRONMENT})",
+        help="the Helmfile environment (env HELMFILE_ENVIRONMENT; default: Helmfile's, default)",
     )
     g.add_argument(
         "--owner",
@@ -144,6 +146,8 @@ def resolve_kube(
         files = tuple(p for p in environ["KUBECONFIG"].split(os.pathsep) if p)
     else:
         files = (os.path.join(home, ".kube", "config"),)
+    import yaml
+
     docs: list[dict[str, Any]] = []
     for path in files:
         text = read(path)
@@ -222,6 +226,9 @@ def load_project(args: argparse.Namespace, *, environ: Mapping[str, str] | None 
     start = Path(given) if given else Path.cwd()
     if given and not start.exists():
         raise ConfigError(f"-f {given}: no such file or folder")
+    from devstack.core.helmfile import load
+    from devstack.core.helmfile.parse import DEFAULT_ENVIRONMENT
+
     path = find_helmfile(start)
     environment = (
         getattr(args, "environment", None) or env.get("HELMFILE_ENVIRONMENT") or DEFAULT_ENVIRONMENT

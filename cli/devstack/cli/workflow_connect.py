@@ -38,13 +38,15 @@ from devstack.cli.project import (
     load_project,
 )
 from devstack.core.errors import ConfigError
-from devstack.core.helmfile import Release
 from devstack.core.owner import copy_name
 
 if TYPE_CHECKING:
     # The Kubernetes client is imported only when a cluster is asked, so that
-    # `connect --help` and the local stack do not pay for it.
+    # `connect --help` and the local stack do not pay for it; the Helmfile
+    # reader (Release is only an annotation here) only where a command reads
+    # the Helmfile.
     from devstack.cli.releases import SidecarAccess
+    from devstack.core.helmfile import Release
 
 EXAMPLES = """examples:
   devstack connect web                  sync . to your copy of web, then keep it in sync

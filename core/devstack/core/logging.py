@@ -16,9 +16,29 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-import structlog
-
 from devstack.core.errors import ConfigError
+
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog with ``rich`` hidden from it, unless rich is loaded
+    already. structlog imports rich (~40 ms) whenever it is installed (the
+    dev venv has it, for import-linter), only to offer rich tracebacks and
+    locals; :func:`configure`'s chain never uses them: ``format_exc_info``
+    turns an exception into text before the renderer sees it. So logging
+    costs ``devstack connect`` nothing extra, and output is the same with
+    or without rich installed. Afterwards rich imports as usual."""
+    hide = "rich" not in sys.modules
+    if hide:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # so `import rich` fails
+    try:
+        import structlog  # noqa: F401
+    finally:
+        if hide and sys.modules.get("rich", "") is None:
+            del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+import structlog  # noqa: E402 (imported above, with rich hidden)
 
 LOG_FORMATS = ("json", "console")
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "credential", "key_id")

@@ -18,6 +18,10 @@ written by sync (``UNTRACKED``: seeded from the image or made by the app).
   op that expects what is there; a folder that becomes a file goes after
   its content, and only if all of it may go.
 - A delete plus a create with the same content is a rename: no bytes move.
+- The order: deletes that make room, folders, renames, then the writes in
+  depth-first path order with each new folder right before its content
+  (the sidecar stages a new folder whole), then the other deletes,
+  children first.
 """
 
 from __future__ import annotations
@@ -253,9 +257,14 @@ def plan(
         changes.append(
             Change(Action.DELETE, p, None, e, force=force and e.state == SyncState.DIRTY)
         )
-    changes += sorted(mkdirs, key=lambda c: (depth(c.path), c.path))
+    fresh = _fresh_folders(mkdirs, renames)
+    changes += sorted(
+        (c for c in mkdirs if c.path not in fresh), key=lambda c: (depth(c.path), c.path)
+    )
     changes += renames
-    changes += sorted(writes, key=lambda c: c.path)
+    changes += sorted(
+        [*writes, *(c for c in mkdirs if c.path in fresh)], key=lambda c: c.path.split("/")
+    )
     for p in sorted(deletes, key=lambda q: (-depth(q), q)):
         e = deletes[p]
         changes.append(
@@ -263,6 +272,20 @@ def plan(
         )
     conflicts.sort(key=lambda c: c.path)
     return Plan(changes, conflicts)
+
+
+def _fresh_folders(mkdirs: list[Change], renames: list[Change]) -> set[str]:
+    """The new folders (made where nothing is) that go among the writes, each
+    right before what goes in it (depth first), so that a batch holds a new
+    folder with its content: the sidecar stages such a folder whole and
+    renames it into place once, not each file in it. A folder something is
+    renamed into stays with the other folders, before the renames."""
+    fresh = {c.path for c in mkdirs if c.expected is None}
+    for r in renames:
+        parts = r.path.split("/")
+        for i in range(1, len(parts)):
+            fresh.discard("/".join(parts[:i]))
+    return fresh
 
 
 def apply_to(remote: Manifest, change: Change) -> None:

@@ -19,6 +19,11 @@ Safety rules, each enforced here and nowhere else:
 - Content is staged in ``.devstack/staging`` (same filesystem) and renamed
   into place when the batch commits: a reader sees the old file or the new
   one, never half of one, and a batch that never commits changes nothing.
+  A folder the batch creates where nothing is expected is staged whole,
+  with the files and folders the batch creates in it, and renamed into
+  place in one ``RENAME_NOREPLACE`` step (``_Tree``): a reader sees no
+  folder or the folder with all of that batch's content, and the files in
+  it take no rename each.
   A batch holds at most two staging descriptors open at a time, whatever
   its size; if the disk refuses anything while staging, the whole batch is
   discarded and ``WorkspaceIOError`` says why.
@@ -44,6 +49,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import stat
 import sys
 import threading
@@ -51,7 +57,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from devstack.core.errors import ConfigError, ProtocolError, UnsafePathError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
@@ -63,6 +69,7 @@ from devstack.core.manifest import (
     Kind,
     Manifest,
     Skipped,
+    StatKey,
     SyncState,
     gc_paused,
     hash_fd,
@@ -103,7 +110,7 @@ log = get_logger("sidecar.workspace")
 
 # The op kinds as module constants: these checks run once an op, and looking a
 # member up on its enum class costs about ten times a global in Python 3.11.
-_WRITE, _RENAME = OpKind.WRITE, OpKind.RENAME
+_WRITE, _RENAME, _MKDIR = OpKind.WRITE, OpKind.RENAME, OpKind.MKDIR
 T = TypeVar("T")
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -363,7 +370,10 @@ class Workspace:
             self.staging_fd = os.open(self.staging, _O_DIR)
             for leftover in os.listdir(self.staging_fd):  # batches that never committed
                 with contextlib.suppress(OSError):
-                    os.unlink(leftover, dir_fd=self.staging_fd)
+                    try:
+                        os.unlink(leftover, dir_fd=self.staging_fd)
+                    except IsADirectoryError:  # a batch's staged folders (_Tree)
+                        shutil.rmtree(leftover, dir_fd=self.staging_fd)
             self.options = self._check_owner(options or WriteOptions())
             #: The umask new files get, when creating a staged file with its
             #: final mode gives exactly that mode minus it (else None).
@@ -684,6 +694,7 @@ class _Staging:
 
     __slots__ = (
         "fd",
+        "folder",
         "hasher",
         "index",
         "name",
@@ -699,6 +710,9 @@ class _Staging:
         self.op = op
         self.index = index  # its place in the batch
         self.name = name  # in staging; "" once renamed into place or discarded
+        #: None: ``name`` is in the staging folder itself; else the folder of
+        #: the batch's ``_Tree`` that holds it.
+        self.folder: str | None = None
         self.fd = -1
         self.staged = False  # the staging file exists
         self.sealed = False  # complete, its mode and owner set, its fd closed
@@ -706,6 +720,109 @@ class _Staging:
         self.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
         self.old_fd = -1  # a delta's base, while copy ranges arrive
         self.old_size = 0
+
+
+class _Tree:
+    """The folders a batch creates where nothing is expected, staged whole
+    in ``.devstack/staging/<token>.t`` with the files and folders the batch
+    creates in them, each to be renamed into place in one step.
+
+    A *root* is a ``mkdir`` expecting nothing whose folder is not itself
+    created in the tree; its *members* are the ops after it in the batch
+    that create, expecting nothing, a folder or a whole (not delta) file in
+    a folder of the tree, each path once. The root's tree folder is named by
+    its op index; a member's tree path mirrors its workspace path below the
+    root. Symlinks, chmods, renames and deletes are never members: they run
+    as ops of their own once their folder is in place, with every check of
+    theirs."""
+
+    __slots__ = ("decided", "dirs", "fd", "name", "roots", "where")
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name = name  # in staging
+        self.fd = fd
+        #: The tree's folders, opened with ``O_NOFOLLOW`` below ``fd``.
+        self.dirs = _DirCache(fd)
+        #: Root op index -> the root and its members, in op order.
+        self.roots: dict[int, list[int]] = {}
+        #: Op index -> its path in the tree.
+        self.where: dict[int, str] = {}
+        #: Outcomes of members whose root went in (or whose content was bad).
+        self.decided: dict[int, Outcome] = {}
+
+    @staticmethod
+    def plan(ops: Sequence[StagedOp], problems: dict[int, Outcome]) -> dict[int, str]:
+        """Op index -> tree path of every root and member (see the class).
+
+        Members go in at their root's place in the batch, ahead of the ops
+        between: so a root takes no more members once an op that is not one
+        touches its folder, anything in it or above it (the same path again,
+        a symlink in it, a rename of a folder above). Ops elsewhere change
+        nothing the tree holds. Roots without a file below them are left out
+        (a lone ``mkdir`` gains nothing from staging)."""
+        folder_of: dict[str, str] = {}  # workspace folder -> its tree path
+        root_of: dict[str, int] = {}  # workspace folder in the tree -> its root
+        above: dict[str, list[int]] = {}  # folder above an open root -> the roots
+        members: dict[int, list[int]] = {}
+        closed: set[int] = set()
+        where: dict[int, str] = {}
+
+        def close(path: str) -> None:
+            """Close every root ``path`` is at or in."""
+            at = len(path)
+            while at > 0:
+                r = root_of.get(path[:at])
+                if r is not None:
+                    closed.add(r)
+                at = path.rfind("/", 0, at)
+
+        for i, op in enumerate(ops):
+            if i in problems:
+                continue  # refused: it changes nothing
+            kind, path = op.kind, op.path
+            for p in (path, op.from_path) if op.from_path else (path,):
+                closed.update(above.get(p, ()))  # at or above an open root
+            head, _, name = path.rpartition("/")
+            parent = folder_of.get(head)
+            candidate = (
+                op.expected_absent
+                and path not in root_of
+                and (kind is _MKDIR or (kind is _WRITE and not op.delta))
+            )
+            if candidate and parent is not None and root_of[head] not in closed:
+                root = root_of[head]
+                tree_path = f"{parent}/{name}"
+            elif candidate and parent is None and kind is _MKDIR and not head_in(head, root_of):
+                root, tree_path = i, str(i)
+                members[i] = []
+                at = path.rfind("/")
+                while at > 0:
+                    above.setdefault(path[:at], []).append(i)
+                    at = path.rfind("/", 0, at)
+            else:
+                close(path)
+                if op.from_path:
+                    close(op.from_path)
+                continue
+            members[root].append(i)
+            where[i] = tree_path
+            if kind is _MKDIR:
+                folder_of[path] = tree_path
+                root_of[path] = root
+            else:
+                root_of.setdefault(path, root)  # (a file: only to close on a repeat)
+        keep = {r for r, ms in members.items() if any(ops[m].kind is _WRITE for m in ms)}
+        return {i: tp for i, tp in where.items() if int(tp.partition("/")[0]) in keep}
+
+
+def head_in(path: str, folders: dict[str, int]) -> bool:
+    """Whether ``path`` or a folder above it is among ``folders``."""
+    at = len(path)
+    while at > 0:
+        if path[:at] in folders:
+            return True
+        at = path.rfind("/", 0, at)
+    return False
 
 
 class Batch:
@@ -734,6 +851,7 @@ class Batch:
         self._done = False
         #: Names this batch's staged files (with its seq and each op's index).
         self._token = f"{seq}-{secrets.token_hex(6)}"
+        self._tree: _Tree | None = None
         problems, staging, dirs, token = self._problems, self._staging, self._dirs, self._token
         try:
             for i, op in enumerate(ops):
@@ -752,9 +870,58 @@ class Batch:
                             problems[i] = not_applied(op.path, reason_of(e), str(e))
                         if dirs.retired or len(dirs.fds) > dirs.limit:
                             dirs.trim()
+            if not ws.replica:
+                self._stage_tree()
         except OSError as e:
             self.abort()
             raise _io_error(f"batch {seq} was discarded, staging failed", e) from e
+
+    def _stage_tree(self) -> None:
+        """Make the batch's ``_Tree`` folders, and point its members' staging there."""
+        where = _Tree.plan(self.ops, self._problems)
+        if not where:
+            return
+        ws = self.ws
+        name = f"{self._token}.t"
+        os.mkdir(name, 0o700, dir_fd=ws.staging_fd)
+        tree = self._tree = _Tree(name, os.open(name, _O_DIR, dir_fd=ws.staging_fd))
+        tree.where = where
+        tdirs, staging = tree.dirs, self._staging
+        for i, tree_path in where.items():  # op order: a folder before what it holds
+            head, _, base = tree_path.rpartition("/")
+            if not head:
+                tree.roots[i] = [i]
+            else:
+                tree.roots[int(head.partition("/")[0])].append(i)
+            st = staging[i]
+            if st is None:  # a folder
+                os.mkdir(base, 0o700, dir_fd=self._tree_fd(head))
+            else:
+                st.folder, st.name = head, base
+            if tdirs.retired or len(tdirs.fds) > tdirs.limit:
+                tdirs.trim()
+
+    def _tree_fd(self, folder: str) -> int:
+        """The descriptor of ``folder`` of the batch's tree (its own
+        descriptor for ""); an ``OSError`` if something replaced a folder
+        there with a symlink (nothing is written through it)."""
+        tree = self._tree
+        assert tree is not None
+        if not folder:
+            return tree.fd
+        try:
+            return tree.dirs.get(folder)
+        except RefusedError as e:
+            raise OSError(errno.ELOOP, f"staged folder {folder!r} was replaced") from e
+
+    def _stage_fd(self, st: _Staging) -> int:
+        """The folder ``st``'s staged file is in."""
+        return self.ws.staging_fd if st.folder is None else self._tree_fd(st.folder)
+
+    def _trim_tree(self) -> None:
+        tree = self._tree
+        if tree is not None and (tree.dirs.retired or len(tree.dirs.fds) > tree.dirs.limit):
+            tree.dirs.trim()
 
     def _delta_base(self, st: _Staging, *, keep: bool) -> int:
         """Open the regular file a delta copies from; its size. With
@@ -805,7 +972,7 @@ class Batch:
             self._close_fd(self._writing)
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         flags |= os.O_APPEND if st.staged else os.O_CREAT | os.O_EXCL
-        st.fd = os.open(st.name, flags, 0o600, dir_fd=self.ws.staging_fd)
+        st.fd = os.open(st.name, flags, 0o600, dir_fd=self._stage_fd(st))
         st.staged = True
         self._writing = st
 
@@ -867,6 +1034,7 @@ class Batch:
         st = self._chunked(index)
         if st is None:
             return
+        self._trim_tree()
         self._stage(f"cannot stage {st.op.path!r}", self._append, st, data)
         self.bytes += len(data)
 
@@ -929,10 +1097,12 @@ class Batch:
         whole batch, as in ``inline``."""
         if self._writing is not None:
             self._close_fd(self._writing)
-        staging, problems = self._staging, self._problems
+        staging, problems, tree = self._staging, self._problems, self._tree
         for index, item in items:
             if index in problems:
                 continue
+            if tree is not None and (tree.dirs.retired or len(tree.dirs.fds) > tree.dirs.limit):
+                tree.dirs.trim()
             st = staging[index]
             if st is None:
                 raise ProtocolError(f"batch {self.seq}: content for op {index}, which is no write")
@@ -975,7 +1145,9 @@ class Batch:
                 perm = ws.options.file_perm(entry.mode)
                 if not perm & (~0o777 | ws.umask):
                     mode, final = perm, True
-        st.fd = os.open(st.name, flags, mode, dir_fd=ws.staging_fd)
+        st.fd = os.open(
+            st.name, flags, mode, dir_fd=ws.staging_fd if st.folder is None else self._stage_fd(st)
+        )
         st.staged = True
         try:
             _write_all(st.fd, data)
@@ -1002,6 +1174,21 @@ class Batch:
                 with contextlib.suppress(OSError):
                     self._release(st, unlink=True)
         self._dirs.close()
+        self._drop_tree()
+
+    def _drop_tree(self) -> None:
+        """Remove what is left of the batch's tree (nothing, once every root
+        went in; the folders of a root that could not)."""
+        tree, self._tree = self._tree, None
+        if tree is None:
+            return
+        tree.dirs.close()
+        os.close(tree.fd)
+        try:
+            os.rmdir(tree.name, dir_fd=self.ws.staging_fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tree.name, dir_fd=self.ws.staging_fd)
 
     def _release(self, st: _Staging, *, unlink: bool) -> None:
         self._close_fd(st)
@@ -1010,7 +1197,7 @@ class Batch:
             name, st.name = st.name, ""
             if st.staged:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=self.ws.staging_fd)
+                    os.unlink(name, dir_fd=self._stage_fd(st))
 
     def commit(self) -> list[Outcome]:
         """Apply every op in order; each either applies or reports why not.
@@ -1020,7 +1207,7 @@ class Batch:
         outcomes: list[Outcome] = []
         if self._done:
             raise ProtocolError(f"batch {self.seq} was already committed or discarded")
-        problems, staging, dirs = self._problems, self._staging, self._dirs
+        problems, staging, dirs, tree = self._problems, self._staging, self._dirs, self._tree
         with ws.lock:
             finished = False
             try:
@@ -1028,6 +1215,11 @@ class Batch:
                     if dirs.retired or len(dirs.fds) > dirs.limit:  # (no call: once an op)
                         dirs.trim()
                     st = staging[i]
+                    if tree is not None:
+                        placed = tree.decided.pop(i, None)
+                        if placed is not None:  # its root's folder went in
+                            outcomes.append(placed)
+                            continue
                     known = problems.get(i) if problems else None
                     if known is not None:
                         outcomes.append(known)
@@ -1035,7 +1227,9 @@ class Batch:
                             self._release(st, unlink=True)
                         continue
                     try:
-                        outcome = self._apply(op, st)
+                        outcome = (
+                            tree is not None and i in tree.roots and self._place_tree(i, op)
+                        ) or self._apply(op, st)
                     except (UnsafePathError, ProtocolError) as e:
                         outcome = not_applied(op.path, reason_of(e), str(e))
                     except OSError as e:
@@ -1058,10 +1252,79 @@ class Batch:
                             with contextlib.suppress(OSError):
                                 self._release(left, unlink=True)
                 self._dirs.close()
+                with contextlib.suppress(OSError):
+                    self._drop_tree()
             ws.counters.batches_applied += 1
             ws.counters.bytes_received += self.bytes
             ws.save_state(force=False)
         return outcomes
+
+    def _place_tree(self, root: int, op: StagedOp) -> Outcome | None:
+        """Rename root ``root``'s staged folder into place, with every member
+        whose content is complete and as declared (the others are left out
+        and report why), in one ``RENAME_NOREPLACE`` step; then give its
+        folders their modes, the deepest first, as ``mkdir`` does. None:
+        something is at its place already, or the filesystem cannot refuse
+        to replace; then the root and its members go one op at a time, as
+        any op does."""
+        tree, ws, staging, ops, dirs = self._tree, self.ws, self._staging, self.ops, self._dirs
+        assert tree is not None
+        members = tree.roots.pop(root)
+        if not ws.noreplace:
+            return None
+        tdirs = tree.dirs
+        keys: dict[int, StatKey] = {}
+        ready: list[int] = []
+        for j in members:
+            st = staging[j]
+            if st is not None:
+                problem = self._problems.get(j) or self._verify(st)
+                if problem is not None:
+                    tree.decided[j] = problem
+                    self._release(st, unlink=True)
+                    continue
+                keys[j] = stat_key(
+                    os.stat(st.name, dir_fd=self._stage_fd(st), follow_symlinks=False)
+                )
+            ready.append(j)
+            if tdirs.retired or len(tdirs.fds) > tdirs.limit:
+                tdirs.trim()
+        head, _, name = op.path.rpartition("/")
+        parent = dirs.get(head)
+        try:
+            placed = rename_noreplace(tree.fd, tree.where[root], parent, name)
+        except FileExistsError:
+            return None
+        if not placed:
+            ws.noreplace = False
+            return None
+        dirs.forget(op.path)
+        cache, record, opts = ws.cache, ws._record, ws.options
+        for j in reversed(ready):  # op order has a folder before what it holds
+            member, st = ops[j], staging[j]
+            entry = member.entry
+            assert entry is not None
+            if st is not None:
+                st.name = ""
+                st.staged = False
+                cache.put(member.path, keys[j], entry.digest)
+                ws.counters.files_written += 1
+            else:
+                where, _, base = member.path.rpartition("/")
+                try:
+                    self._chmod_chown(
+                        dirs.get(where), base, opts.dir_perm(entry.mode), directory=True
+                    )
+                except (UnsafePathError, OSError) as e:  # as ``mkdir`` would report it
+                    why = e.strerror if isinstance(e, OSError) else str(e)
+                    code = reason_of(e) if isinstance(e, UnsafePathError) else Reason.IO_ERROR
+                    tree.decided[j] = not_applied(member.path, code, f"{member.path!r}: {why}")
+                    continue
+                if dirs.retired or len(dirs.fds) > dirs.limit:
+                    dirs.trim()
+            record(member.path, entry)
+            tree.decided[j] = Outcome(True, member.path)
+        return tree.decided.pop(root)
 
     def _apply(self, op: StagedOp, st: _Staging | None) -> Outcome:
         """Look at the workspace, decide (``devstack.core.sync.decide``),
@@ -1191,7 +1454,7 @@ class Batch:
             assert s.current is not None
             self._remove(s.parent, s.name, s.current)
             self._dirs.forget(s.op.path)
-        os.rename(st.name, s.name, src_dir_fd=self.ws.staging_fd, dst_dir_fd=s.parent)
+        os.rename(st.name, s.name, src_dir_fd=self._stage_fd(st), dst_dir_fd=s.parent)
         return self._written(st, s.parent, s.name)
 
     def _rename(self, op: StagedOp) -> Outcome:
@@ -1296,7 +1559,7 @@ class Batch:
             return None
         parent = self._dirs.get(head)
         try:
-            if not rename_noreplace(ws.staging_fd, st.name, parent, name):
+            if not rename_noreplace(self._stage_fd(st), st.name, parent, name):
                 ws.noreplace = False
                 return None
         except FileExistsError:
@@ -1324,7 +1587,7 @@ class Batch:
         below it that cannot be listed or opened refuses the move
         (``UnsafePathError``): a link the sidecar cannot see is not moved."""
 
-        def refuse(e: OSError) -> None:
+        def refuse(e: OSError) -> NoReturn:
             where = f"{folder}/{e.filename}" if isinstance(e.filename, str) else folder
             raise RefusedError(
                 Reason.UNREADABLE,
@@ -1342,8 +1605,13 @@ class Batch:
                 longest = max(longest, len(path.encode("utf-8", "surrogateescape")))
                 try:
                     target = os.readlink(n, dir_fd=dfd)
-                except OSError:  # not a symlink
-                    continue
+                except OSError as e:
+                    if e.errno in (errno.EINVAL, errno.ENOENT):  # not a symlink, or gone
+                        continue
+                    # a folder the sidecar may list but not search (no x bit):
+                    # what it holds cannot be read, so it is not moved
+                    e.filename = path
+                    refuse(e)
                 out.append((path, target))
         return out, longest
 

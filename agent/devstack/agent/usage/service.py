@@ -215,6 +215,7 @@ class UsageService:
                         watch_timeout=watch_timeout,
                         metrics=metrics,
                         clock=self.clock,
+                        purpose="usage",
                     )
                 )
         metrics.registry.register(UsageCollector(self))

@@ -93,8 +93,9 @@ def pack(changes: Sequence[Change], start: int, limits: Limits) -> Packed:
 
 
 #: The actions of a plan's run of writes (``devstack.core.plan``): one change
-#: per path, in path order only, none depending on another's place in it.
-_WRITES_RUN = frozenset({Action.WRITE, Action.SYMLINK, Action.CHMOD, Action.ADOPT})
+#: per path, in depth-first path order, none depending on another's place in
+#: it but on the folders it is in (a new folder goes right before its content).
+_WRITES_RUN = frozenset({Action.WRITE, Action.SYMLINK, Action.CHMOD, Action.ADOPT, Action.MKDIR})
 
 
 def interleave(changes: Sequence[Change], inline_max: int) -> list[Change]:
@@ -126,14 +127,49 @@ def interleave(changes: Sequence[Change], inline_max: int) -> list[Change]:
             # the run starts with a small one, so the sidecar has work at once,
             # and ends with small ones while there are enough.
             s, ell, placed = len(small), len(large), 0
+            spread: list[Change] = []
             for k, big in enumerate(large):
                 at = -(-(k + 1) * s // (ell + 1))
-                out.extend(small[placed:at])
+                spread.extend(small[placed:at])
                 placed = at
-                out.append(big)
-            out.extend(small[placed:])
+                spread.append(big)
+            spread.extend(small[placed:])
+            out.extend(_after_folders(spread))
         i = j
     return out
+
+
+def _after_folders(run: list[Change]) -> list[Change]:
+    """``run`` with every change that was moved ahead of a folder it is in
+    (made in this run) put right after the last such folder."""
+    made = {c.path for c in run if c.action is Action.MKDIR}
+    if not made:
+        return run
+    out: list[Change] = []
+    waiting: list[Change] = []
+    for c in run:
+        if _waits_for(c.path, made):
+            waiting.append(c)
+            continue
+        out.append(c)
+        if c.action is Action.MKDIR:
+            made.discard(c.path)
+            if waiting:
+                ready = [w for w in waiting if not _waits_for(w.path, made)]
+                out.extend(ready)
+                waiting = [w for w in waiting if not any(w is r for r in ready)]
+    out.extend(waiting)  # (none: the plan makes each folder in the run)
+    return out
+
+
+def _waits_for(path: str, folders: set[str]) -> bool:
+    """Whether a folder of ``path`` is among ``folders`` (not made yet)."""
+    at = path.rfind("/")
+    while at > 0:
+        if path[:at] in folders:
+            return True
+        at = path.rfind("/", 0, at)
+    return False
 
 
 def wants_delta(change: Change) -> bool:
