@@ -1084,6 +1084,7 @@ class Batch:
         st = self._staging[index]
         if st is None:
             raise ProtocolError(f"batch {self.seq}: content for op {index}, which is no write")
+        self._trim_tree()
         self._stage(f"cannot stage {st.op.path!r}", self._append, st, data)
         self.bytes += len(data)
 
