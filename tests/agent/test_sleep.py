@@ -9,13 +9,13 @@ from collections.abc import Sequence
 import pytest
 
 from devstack.agent.desired import (
-    ASLEEP_HEADER,
     ASLEEP_OWNER_LABEL,
     AgentSettings,
     ObjectRef,
     desired_state,
 )
 from devstack.agent.sleep import (
+    ASLEEP_HEADER,
     CopyFacts,
     Gone,
     IdleTracker,

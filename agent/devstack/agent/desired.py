@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from devstack.agent.sleep import ASLEEP_HEADER, asleep_message, format_time
 from devstack.core.owner import check_owner
 from devstack.core.routing import (
     EXPIRES_AT_ANNOTATION,
@@ -69,8 +70,6 @@ PREVIEW_PRIORITY = 1000
 INGRESS_ROUTE = "IngressRoute"
 MIDDLEWARE = "Middleware"
 
-#: The response header of a request the baseline serves for a sleeping copy.
-ASLEEP_HEADER = "X-Devstack-Asleep"
 #: On the Middlewares of a sleeping copy's fallback routes: whose copy sleeps.
 ASLEEP_OWNER_LABEL = "devstack.dev/asleep-owner"
 
@@ -375,18 +374,6 @@ def asleep_middleware_name(service: str, owner: str, *, route: bool = False) -> 
     return f"devstack-{service}--{owner}-asleep" + ("-route" if route else "")
 
 
-def _rfc3339(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def asleep_header(service: str, owner: str, since: datetime.datetime) -> str:
-    """The value of :data:`ASLEEP_HEADER` for ``owner``'s copy of ``service``."""
-    return (
-        f"{service} copy of {owner} asleep since {_rfc3339(since)}; "
-        f"devstack connect {service} wakes it"
-    )
-
-
 def fallback_objects(
     baseline: Copy, owner: Owner, since: datetime.datetime, settings: AgentSettings
 ) -> tuple[list[RawObject], dict[ObjectRef, RawObject]]:
@@ -396,7 +383,7 @@ def fallback_objects(
     syntax = settings.syntax
     service = baseline.service
     svc_host = host_rule(host(service, settings), syntax=syntax)
-    response = {ASLEEP_HEADER: asleep_header(service, owner, since)}
+    response = {ASLEEP_HEADER: asleep_message(service, owner, since.timestamp())}
     names = (
         asleep_middleware_name(service, owner),
         asleep_middleware_name(service, owner, route=True),
@@ -509,7 +496,7 @@ def desired_state(
                         ),
                         expired=is_expired,
                         asleep_since=(
-                            _rfc3339(asleep[(service, owner)])
+                            format_time(asleep[(service, owner)].timestamp())
                             if (service, owner) in asleep
                             else None
                         ),
