@@ -55,7 +55,7 @@ traefik.containo.us
 
 {{- /*
 The rules the agent needs where it watches Services: exactly the calls it makes
-(tests/scenarios/test_rbac.py runs the agent and compares):
+(tests/cluster/test_rbac.py runs the agent and compares):
 - services list/watch: its informers keep a cache of the Services it routes;
 - pods and persistentvolumeclaims list/watch: usage attribution keeps the lifetimes
   of the owners' Pods, PVCs (and LoadBalancer Services); metrics.k8s.io pods list
