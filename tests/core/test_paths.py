@@ -3,7 +3,13 @@ from collections.abc import Callable
 import pytest
 
 from devstack.core.errors import UnsafePathError
-from devstack.core.paths import MAX_LINK_HOPS, check_link_target, check_relpath, resolve_link
+from devstack.core.paths import (
+    MAX_LINK_HOPS,
+    check_link_target,
+    check_relpath,
+    folders_above,
+    resolve_link,
+)
 
 
 @pytest.mark.parametrize(
@@ -114,3 +120,11 @@ def test_resolve_link_escapes(name: str, links: dict[str, str], path: str, targe
 def test_resolve_link_follows_at_most_the_kernel_limit() -> None:
     chain = {f"l{i}": f"l{i + 1}" for i in range(MAX_LINK_HOPS + 5)}
     assert resolve_link("x", "l0", _disk(chain)) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "folders"),
+    [("top", []), ("a/b", ["a"]), ("a/b/c", ["a/b", "a"]), ("a-b/c/d.txt", ["a-b/c", "a-b"])],
+)
+def test_folders_above_a_path_innermost_first(path: str, folders: list[str]) -> None:
+    assert list(folders_above(path)) == folders

@@ -52,7 +52,7 @@ def add_project_arguments(
         "-e",
         "--environment",
         default=None,
-        help="the Helmfile environment (env HELMFILE_ENVIRONMENT; default: Helmfile's, default)",
+        help="the Helmfile environment (env HELMFILE_ENVIRONMENT; default: default)",
     )
     g.add_argument(
         "--owner",

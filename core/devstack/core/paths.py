@@ -9,7 +9,7 @@ reserved for the sidecar's own state.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from devstack.core.errors import UnsafePathError
 
@@ -149,6 +149,15 @@ def resolve_link(path: str, target: str, readlink: Callable[[str], str | None]) 
             )
         pending = link.split("/") + pending
     return "/".join(where)
+
+
+def folders_above(path: str) -> Iterator[str]:
+    """The folders ``path`` lies in, the innermost first: ``a/b``, then
+    ``a``, for ``a/b/c``; none for a top-level entry."""
+    at = path.rfind("/")
+    while at > 0:
+        yield path[:at]
+        at = path.rfind("/", 0, at)
 
 
 def depth(path: str) -> int:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from devstack.core.manifest import Entry, Kind, Manifest, SyncState, make_entry
-from devstack.core.paths import depth
+from devstack.core.paths import depth, folders_above
 from devstack.core.sync.conflict import Deed, conflict
 from devstack.core.sync.model import OpKind, Reason
 
@@ -282,9 +282,7 @@ def _fresh_folders(mkdirs: list[Change], renames: list[Change]) -> set[str]:
     renamed into stays with the other folders, before the renames."""
     fresh = {c.path for c in mkdirs if c.expected is None}
     for r in renames:
-        parts = r.path.split("/")
-        for i in range(1, len(parts)):
-            fresh.discard("/".join(parts[:i]))
+        fresh.difference_update(folders_above(r.path))
     return fresh
 
 

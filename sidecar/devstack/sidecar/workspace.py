@@ -82,6 +82,7 @@ from devstack.core.paths import (
     RESERVED_DIR,
     check_link_target,
     check_relpath,
+    folders_above,
     resolve_link,
 )
 from devstack.core.sync.decide import (
@@ -769,12 +770,10 @@ class _Tree:
 
         def close(path: str) -> None:
             """Close every root ``path`` is at or in."""
-            at = len(path)
-            while at > 0:
-                r = root_of.get(path[:at])
+            for p in (path, *folders_above(path)):
+                r = root_of.get(p)
                 if r is not None:
                     closed.add(r)
-                at = path.rfind("/", 0, at)
 
         for i, op in enumerate(ops):
             if i in problems:
@@ -792,13 +791,16 @@ class _Tree:
             if candidate and parent is not None and root_of[head] not in closed:
                 root = root_of[head]
                 tree_path = f"{parent}/{name}"
-            elif candidate and parent is None and kind is _MKDIR and not head_in(head, root_of):
+            elif (
+                candidate
+                and parent is None
+                and kind is _MKDIR
+                and not any(f in root_of for f in (head, *folders_above(head)))
+            ):
                 root, tree_path = i, str(i)
                 members[i] = []
-                at = path.rfind("/")
-                while at > 0:
-                    above.setdefault(path[:at], []).append(i)
-                    at = path.rfind("/", 0, at)
+                for f in folders_above(path):
+                    above.setdefault(f, []).append(i)
             else:
                 close(path)
                 if op.from_path:
@@ -813,16 +815,6 @@ class _Tree:
                 root_of.setdefault(path, root)  # (a file: only to close on a repeat)
         keep = {r for r, ms in members.items() if any(ops[m].kind is _WRITE for m in ms)}
         return {i: tp for i, tp in where.items() if int(tp.partition("/")[0]) in keep}
-
-
-def head_in(path: str, folders: dict[str, int]) -> bool:
-    """Whether ``path`` or a folder above it is among ``folders``."""
-    at = len(path)
-    while at > 0:
-        if path[:at] in folders:
-            return True
-        at = path.rfind("/", 0, at)
-    return False
 
 
 class Batch:
@@ -886,7 +878,7 @@ class Batch:
         os.mkdir(name, 0o700, dir_fd=ws.staging_fd)
         tree = self._tree = _Tree(name, os.open(name, _O_DIR, dir_fd=ws.staging_fd))
         tree.where = where
-        tdirs, staging = tree.dirs, self._staging
+        staging = self._staging
         for i, tree_path in where.items():  # op order: a folder before what it holds
             head, _, base = tree_path.rpartition("/")
             if not head:
@@ -898,8 +890,7 @@ class Batch:
                 os.mkdir(base, 0o700, dir_fd=self._tree_fd(head))
             else:
                 st.folder, st.name = head, base
-            if tdirs.retired or len(tdirs.fds) > tdirs.limit:
-                tdirs.trim()
+            self._trim_tree()
 
     def _tree_fd(self, folder: str) -> int:
         """The descriptor of ``folder`` of the batch's tree (its own
@@ -1098,12 +1089,11 @@ class Batch:
         whole batch, as in ``inline``."""
         if self._writing is not None:
             self._close_fd(self._writing)
-        staging, problems, tree = self._staging, self._problems, self._tree
+        staging, problems = self._staging, self._problems
         for index, item in items:
             if index in problems:
                 continue
-            if tree is not None and (tree.dirs.retired or len(tree.dirs.fds) > tree.dirs.limit):
-                tree.dirs.trim()
+            self._trim_tree()
             st = staging[index]
             if st is None:
                 raise ProtocolError(f"batch {self.seq}: content for op {index}, which is no write")
@@ -1146,9 +1136,7 @@ class Batch:
                 perm = ws.options.file_perm(entry.mode)
                 if not perm & (~0o777 | ws.umask):
                     mode, final = perm, True
-        st.fd = os.open(
-            st.name, flags, mode, dir_fd=ws.staging_fd if st.folder is None else self._stage_fd(st)
-        )
+        st.fd = os.open(st.name, flags, mode, dir_fd=self._stage_fd(st))
         st.staged = True
         try:
             _write_all(st.fd, data)
@@ -1231,12 +1219,8 @@ class Batch:
                         outcome = (
                             tree is not None and i in tree.roots and self._place_tree(i, op)
                         ) or self._apply(op, st)
-                    except (UnsafePathError, ProtocolError) as e:
-                        outcome = not_applied(op.path, reason_of(e), str(e))
-                    except OSError as e:
-                        outcome = not_applied(
-                            op.path, Reason.IO_ERROR, f"{op.path!r}: {e.strerror or e}"
-                        )
+                    except (UnsafePathError, ProtocolError, OSError) as e:
+                        outcome = _failed(op.path, e)
                     finally:
                         if st is not None and (st.fd >= 0 or st.old_fd >= 0 or st.name):
                             with contextlib.suppress(OSError):
@@ -1273,7 +1257,6 @@ class Batch:
         members = tree.roots.pop(root)
         if not ws.noreplace:
             return None
-        tdirs = tree.dirs
         keys: dict[int, StatKey] = {}
         ready: list[int] = []
         for j in members:
@@ -1288,8 +1271,7 @@ class Batch:
                     os.stat(st.name, dir_fd=self._stage_fd(st), follow_symlinks=False)
                 )
             ready.append(j)
-            if tdirs.retired or len(tdirs.fds) > tdirs.limit:
-                tdirs.trim()
+            self._trim_tree()
         head, _, name = op.path.rpartition("/")
         parent = dirs.get(head)
         try:
@@ -1317,9 +1299,7 @@ class Batch:
                         dirs.get(where), base, opts.dir_perm(entry.mode), directory=True
                     )
                 except (UnsafePathError, OSError) as e:  # as ``mkdir`` would report it
-                    why = e.strerror if isinstance(e, OSError) else str(e)
-                    code = reason_of(e) if isinstance(e, UnsafePathError) else Reason.IO_ERROR
-                    tree.decided[j] = not_applied(member.path, code, f"{member.path!r}: {why}")
+                    tree.decided[j] = _failed(member.path, e)
                     continue
                 if dirs.retired or len(dirs.fds) > dirs.limit:
                     dirs.trim()
@@ -1721,6 +1701,13 @@ def open_workspace(root: Path, **kwargs: object) -> Iterator[Workspace]:
         yield ws
     finally:
         ws.close()
+
+
+def _failed(path: str, e: UnsafePathError | ProtocolError | OSError) -> Outcome:
+    """The outcome of an op at ``path`` that raised ``e`` while applied."""
+    if isinstance(e, OSError):
+        return not_applied(path, Reason.IO_ERROR, f"{path!r}: {e.strerror or e}")
+    return not_applied(path, reason_of(e), str(e))
 
 
 def _write_all(fd: int, data: bytes) -> None:

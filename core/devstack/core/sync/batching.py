@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from devstack.core.delta import DELTA_THRESHOLD
 from devstack.core.manifest import Kind
+from devstack.core.paths import folders_above
 from devstack.core.plan import Action, Change
 
 #: Inline content per batch message (the gRPC limit is 4 MiB).
@@ -147,29 +148,25 @@ def _after_folders(run: list[Change]) -> list[Change]:
         return run
     out: list[Change] = []
     waiting: list[Change] = []
+
+    def waits(c: Change) -> bool:
+        """Whether a folder ``c`` lies in is not made yet."""
+        return any(f in made for f in folders_above(c.path))
+
     for c in run:
-        if _waits_for(c.path, made):
+        if waits(c):
             waiting.append(c)
             continue
         out.append(c)
         if c.action is Action.MKDIR:
             made.discard(c.path)
             if waiting:
-                ready = [w for w in waiting if not _waits_for(w.path, made)]
-                out.extend(ready)
-                waiting = [w for w in waiting if not any(w is r for r in ready)]
+                still: list[Change] = []
+                for w in waiting:
+                    (still if waits(w) else out).append(w)
+                waiting = still
     out.extend(waiting)  # (none: the plan makes each folder in the run)
     return out
-
-
-def _waits_for(path: str, folders: set[str]) -> bool:
-    """Whether a folder of ``path`` is among ``folders`` (not made yet)."""
-    at = path.rfind("/")
-    while at > 0:
-        if path[:at] in folders:
-            return True
-        at = path.rfind("/", 0, at)
-    return False
 
 
 def wants_delta(change: Change) -> bool:
