@@ -165,6 +165,40 @@ def test_scan_can_defer_hashing_new_small_files(tmp_path: Path) -> None:
     assert cache.get("small", stat_key(os.lstat(tmp_path / "small"))) is None
 
 
+@pytest.mark.parametrize("every", [1, 7, 10_000])
+def test_scan_emits_every_entry_once_as_it_goes_each_folder_before_its_content(
+    tmp_path: Path, every: int
+) -> None:
+    for i in range(6):
+        folder = tmp_path / f"d{i}" / "inner"
+        folder.mkdir(parents=True)
+        for j in range(4):
+            (folder / f"f{j}.txt").write_text(f"{i}{j}")
+        (tmp_path / f"d{i}" / "top.txt").write_text("t")
+    (tmp_path / "d0" / "link").symlink_to("top.txt")
+    (tmp_path / "d1" / ".gitignore").write_text("inner/\n")
+    segments: list[list[Entry]] = []
+    into: dict[str, Entry] = {}
+    m = _scan(tmp_path, into=into, emit=segments.append, emit_every=every)
+    assert m is into
+    emitted = [e for seg in segments for e in seg]
+    assert [e.path for e in emitted] == list(m)  # each once, in the order found
+    assert emitted == list(m.values())
+    assert "d1/inner" not in m and "d0/link" in m  # the scan's rules hold for what it emits
+    seen: set[str] = set()
+    for e in emitted:
+        parent = e.path.rpartition("/")[0]
+        assert not parent or parent in seen, f"{e.path} went out before its folder"
+        seen.add(e.path)
+    # A segment goes out once ``every`` entries gathered (after a folder's
+    # listing), the rest at the end.
+    assert all(len(seg) >= every for seg in segments[:-1])
+    if every == 10_000:
+        assert len(segments) == 1
+    if every == 1:  # one a folder listed (those that hold something)
+        assert len(segments) == 1 + 6 + 5
+
+
 def test_scan_gives_each_entry_its_state_from_the_ancestors(tmp_path: Path) -> None:
     (tmp_path / "same").write_bytes(b"1")
     (tmp_path / "changed").write_bytes(b"2")

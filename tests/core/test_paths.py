@@ -1,10 +1,13 @@
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from devstack.core.errors import UnsafePathError
 from devstack.core.paths import (
     MAX_LINK_HOPS,
+    _check_relpath_fully,
     check_link_target,
     check_relpath,
     folders_above,
@@ -128,3 +131,37 @@ def test_resolve_link_follows_at_most_the_kernel_limit() -> None:
 )
 def test_folders_above_a_path_innermost_first(path: str, folders: list[str]) -> None:
     assert list(folders_above(path)) == folders
+
+
+def _verdict(check: Callable[[str], str], path: str) -> str:
+    try:
+        return "ok: " + check(path)
+    except UnsafePathError as e:
+        return f"refused: {e}"
+
+
+_SEGMENT = st.one_of(
+    st.sampled_from(["", ".", "..", ".devstack", "a", "x" * 255, "x" * 256, "é" * 128]),
+    st.text(alphabet=st.sampled_from("ab./\x00é"), max_size=8),
+)
+
+
+@given(st.lists(_SEGMENT, min_size=1, max_size=20).map("/".join))
+def test_the_quick_check_of_a_path_says_what_the_full_one_says(path: str) -> None:
+    assert _verdict(check_relpath, path) == _verdict(_check_relpath_fully, path)
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/".join(["x" * 200] * 20) + "/" + "z" * 76, True),  # 4,096 bytes: the longest
+        ("/".join(["x" * 200] * 20) + "/" + "z" * 77, False),
+        ("/".join(["x" * 100] * 3) + "/" + "y" * 256, False),
+        ("/".join(["é" * 127] * 2), True),  # 254 bytes a name
+        ("/".join(["é" * 128] * 2), False),  # 256
+    ],
+)
+def test_long_paths_get_the_same_verdict_both_ways(path: str, ok: bool) -> None:
+    verdict = _verdict(check_relpath, path)
+    assert verdict.startswith("ok") is ok
+    assert verdict == _verdict(_check_relpath_fully, path)

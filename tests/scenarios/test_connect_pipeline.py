@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,114 @@ def test_a_file_that_vanishes_from_a_batch_built_ahead_is_left_for_the_next_roun
     _sync_once(src, sc)
     assert not (sc.workspace / "e.txt").exists()
     assert tree_state(sc.workspace) == tree_state(src)
+
+
+class _Told:
+    """What the reporter was told, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def round_started(self, plan: Plan, *, initial: bool) -> None:
+        self.events.append(("started", len(plan.changes), plan.bytes_to_send()))
+
+    def progress(self, files: int, nbytes: int) -> None:
+        self.events.append(("progress", files, nbytes))
+
+    def round_finished(self, stats: Stats) -> None:
+        self.events.append(("finished", stats.files_synced, 0))
+
+    def event(self, event: pb.Event) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+def test_a_first_sync_into_an_empty_workspace_is_applied_while_the_scan_goes_on(
+    env: tuple[Path, Sidecar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, sc = env
+    for i in range(12):
+        folder = src / f"pkg{i:02d}"
+        folder.mkdir()
+        for j in range(5):
+            (folder / f"m{j}.py").write_text(f"# {i} {j}\n" * 50)
+    (src / "pkg00" / "big.bin").write_bytes(os.urandom(INLINE_MAX + 1))
+    monkeypatch.setattr(syncer_mod, "Limits", functools.partial(Limits, max_ops=4))
+    real_scan = syncer_mod.scan
+    waited: list[bool] = []
+
+    def scan_that_waits_for_the_sidecar(*args: Any, **kw: Any) -> Any:
+        emit = kw["emit"]
+        if emit is None:  # a later round's scan
+            return real_scan(*args, **kw)
+        first: list[str] = []
+
+        def emitting(entries: list[Any]) -> None:
+            emit(entries)
+            if first:
+                return
+            # The first segment went out: the scan goes on only once the
+            # sidecar applied some of it (a scan that must end before
+            # anything is sent never gets there, and this times out).
+            first.extend(e.path for e in entries)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if any((sc.workspace / p).exists() for p in first):
+                    waited.append(True)
+                    return
+                time.sleep(0.01)
+            waited.append(False)
+
+        kw["emit"], kw["emit_every"] = emitting, 8
+        return real_scan(*args, **kw)
+
+    monkeypatch.setattr(syncer_mod, "scan", scan_that_waits_for_the_sidecar)
+    told = _Told()
+    syncer = Syncer(
+        src,
+        Target(sc.address, "tok-123"),
+        reporter=told,
+        cache_path=src.parent / "cache-of-this-story",
+        compress="never",
+    )
+    assert asyncio.run(syncer.run(once=True)) == 0
+    assert waited == [True], "nothing was applied before the scan ended"
+    assert tree_state(sc.workspace) == tree_state(src)
+    # The totals are told first (once the scan ended), every file sent is
+    # counted once, and the round planned every entry.
+    kind, changes, nbytes = told.events[0]
+    assert (kind, changes) == ("started", 12 + 12 * 5 + 1)
+    assert nbytes == sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    sent = [e for e in told.events if e[0] == "progress"]
+    assert sum(files for _, files, _ in sent) == changes
+    assert sum(b for _, _, b in sent) == nbytes
+    assert syncer.stats.files_synced == 12 * 5 + 1
+
+
+def test_a_first_sync_into_a_workspace_that_holds_something_plans_after_the_scan(
+    env: tuple[Path, Sidecar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, sc = env
+    (sc.workspace / "there.txt").write_text("already")
+    for i in range(20):
+        (src / f"f{i}.txt").write_text(str(i))
+    real_scan = syncer_mod.scan
+    done: list[bool] = []
+
+    def scan_then_mark(*args: Any, **kw: Any) -> Any:
+        got = real_scan(*args, **kw)
+        done.append(True)
+        return got
+
+    sent_before_scan_ended: list[bool] = []
+    send = syncer_mod._Session.send
+
+    async def traced_send(self: Any, msg: pb.ClientMessage) -> None:
+        if msg.WhichOneof("msg") == "batch":
+            sent_before_scan_ended.append(not done)
+        await send(self, msg)
+
+    monkeypatch.setattr(syncer_mod, "scan", scan_then_mark)
+    monkeypatch.setattr(syncer_mod._Session, "send", traced_send)
+    _sync_once(src, sc)
+    assert sent_before_scan_ended and not any(sent_before_scan_ended)
+    assert (sc.workspace / "f19.txt").read_text() == "19"

@@ -78,6 +78,7 @@ from devstack.core.sync.batching import (
     Carry,
     Limits,
     Packed,
+    carry,
     interleave,
     pack,
     wants_delta,
@@ -220,6 +221,87 @@ def _off_loop(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
 
     threading.Thread(target=work, name="connect-io", daemon=True).start()
     return fut
+
+
+class _Segments:
+    """The first scan's entries as it finds them (``scan``'s ``emit``, on
+    the scanning thread), for a first round into an empty workspace to send
+    while the scan goes on. ``None`` ends them; a scan that fails ends them
+    too (its error comes from the scan's own future)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[list[Entry] | None] = asyncio.Queue()
+        #: No more segments: the scan returned (or failed).
+        self.ended = False
+
+    def feed(self, entries: list[Entry] | None) -> None:
+        """Hand over a segment (``None``: the end), from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, entries)
+
+    async def next(self, *, wait: bool) -> list[Entry] | None:
+        """The next segment; None at the end, or (``wait`` false) when none
+        came yet."""
+        if self.ended:
+            return None
+        if wait:
+            got = await self._queue.get()
+        else:
+            try:
+                got = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        if got is None:
+            self.ended = True
+        return got
+
+
+class _Feed:
+    """The changes of a first round into an empty workspace, planned from
+    the scan's segments as they come (every entry is a create, so a
+    segment's plan needs nothing but the segment). Large files wait until
+    the scan ends, and then go spread among the changes not sent yet, as
+    ``interleave`` spreads them in any round."""
+
+    def __init__(
+        self,
+        segments: _Segments,
+        planner: Callable[[Manifest], Plan],
+        ended: Callable[[list[Change]], None],
+    ) -> None:
+        self._segments = segments
+        self._planner = planner
+        self._ended = ended
+        self._large: list[Change] = []
+        #: Every change planned so far, in plan order.
+        self.planned: list[Change] = []
+        self.done = False
+
+    def full(self, changes: list[Change], i: int, limits: Limits) -> bool:
+        """Whether the batch at ``changes[i]`` can be packed now: it is
+        full, or nothing more will come."""
+        return self.done or pack(changes, i, limits).end < len(changes)
+
+    async def top_up(self, changes: list[Change], i: int, limits: Limits, *, wait: bool) -> None:
+        """Plan segments into ``changes`` until the batch at ``i`` is full
+        or the scan ended; without ``wait``, only those already here."""
+        while not self.full(changes, i, limits):
+            seg = await self._segments.next(wait=wait)
+            if seg is None:
+                if not self._segments.ended:
+                    return  # none here yet
+                self.done = True
+                changes[i:] = interleave([*changes[i:], *self._large], limits.inline_max)
+                self._ended(self.planned)
+                return
+            planned = self._planner({e.path: e for e in seg}).changes
+            self.planned += planned
+            for ch in planned:
+                if carry(ch, limits.inline_max) is Carry.CHUNKED:
+                    self._large.append(ch)
+                else:
+                    changes.append(ch)
 
 
 def _open_regular(root: str, path: str) -> tuple[int, os.stat_result] | None:
@@ -457,6 +539,9 @@ class Syncer:
         #: files, hashed as they are read to be sent).
         self._deferred: set[str] = set()
         self._reader_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Files and bytes sent before the round's totals were told (a
+        #: streamed first round tells them when its scan ends); None: told.
+        self._early: list[int] | None = None
         self.local: Manifest = {}
         #: The picture of the workspace, the held paths and the stats.
         self.ledger = Ledger()
@@ -637,14 +722,20 @@ class Syncer:
             call = stub.Session()
             session = _Session(call, self.reporter, self.stats, t.address)
             # Scan the local tree while the sidecar scans its workspace.
-            prescan = asyncio.ensure_future(self._cache_thread(self._rescan, None))
+            segments = _Segments(asyncio.get_running_loop())
+            prescan = asyncio.ensure_future(self._cache_thread(self._rescan, None, segments))
             self._cache_saved_at = None
             try:
                 await self._handshake(call)
-                await prescan
-                self.stats.connected = True
-                session.reader = asyncio.create_task(session.read_loop())
-                first = await self._round(session, initial=True, scope=None, scanned=True)
+                if self._streams_first_round():
+                    self.stats.connected = True
+                    session.reader = asyncio.create_task(session.read_loop())
+                    first = await self._streamed_round(session, segments, prescan)
+                else:
+                    await prescan
+                    self.stats.connected = True
+                    session.reader = asyncio.create_task(session.read_loop())
+                    first = await self._round(session, initial=True, scope=None, scanned=True)
                 if once:
                     return await self._finish_once(session, first)
                 await self._follow(session)
@@ -786,25 +877,37 @@ class Syncer:
 
     # ------------------------------------------------------------ scanning
 
-    def _rescan(self, scope: set[str] | None) -> frozenset[str] | None:
+    def _rescan(
+        self, scope: set[str] | None, segments: _Segments | None = None
+    ) -> frozenset[str] | None:
         """Refresh the local manifest (all of it, or the hinted paths) and
         return the paths to plan for (None: everything). A full scan defers
         hashing the small files the cache does not know (see
-        ``_resolve_digests``)."""
+        ``_resolve_digests``). With ``segments``, a full scan fills
+        ``local`` in place as it goes and hands its entries to them too."""
         cache = self.cache
         if scope is None or any(ignore_mod.is_ignore_file(p) for p in scope):
             self.rules = ignore_mod.load(self.root)
             nested: dict[str, tuple[str, ...]] = {}
             deferred: list[str] = []
-            with gc_paused():
-                self.local = scan(
-                    self.root,
-                    rules=self.rules,
-                    cache=cache,
-                    nested=nested,
-                    deferred=deferred,
-                    defer_max=INLINE_MAX,
-                )
+            into: Manifest | None = None
+            if segments is not None:
+                into = self.local = {}
+            try:
+                with gc_paused():
+                    self.local = scan(
+                        self.root,
+                        rules=self.rules,
+                        cache=cache,
+                        nested=nested,
+                        deferred=deferred,
+                        defer_max=INLINE_MAX,
+                        into=into,
+                        emit=None if segments is None else segments.feed,
+                    )
+            finally:
+                if segments is not None:
+                    segments.feed(None)
             cache.retain(self.local)
             self._nested = nested
             self._deferred = set(deferred)
@@ -891,7 +994,7 @@ class Syncer:
             self._view_key = (self.rules, dict(self._nested))
             self.view = ignore_mod.with_nested(self.rules, self._nested)
 
-    def _plan(self, scope: frozenset[str] | None) -> Plan:
+    def _plan(self, scope: frozenset[str] | None, local: Manifest | None = None) -> Plan:
         # Entries the sidecar listed although they are ignored here (its
         # workspace lacks a nested .gitignore, or holds an older one) stay
         # out of the plan; the whole remote still goes in, so a folder that
@@ -903,7 +1006,7 @@ class Syncer:
             return view.excludes(path, is_dir=entry.kind == Kind.DIRECTORY, memo=memo)
 
         return plan(
-            self.local,
+            self.local if local is None else local,
             self.remote,
             replica=self.replica,
             force=self.force,
@@ -945,30 +1048,92 @@ class Syncer:
         )
         return p
 
-    async def _send(self, session: _Session, changes: list[Change]) -> None:
-        """Send ``changes`` in batches. The next batch is built (its files
-        read, hashed and encoded on worker threads) while this one is
-        written to the stream and its chunks streamed, so reading and
-        compressing overlap with sending; a batch that asks the sidecar for
-        a signature is built only once the batch before it is sent. Large
-        files go spread among the small ones (``interleave``), so the
-        sidecar applies small files while a large one crosses the link."""
+    def _streams_first_round(self) -> bool:
+        """Whether the first round sends while the scan goes on: the
+        workspace is empty (every entry is a create, so no entry waits for
+        another to be planned), nothing is held, and every file the scan
+        leaves unhashed travels inline (hashed as it is read)."""
+        return not self.remote and not self.held and self.inline_max >= INLINE_MAX
+
+    async def _streamed_round(
+        self, session: _Session, segments: _Segments, prescan: asyncio.Future[Any]
+    ) -> Plan:
+        """A session's first round into an empty workspace: the scan's
+        segments are planned and sent as they come, so the sidecar applies
+        while the laptop still scans. The round's totals are told when the
+        scan ends; what was sent by then is told with them."""
+        started = time.perf_counter()
+        self._early = [0, 0]
+
+        def told(planned: list[Change]) -> None:
+            early, self._early = self._early, None
+            self.reporter.round_started(Plan(list(planned)), initial=True)
+            if early is not None and early[0]:
+                self.reporter.progress(early[0], early[1])
+
+        feed = _Feed(segments, lambda local: self._plan(None, local), told)
+        try:
+            await self._send(session, [], feed)
+        finally:
+            self._early = None
+        await prescan
+        self._deferred.clear()  # each was hashed as it was read to be sent
+        p = Plan(feed.planned)
+        self.stats.rounds += 1
+        self.ledger.round_done(p.conflicts, p.changes, None)
+        self._round_done = True
+        self.reporter.round_finished(self.stats)
+        await self._save_cache_now_and_then()
+        log.debug(
+            "connect.round",
+            changes=len(p.changes),
+            conflicts=0,
+            first_of_session=True,
+            streamed=True,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return p
+
+    def _progress(self, files: int, nbytes: int) -> None:
+        if self._early is None:
+            self.reporter.progress(files, nbytes)
+        else:
+            self._early[0] += files
+            self._early[1] += nbytes
+
+    async def _send(
+        self, session: _Session, changes: list[Change], feed: _Feed | None = None
+    ) -> None:
+        """Send ``changes`` in batches, and those ``feed`` plans as the scan
+        goes on. The next batch is built (its files read, hashed and
+        encoded on worker threads) while this one is written to the stream
+        and its chunks streamed, so reading and compressing overlap with
+        sending; a batch that asks the sidecar for a signature is built
+        only once the batch before it is sent. Large files go spread among
+        the small ones (``interleave``), so the sidecar applies small files
+        while a large one crosses the link."""
         pending: list[tuple[asyncio.Future[pb.Ack], list[_Outgoing]]] = []
         limits = Limits(self.inline_max)
         changes = interleave(changes, self.inline_max)
         ahead: asyncio.Future[tuple[pb.ClientMessage, list[_Outgoing]]] | None = None
         i = 0
         try:
-            while i < len(changes) or ahead is not None:
+            while i < len(changes) or ahead is not None or (feed is not None and not feed.done):
                 if session.failed is not None:
                     raise _as_devstack(session.failed, self.target.address)
                 if ahead is None:
+                    if feed is not None:
+                        await feed.top_up(changes, i, limits, wait=True)
+                        if i >= len(changes):
+                            continue
                     packed = pack(changes, i, limits)
                     i = packed.end
                     ahead = asyncio.ensure_future(self._build_batch(session, packed))
                 building, ahead = ahead, None
                 msg, outgoing = await building
-                if i < len(changes):
+                if feed is not None:
+                    await feed.top_up(changes, i, limits, wait=False)
+                if i < len(changes) and (feed is None or feed.full(changes, i, limits)):
                     packed = pack(changes, i, limits)
                     if not any(
                         how is Carry.CHUNKED and wants_delta(ch) for ch, how in packed.items
@@ -1012,7 +1177,7 @@ class Syncer:
             for o in outgoing
             if o.change.action == Action.WRITE and o.change.entry and not o.chunked
         )
-        self.reporter.progress(len(outgoing), inline)
+        self._progress(len(outgoing), inline)
         commit = pb.ClientMessage()
         commit.commit.seq = seq
         await session.send(commit)

@@ -464,6 +464,9 @@ def scan(
     deferred: list[str] | None = None,
     defer_max: int = 0,
     ancestors: Mapping[str, Ancestor] | None = None,
+    into: Manifest | None = None,
+    emit: Callable[[list[Entry]], None] | None = None,
+    emit_every: int = 512,
 ) -> Manifest:
     """Walk ``root`` (or only the subtree ``under``, itself included) and
     return its manifest. Ignored paths, the reserved ``.devstack/`` folder
@@ -479,8 +482,15 @@ def scan(
     the cache does not know is not read: its entry has an empty digest and
     its path goes in ``deferred`` (the laptop hashes a new file as it reads
     it to send it). With ``ancestors`` (the sidecar's record of what sync
-    wrote), each entry gets its ``SyncState``; otherwise all are untracked."""
-    manifest: Manifest = {}
+    wrote), each entry gets its ``SyncState``; otherwise all are untracked.
+
+    ``into``: the dict to fill (and return), instead of a new one. With
+    ``emit``, the entries go out as they are found too, on the scanning
+    thread: ``emit(entries)`` after a folder's listing once ``emit_every``
+    of them gathered, and once more at the end with the rest. A folder
+    always goes out before what it holds (``under``'s own entry does not
+    go out)."""
+    manifest: Manifest = {} if into is None else into
     try:
         root_fd = os.open(root, _O_DIR)
     except OSError as e:
@@ -498,7 +508,19 @@ def scan(
             if entry.kind != Kind.DIRECTORY:
                 return manifest
             stack = [(under, rules, rules.clean(under))]
-        _walk(folders, stack, manifest, cache, skipped, nested, deferred, defer_max, ancestors)
+        _walk(
+            folders,
+            stack,
+            manifest,
+            cache,
+            skipped,
+            nested,
+            deferred,
+            defer_max,
+            ancestors,
+            emit,
+            emit_every,
+        )
     finally:
         folders.close()
         os.close(root_fd)
@@ -515,8 +537,13 @@ def _walk(
     deferred: list[str] | None,
     defer_max: int,
     ancestors: Mapping[str, Ancestor] | None,
+    emit: Callable[[list[Entry]], None] | None = None,
+    emit_every: int = 512,
 ) -> None:
-    """``scan``'s loop: list the folders on ``stack`` and those below."""
+    """``scan``'s loop: list the folders on ``stack`` and those below;
+    ``emit``: see ``scan``."""
+    fresh: list[Entry] = []
+    keep = fresh.append if emit is not None else None
     entries = cache._entries
     ancestor = ancestors.get if ancestors is not None else None
     make = make_entry
@@ -617,11 +644,17 @@ def _walk(
                     if ancestor is not None and (anc := ancestor(rel)) is not None:
                         same = anc[1] == digest and anc[0] == k_file and not anc[2]
                         state = synced if same else dirty
-                    manifest[rel] = make((rel, k_file, size, mode & 0o7777, digest, "", state))
+                    made = manifest[rel] = make(
+                        (rel, k_file, size, mode & 0o7777, digest, "", state)
+                    )
+                    if keep is not None:
+                        keep(made)
                 elif is_dir:
                     if ancestor is not None and (anc := ancestor(rel)) is not None:
                         state = synced if anc[0] == k_dir and not anc[1] and not anc[2] else dirty
-                    manifest[rel] = make((rel, k_dir, 0, mode & 0o7777, b"", "", state))
+                    made = manifest[rel] = make((rel, k_dir, 0, mode & 0o7777, b"", "", state))
+                    if keep is not None:
+                        keep(made)
                     stack.append((rel, folder_rules, child_clean))
                     subfolders += 1
                 elif s_islnk(mode):
@@ -632,7 +665,9 @@ def _walk(
                     if ancestor is not None and (anc := ancestor(rel)) is not None:
                         same = anc[0] == k_link and not anc[1] and anc[2] == target
                         state = synced if same else dirty
-                    manifest[rel] = make((rel, k_link, 0, 0o777, b"", target, state))
+                    made = manifest[rel] = make((rel, k_link, 0, 0o777, b"", target, state))
+                    if keep is not None:
+                        keep(made)
                 elif skipped is not None:
                     skipped.append(Skipped(rel, _SPECIAL))
         except BaseException:
@@ -640,6 +675,12 @@ def _walk(
                 os.close(dir_fd)
             raise
         folders.listed(folder, dir_fd, subfolders)
+        if emit is not None and len(fresh) >= emit_every:
+            emit(fresh)
+            fresh = []
+            keep = fresh.append
+    if emit is not None and fresh:
+        emit(fresh)
 
 
 def _under(

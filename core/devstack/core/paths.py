@@ -19,12 +19,36 @@ MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 
 
+#: Segments no sync path may have.
+_BAD_SEGMENTS = frozenset(("", ".", ".."))
+
+
 def check_relpath(path: str) -> str:
     """Return ``path`` if it is a safe workspace-relative path, else raise.
 
     >>> check_relpath("src/app.py")
     'src/app.py'
     """
+    # The common case in a few C calls (the sidecar checks every op's path):
+    # ASCII, so a name's bytes are its characters; anything else, or any
+    # doubt, goes the whole way below, which also says what is wrong.
+    if (
+        path
+        and path.isascii()
+        and path[0] != "/"
+        and "\x00" not in path
+        and _BAD_SEGMENTS.isdisjoint(parts := path.split("/"))
+        and parts[0] != RESERVED_DIR
+        and (
+            len(path) <= MAX_NAME_BYTES
+            or (len(path) <= MAX_PATH_BYTES and max(map(len, parts)) <= MAX_NAME_BYTES)
+        )
+    ):
+        return path
+    return _check_relpath_fully(path)
+
+
+def _check_relpath_fully(path: str) -> str:
     if not path:
         raise UnsafePathError("empty path (the workspace root itself is never changed)")
     if "\x00" in path:
