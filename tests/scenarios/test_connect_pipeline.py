@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from devstack.cli import syncer as syncer_mod
 from devstack.cli.syncer import Syncer, Target
 from devstack.core.delta import DELTA_THRESHOLD
+from devstack.core.manifest import hash_bytes
 from devstack.core.plan import Plan
 from devstack.core.protocol import INLINE_MAX
 from devstack.core.sync.acks import Stats
@@ -253,3 +255,34 @@ def test_a_first_sync_into_a_workspace_that_holds_something_plans_after_the_scan
     _sync_once(src, sc)
     assert sent_before_scan_ended and not any(sent_before_scan_ended)
     assert (sc.workspace / "f19.txt").read_text() == "19"
+
+
+@pytest.mark.parametrize("welcomed_first", [False, True])
+def test_the_first_scan_hashes_what_it_deferred_until_the_workspace_manifest_is_here(
+    tmp_path: Path, welcomed_first: bool
+) -> None:
+    """While the sidecar hashes a seeded workspace, the laptop hashes the
+    new files its scan left unhashed; once the manifest is here it stops
+    (a first round into an empty workspace hashes them as it reads them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}.txt").write_text(f"file {i}\n" * 20)
+    syncer = Syncer(
+        src, Target("127.0.0.1:1", "tok"), reporter=_Quiet(), cache_path=tmp_path / "cache"
+    )
+
+    async def first_scan() -> None:
+        segments = syncer_mod._Segments(asyncio.get_running_loop())
+        welcomed = threading.Event()
+        if welcomed_first:
+            welcomed.set()
+        await asyncio.to_thread(syncer._scan_and_hash_ahead, segments, welcomed)
+
+    asyncio.run(first_scan())
+    assert len(syncer._deferred) == 30  # the scan deferred every one
+    hashed = {p: e.digest for p, e in syncer.local.items() if e.digest}
+    if welcomed_first:
+        assert hashed == {}
+    else:
+        assert hashed == {f"f{i}.txt": hash_bytes(f"file {i}\n".encode() * 20) for i in range(30)}

@@ -721,12 +721,19 @@ class Syncer:
             stub: Any = sync_pb2_grpc.SyncStub(channel)
             call = stub.Session()
             session = _Session(call, self.reporter, self.stats, t.address)
-            # Scan the local tree while the sidecar scans its workspace.
+            # Scan the local tree while the sidecar scans its workspace, and
+            # hash what the scan left unhashed until its manifest is here.
             segments = _Segments(asyncio.get_running_loop())
-            prescan = asyncio.ensure_future(self._cache_thread(self._rescan, None, segments))
+            welcomed = threading.Event()
+            prescan = asyncio.ensure_future(
+                self._cache_thread(self._scan_and_hash_ahead, segments, welcomed)
+            )
             self._cache_saved_at = None
             try:
-                await self._handshake(call)
+                try:
+                    await self._handshake(call)
+                finally:
+                    welcomed.set()
                 if self._streams_first_round():
                     self.stats.connected = True
                     session.reader = asyncio.create_task(session.read_loop())
@@ -938,6 +945,21 @@ class Syncer:
             affected.add(hint)
             affected.update(p for p in self.remote if p.startswith(prefix))
         return frozenset(affected)
+
+    def _scan_and_hash_ahead(self, segments: _Segments, welcomed: threading.Event) -> None:
+        """A session's first scan (see ``_rescan``), then, until
+        ``welcomed`` is set (the sidecar's manifest is here), the files it
+        left unhashed. The sidecar hashes its own workspace meanwhile; when
+        that holds these files too (a workspace seeded from the image),
+        ``_resolve_digests`` then finds most of them hashed already. Into
+        an empty workspace the manifest is usually here before the scan
+        ends, and this hashes nothing."""
+        self._rescan(None, segments)
+        cache = self.cache
+        for path in list(self._deferred):
+            if welcomed.is_set() or self._stop.is_set():
+                break
+            self._hash_deferred(cache, path)
 
     def _resolve_digests(self) -> None:
         """Hash now the deferred files whose digest is needed before they
