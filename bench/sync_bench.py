@@ -13,6 +13,9 @@ Measures (see docs/benchmarks.md):
    and against a daemon, syncthing and devstack (sidecar + ``connect --once``,
    with ``--compress never`` and with the default), on loopback; devstack's
    CPU split between the two processes and ``connect --help`` alone;
+1a. ``seeded``: the first connect of a new pod, whose workspace the chart
+   seeded from the image (the same tree, other file times), no digest cache
+   on either side: devstack beside ``rsync -a --checksum`` and ``rsync -a``;
 1b. ``link``: the same initial sync with every tool's traffic through one
    emulated link (toxiproxy, 20 ms round trip, 100 Mbit/s each way; see
    bench/_link.py): rsync ``-a`` and ``-az`` to a daemon, ``tar`` and
@@ -78,7 +81,7 @@ import reload_latency
 REPO = _procs.REPO
 TOOLS = ("cp", "tar", "rsync", "syncthing", "devstack")
 PEERS = ("cp", "tar", "rsync", "syncthing")
-MEASURES = ("initial", "link", "noop", "latency", "bytes", "reload", "rss")
+MEASURES = ("initial", "seeded", "link", "noop", "latency", "bytes", "reload", "rss")
 TOKEN = "bench-token"
 
 
@@ -392,6 +395,47 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
             "initial_sync_peak_bytes": max(rss_peak) * 1024,
         }
     ctx.results["initial"] = res
+
+
+#: The seeded runs, in the order each repetition runs them.
+SEEDED_RUNS = ("rsync-checksum", "rsync-a", "devstack")
+
+
+def measure_seeded(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsync) -> None:
+    """The first connect of a new pod: its workspace holds the same tree,
+    seeded from the image (same content and modes, other file times), and
+    neither side has a digest cache. devstack (default settings) beside
+    ``rsync -a --checksum`` over a pipe, which compares content as devstack
+    does, and plain ``rsync -a``, which rewrites every file whose time
+    differs."""
+    times: dict[str, list[float]] = {}
+    for rep in range(ctx.sizes.repeat):
+        for name in SEEDED_RUNS:
+            if not ctx.wants("seeded", name.split("-")[0]):
+                continue
+            dst = ctx.fresh(f"seeded-{name}")
+            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True, copy_function=shutil.copy)
+            os.sync()
+            if name == "rsync-checksum":
+                took = _peers.timed(rsync.pipe_cmd(src, dst, "--checksum"))
+            elif name == "rsync-a":
+                took = _peers.timed(rsync.pipe_cmd(src, dst))
+            else:
+                sc = sidecar(ctx, dst)
+                try:
+                    time.sleep(0.5)  # past its start-up
+                    cache = ctx.fresh("cache")
+                    took = connect_once(ctx, src, sc.address, cache)
+                finally:
+                    sc.stop()
+            check_copy(src, dst, info.files, full=rep == 0)
+            times.setdefault(name, []).append(took)
+            log(f"seeded {name} #{rep + 1}: {took:.3f} s")
+            ctx.discard(dst)
+    ctx.results["seeded"] = {
+        "runs_s": times,
+        "median_s": {k: median(v) for k, v in times.items()},
+    }
 
 
 def time_startup(ctx: Ctx) -> None:
@@ -1076,10 +1120,29 @@ def _link_rows(ctx: Ctx) -> list[Row]:
     return out
 
 
+def _seeded_rows(ctx: Ctx) -> list[Row]:
+    med = ctx.results.get("seeded", {}).get("median_s", {})
+    dev = med.get("devstack")
+    if dev is None:
+        return []
+    what = (
+        "first connect into a workspace seeded with the same tree (other file times), "
+        "no digest cache, default settings"
+    )
+    return [
+        _ratio_row(ctx, f"seeded:{key}", what, dev, "rsync", label, med.get(key), None)
+        for key, label in (
+            ("rsync-checksum", "rsync -a --checksum over a pipe (compares content)"),
+            ("rsync-a", "rsync -a over a pipe (rewrites each file whose time differs)"),
+        )
+    ]
+
+
 def rows(ctx: Ctx) -> list[Row]:
     r = ctx.results
     out: list[Row] = []
     out += _initial_rows(ctx)
+    out += _seeded_rows(ctx)
     out += _link_rows(ctx)
     noop = r.get("noop", {})
     if "devstack" in noop:
@@ -1506,7 +1569,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = work / "src"
         info = _tree.TreeInfo(files=0, dirs=0, bytes=0)
-        if ctx.selected("initial") or ctx.selected("link") or ctx.selected("latency"):
+        if any(ctx.selected(m) for m in ("initial", "seeded", "link", "latency")):
             log(f"generating {sizes.files} files")
             info = _tree.generate(
                 src, files=sizes.files, binaries=sizes.binaries, binary_mib=sizes.binary_mib
@@ -1515,6 +1578,8 @@ def main(argv: list[str] | None = None) -> int:
             (src / ".stfolder").mkdir()
         if ctx.selected("initial"):
             measure_initial(ctx, src, info, rsync)
+        if ctx.selected("seeded"):
+            measure_seeded(ctx, src, info, rsync)
         if ctx.selected("link"):
             measure_link(ctx, src, info, rsync)
         if ctx.wants("noop", "devstack") or ctx.wants("noop", "rsync"):

@@ -41,6 +41,8 @@ FIGURES: dict[str, str | None] = {
     "initial:tar": "tar",
     "initial:cp": "cp",
     "initial:syncthing": "syncthing",
+    "seeded:rsync-checksum": "rsync",
+    "seeded:rsync-a": "rsync",
     "startup": None,
     "sidecar-cpu:devstack": None,
     "sidecar-cpu:devstack-raw": None,
