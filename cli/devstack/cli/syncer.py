@@ -1057,7 +1057,20 @@ class Syncer:
         self.reporter.round_started(p, initial=initial)
         if not p.empty:
             await self._send(session, p.changes)
-        self.ledger.round_done(p.conflicts, p.changes, planned_scope)
+        await self._round_ended(p, planned_scope, started, initial=initial)
+        return p
+
+    async def _round_ended(
+        self,
+        p: Plan,
+        scope: frozenset[str] | None,
+        started: float,
+        *,
+        initial: bool,
+        streamed: bool = False,
+    ) -> None:
+        """Book a round's plan, tell it, save the cache now and then."""
+        self.ledger.round_done(p.conflicts, p.changes, scope)
         self._round_done = True
         self.reporter.round_finished(self.stats)
         await self._save_cache_now_and_then()
@@ -1066,9 +1079,9 @@ class Syncer:
             changes=len(p.changes),
             conflicts=len(p.conflicts),
             first_of_session=initial,
+            streamed=streamed,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        return p
 
     def _streams_first_round(self) -> bool:
         """Whether the first round sends while the scan goes on: the
@@ -1102,18 +1115,7 @@ class Syncer:
         self._deferred.clear()  # each was hashed as it was read to be sent
         p = Plan(feed.planned)
         self.stats.rounds += 1
-        self.ledger.round_done(p.conflicts, p.changes, None)
-        self._round_done = True
-        self.reporter.round_finished(self.stats)
-        await self._save_cache_now_and_then()
-        log.debug(
-            "connect.round",
-            changes=len(p.changes),
-            conflicts=0,
-            first_of_session=True,
-            streamed=True,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        await self._round_ended(p, None, started, initial=True, streamed=True)
         return p
 
     def _progress(self, files: int, nbytes: int) -> None:
