@@ -59,13 +59,22 @@ def connect(
     )
 
 
-def error_line(stderr: str) -> str:
+#: A session whose first write raced the sidecar's abort: grpc replaced the
+#: status with its own (grpc/grpc#36066), so it reads as a dropped connection.
+_LOST_STATUS = "broke mid-stream); reconnecting"
+
+
+def error_line(stderr: str, *, lost_status_ok: bool = False) -> str:
     """The one line that says what went wrong: the last, and the only one
-    beyond the reporter's own lines."""
+    beyond the reporter's own lines (and, with ``lost_status_ok``, lines of
+    sessions whose status grpc lost)."""
     assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("devstack connect: "), stderr
-    assert not [ln for ln in lines[:-1] if ln.startswith(("devstack", "disconnected"))], stderr
+    others = [ln for ln in lines[:-1] if ln.startswith(("devstack", "disconnected"))]
+    if lost_status_ok:
+        others = [ln for ln in others if _LOST_STATUS not in ln]
+    assert not others, stderr
     return lines[-1]
 
 
@@ -88,11 +97,13 @@ def test_a_refusal_is_permanent_one_line_exit_2(
     fake.failure = Failure(code, "no, and it never will", stage)
     r = connect(src, fake.address, *(["--once"] if once else []))
     assert r.returncode == 2
-    line = error_line(r.stderr)
+    # Refused once connected, the first batch may race the refusal and lose
+    # its status to grpc's; that session alone is retried, as a dropped one.
+    line = error_line(r.stderr, lost_status_ok=stage == "manifest")
     assert "no, and it never will" in line and code.name in line
     if stage == "hello":
         assert r.stderr.count("\n") == 1
-    assert fake.sessions == 1  # never retried
+    assert fake.sessions == 1 + r.stderr.count(_LOST_STATUS)  # a refusal is never retried
 
 
 @pytest.mark.parametrize("once", [True, False], ids=["once", "watch"])

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import http.client
 import json
 import os
 import secrets
@@ -471,13 +472,15 @@ def _reap() -> None:
 
 
 def http_status(url: str, host: str | None = None, timeout: float = 5.0) -> int | None:
+    """The HTTP status ``url`` answers with; None if nothing answers, or
+    something that does not speak HTTP/1 (another process took the port)."""
     req = urllib.request.Request(url, headers={"Host": host} if host else {})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (127.0.0.1)
             return int(resp.status)
     except urllib.error.HTTPError as e:
         return int(e.code)
-    except (urllib.error.URLError, OSError, ValueError):
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
         return None
 
 
