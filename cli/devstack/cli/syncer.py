@@ -734,14 +734,14 @@ class Syncer:
                     await self._handshake(call)
                 finally:
                     welcomed.set()
-                if self._streams_first_round():
-                    self.stats.connected = True
-                    session.reader = asyncio.create_task(session.read_loop())
+                streamed = self._streams_first_round()
+                if not streamed:
+                    await prescan
+                self.stats.connected = True
+                session.reader = asyncio.create_task(session.read_loop())
+                if streamed:
                     first = await self._streamed_round(session, segments, prescan)
                 else:
-                    await prescan
-                    self.stats.connected = True
-                    session.reader = asyncio.create_task(session.read_loop())
                     first = await self._round(session, initial=True, scope=None, scanned=True)
                 if once:
                     return await self._finish_once(session, first)
