@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devstack.core.ports import free_port
+
 RSH_SCRIPT = """#!/bin/sh
 # A stand-in for ssh/kubectl exec: drop the options and the host name, then
 # run the remote command (rsync --server ...) here, over the same pipes.
@@ -53,12 +55,6 @@ def tree_cpu(pid: int) -> float:
     except (OSError, ValueError, IndexError):
         pass
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _procs
+
+from devstack.core.ports import free_port
 
 STRATEGIES = ("signal", "supervise")
 
@@ -96,12 +97,6 @@ while True:
     state["message"] = read()
     state["reloads"] += 1
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def median(xs: list[float]) -> float:

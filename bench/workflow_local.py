@@ -63,6 +63,7 @@ import reload_latency
 
 from devstack.cli import localstack
 from devstack.core.helmfile import load as load_helmfile
+from devstack.core.ports import free_port
 from devstack.sidecar.reload import DEFAULT_DEBOUNCE_MS
 
 OWNER = "bench"
@@ -236,7 +237,7 @@ def up_once(work: Work, poll: float) -> dict[str, Any]:
     request, then Ctrl-C; its timings in seconds from the start."""
     if work.state_file().exists():
         raise RuntimeError(f"{work.state_file()} exists: the last run did not stop cleanly")
-    port = localstack.free_port()
+    port = free_port()
     err_log = work.logs.new("up-local")
     cmd = _devstack(work, "up", "--local", "--port", str(port))
     with open(err_log, "ab") as err:
@@ -323,7 +324,7 @@ def by_hand_once(work: Work, poll: float) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         for s in the_plan.services:
-            port = localstack.free_port()
+            port = free_port()
             env = {**_env(), "LOCAL": "1", "PORT": str(port), "DEVSTACK_SERVICE": s.name}
             env.update({k: localstack.expand(v, env) for k, v in s.env.items()})
             argv = localstack.command_argv(s.argv, env)

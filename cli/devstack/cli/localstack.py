@@ -38,14 +38,13 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from devstack.cli.project import Project, StatusRow
 from devstack.core.errors import ConfigError, PermanentError
 from devstack.core.helmfile import Helmfile
 from devstack.core.owner import copy_name
+from devstack.core.ports import free_ports
 from devstack.core.protocol import TOKEN_ENV_VARS
 from devstack.core.routing import OWNER_LABEL, SERVICE_LABEL
 
@@ -383,12 +383,6 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _spawn(
     state: LocalState,
     project: Project,
@@ -527,10 +521,11 @@ def _checkout_root() -> Path | None:
     return None
 
 
-def _aws_endpoint(state: LocalState, project: Project, choice: str, env: Mapping[str, str]) -> str:
+def _aws_endpoint(
+    state: LocalState, project: Project, choice: str, env: Mapping[str, str], port: int
+) -> str:
     if choice.startswith(("http://", "https://")):
         return choice.rstrip("/")
-    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     logs = Path(state.dir) / "logs"
     if choice == "moto":
@@ -663,7 +658,12 @@ def start(
     work = project.state_dir / "local"
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
-    router_port = port or free_port()
+    # Every port the stack listens on, drawn in one go (never one twice, and
+    # below the ephemeral range: see devstack.core.ports): the router, each
+    # service and copy, each copy's sidecar, and the AWS endpoint.
+    wanted = 1 + sum(3 if s.copy else 1 for s in the_plan.services) + (0 if port else 1)
+    drawn = iter(p for p in free_ports(wanted + 1) if p != port)
+    router_port = port or next(drawn)
     state = LocalState(
         owner=the_plan.owner,
         helmfile=str(project.helmfile.path),
@@ -675,7 +675,7 @@ def start(
     )
     _write_state(project, state)
     try:
-        _start(project, the_plan, state, router_port, aws, dict(sources or {}), say)
+        _start(project, the_plan, state, router_port, aws, dict(sources or {}), say, drawn)
     except BaseException:
         with contextlib.suppress(Exception):
             down(project)
@@ -691,13 +691,14 @@ def _start(
     aws: str,
     sources: dict[str, Path],
     say: Any,
+    drawn: Iterator[int],
 ) -> None:
     work = Path(state.dir)
     logs = work / "logs"
     env = _base_env()
     owner = the_plan.owner
     # Ports first: Traefik's routes name every upstream before anything runs.
-    ports = {s.name: (free_port(), free_port() if s.copy else None) for s in the_plan.services}
+    ports = {s.name: (next(drawn), next(drawn) if s.copy else None) for s in the_plan.services}
     for s in the_plan.services:
         base_port, copy_port = ports[s.name]
         host = service_host(s.name, SETTINGS)
@@ -721,7 +722,7 @@ def _start(
                 port=copy_port,
                 url=f"http://127.0.0.1:{copy_port}",
                 ready_url=f"http://127.0.0.1:{copy_port}{s.ready_path}",
-                sidecar=f"127.0.0.1:{free_port()}",
+                sidecar=f"127.0.0.1:{next(drawn)}",
                 token_file=str(token),
                 workspace=str(work / "workspaces" / s.name),
                 source=str(sources.get(s.name, s.source)),
@@ -734,7 +735,7 @@ def _start(
 
     outputs: dict[tuple[str, str], dict[str, str]] = {}
     if any(s.aws for s in the_plan.services):
-        endpoint = _aws_endpoint(state, project, aws, env)
+        endpoint = _aws_endpoint(state, project, aws, env, next(drawn))
         state.aws_endpoint = endpoint
         _write_state(project, state)
         count = 0
