@@ -43,6 +43,7 @@ FIGURES: dict[str, str | None] = {
     "initial:syncthing": "syncthing",
     "seeded:rsync-checksum": "rsync",
     "seeded:rsync-a": "rsync",
+    "seeded-cold:rsync-checksum": "rsync",
     "startup": None,
     "sidecar-cpu:devstack": None,
     "sidecar-cpu:devstack-raw": None,

@@ -373,3 +373,50 @@ def test_a_socket_is_not_a_regular_file(tmp_path: Path) -> None:
         sock.bind(str(tmp_path / "s"))
         assert open_regular(str(tmp_path / "s")) is None  # not ENXIO
         assert hash_file(str(tmp_path / "s")) is None
+
+
+def _cache(entries: dict[str, tuple[int, bytes]]) -> DigestCache:
+    c = DigestCache()
+    for path, (size, digest) in entries.items():
+        c.put(path, (size, 1, 1, 1), digest)
+    return c
+
+
+@pytest.mark.parametrize(
+    ("base", "filled", "mine", "expected", "took"),
+    [
+        # hashed elsewhere, untouched here meanwhile: taken
+        ({}, {"a": (1, b"A")}, {}, {"a": (1, b"A")}, 1),
+        # rehashed elsewhere (the file changed before), untouched here: taken
+        ({"a": (1, b"A")}, {"a": (2, b"B")}, {"a": (1, b"A")}, {"a": (2, b"B")}, 1),
+        # written here meanwhile (a batch): ours is newer, kept
+        ({}, {"a": (1, b"A")}, {"a": (3, b"C")}, {"a": (3, b"C")}, 0),
+        ({"a": (1, b"A")}, {"a": (2, b"B")}, {"a": (3, b"C")}, {"a": (3, b"C")}, 0),
+        # forgotten here meanwhile (deleted): stays forgotten
+        ({"a": (1, b"A")}, {"a": (2, b"B")}, {}, {}, 0),
+        # nothing new elsewhere: nothing taken, nothing dirtied
+        ({"a": (1, b"A")}, {"a": (1, b"A")}, {"a": (1, b"A")}, {"a": (1, b"A")}, 0),
+    ],
+)
+def test_a_cache_filled_elsewhere_merges_back_without_clobbering(
+    base: dict[str, tuple[int, bytes]],
+    filled: dict[str, tuple[int, bytes]],
+    mine: dict[str, tuple[int, bytes]],
+    expected: dict[str, tuple[int, bytes]],
+    took: int,
+) -> None:
+    here = _cache(mine)
+    here.dirty = False
+    assert here.merge(_cache(filled), _cache(base)) == took
+    assert {p: here.get(p, (size, 1, 1, 1)) for p, (size, _) in expected.items()} == {
+        p: d for p, (_, d) in expected.items()
+    }
+    assert set(here) == set(expected)
+    assert here.dirty is bool(took)
+
+
+def test_a_copy_is_a_cache_of_its_own() -> None:
+    c = _cache({"a": (1, b"A")})
+    other = c.copy()
+    other.put("b", (2, 1, 1, 1), b"B")
+    assert set(c) == {"a"} and set(other) == {"a", "b"}

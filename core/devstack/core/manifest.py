@@ -223,6 +223,30 @@ class DigestCache:
                 del self._entries[p]
             self.dirty = True
 
+    def copy(self) -> DigestCache:
+        """A cache of its own with the same entries (to fill elsewhere, then
+        ``merge`` back)."""
+        other = DigestCache()
+        other._entries = dict(self._entries)
+        return other
+
+    def merge(self, filled: DigestCache, base: DigestCache) -> int:
+        """Take from ``filled`` (a ``copy`` of this cache as ``base`` was,
+        filled since) each entry it added or changed, unless this cache's
+        own entry for that path changed since ``base`` too (someone wrote or
+        hashed the file meanwhile: theirs is the newer). How many it took."""
+        mine, before = self._entries, base._entries
+        took = 0
+        for path, hit in filled._entries.items():
+            old = before.get(path)
+            if hit == old or mine.get(path) != old:
+                continue
+            mine[path] = hit
+            took += 1
+        if took:
+            self.dirty = True
+        return took
+
     def __len__(self) -> int:
         return len(self._entries)
 

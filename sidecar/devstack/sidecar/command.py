@@ -190,6 +190,7 @@ async def serve(
         mode=args.mode,
         reload=reload_config.strategy,
     )
+    ws.start_warming()  # a seeded workspace's digests, before the first connect asks
     try:
         await reloader.start()
         await stop.wait()

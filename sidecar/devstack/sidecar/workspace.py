@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn, TypeVar
 
+from devstack.core import ignore as ignore_mod
 from devstack.core.errors import ConfigError, ProtocolError, UnsafePathError, WorkspaceIOError
 from devstack.core.ignore import IgnoreRules
 from devstack.core.logging import get_logger
@@ -128,6 +129,15 @@ SCRATCH_LIMIT = 8
 JOURNAL_MIN_BYTES = 4 * 1024 * 1024
 #: Seconds between saves of the digest cache (a cache: losing it costs a rehash).
 CACHE_SAVE_SECONDS = 5.0
+#: How long a session's first manifest waits for the start-up hashing to
+#: stop (it stops within ``WARM_EVERY`` entries; a very large file takes its
+#: own time, and then both hash for a while, which is only slower).
+WARM_STOP_SECONDS = 2.0
+#: The start-up hashing looks whether to stop after this many entries.
+WARM_EVERY = 64
+#: The start-up hashing's niceness (on its own thread: the app starts
+#: beside it).
+WARM_NICENESS = 10
 #: errnos that mean the sidecar itself ran out of something.
 RESOURCE_ERRNOS = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EFBIG}
@@ -397,9 +407,76 @@ class Workspace:
             if os.fstat(self._journal_fd).st_size:
                 self._compact()  # a fresh journal: nothing torn to append after
             self._last_cache_save = time.monotonic()
+            self._warming: threading.Thread | None = None
+            self._warm_stop = threading.Event()
         except BaseException:
             self._close_fds()
             raise
+
+    # ------------------------------------------------------------ warming
+
+    def start_warming(self) -> None:
+        """Hash the workspace's files into the digest cache on a thread of
+        its own, at a low priority, while nobody is connected: a pod's
+        workspace is seeded from its image before the sidecar starts, and
+        without this its first session's manifest would hash every file
+        first. The first ``manifest`` stops it (``WARM_STOP_SECONDS``) and
+        keeps what it hashed. Idempotent."""
+        if self._warming is not None:
+            return
+        self._warming = threading.Thread(target=self._warm, name="workspace-warm", daemon=True)
+        self._warming.start()
+
+    def _warm(self) -> None:
+        stop = self._warm_stop
+        with contextlib.suppress(OSError, AttributeError):  # best effort; Linux only
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_NICENESS)
+
+        class Stopped(Exception):
+            pass
+
+        def check(_entries: list[Entry]) -> None:
+            if stop.is_set():
+                raise Stopped
+
+        t0 = time.monotonic()
+        with self.lock:
+            base = self.cache.copy()
+        filled = base.copy()
+        stopped = False
+        found = 0
+        try:
+            rules = ignore_mod.load(self.root)
+            found = len(
+                scan(self.root, rules=rules, cache=filled, emit=check, emit_every=WARM_EVERY)
+            )
+        except Stopped:
+            stopped = True
+        except (OSError, UnsafePathError, ValueError) as e:  # a cache: the manifest hashes then
+            log.warning("workspace.warm_failed", error=str(e))
+            return
+        with self.lock:
+            took = self.cache.merge(filled, base)
+            if took and self.root_fd >= 0:  # (not closed meanwhile)
+                try:  # so that a restart does not hash again
+                    self.cache.save(self.state_dir / "digests.json")
+                    self._last_cache_save = time.monotonic()
+                except OSError as e:
+                    log.warning("workspace.warm_not_saved", error=str(e))
+        log.info(
+            "workspace.warmed",
+            entries=found,
+            hashed=took,
+            stopped=stopped,
+            seconds=round(time.monotonic() - t0, 3),
+        )
+
+    def _stop_warming(self) -> None:
+        thread = self._warming
+        if thread is None or not thread.is_alive():
+            return
+        self._warm_stop.set()
+        thread.join(WARM_STOP_SECONDS)
 
     def _close_fds(self) -> None:
         for fd in (self._journal_fd, self.staging_fd, self.root_fd):
@@ -562,6 +639,7 @@ class Workspace:
                 self._last_cache_save = time.monotonic()
 
     def close(self) -> None:
+        self._stop_warming()
         try:
             self.save_state()
         finally:
@@ -599,6 +677,7 @@ class Workspace:
     def manifest(self, rules: IgnoreRules) -> Manifest:
         """The workspace as it is now, each entry with its sync state: one
         scan, ignore rules and states applied as it walks."""
+        self._stop_warming()
         with self.lock, gc_paused():
             skipped: list[Skipped] = []
             out = scan(
