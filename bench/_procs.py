@@ -116,12 +116,19 @@ class Sidecar:
     reload strategy."""
 
     def __init__(
-        self, workspace: Path, token_file: Path, logs: LogDir, extra: Sequence[str] = ()
+        self,
+        workspace: Path,
+        token_file: Path,
+        logs: LogDir,
+        extra: Sequence[str] = (),
+        *,
+        port: int = 0,
     ) -> None:
         self.workspace = workspace
         self.token_file = token_file
         self.log = logs.new("sidecar")
         self.extra = list(extra)
+        self.listen_port = port  # 0: any
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -146,7 +153,7 @@ class Sidecar:
         cmd = devstack(
             "sidecar",
             "--listen",
-            "127.0.0.1:0",
+            f"127.0.0.1:{self.listen_port}",
             "--workspace",
             str(self.workspace),
             "--token-file",

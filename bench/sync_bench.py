@@ -80,6 +80,8 @@ import _procs
 import _tree
 import reload_latency
 
+from devstack.core.ports import free_port
+
 REPO = _procs.REPO
 TOOLS = ("cp", "tar", "rsync", "syncthing", "devstack")
 PEERS = ("cp", "tar", "rsync", "syncthing")
@@ -100,6 +102,7 @@ class Sizes:
     reload_debounce_ms: tuple[int, ...]
     repeat: int
     link_calibration_mb: int
+    asset_mib: int
 
 
 FULL = Sizes(
@@ -114,6 +117,7 @@ FULL = Sizes(
     reload_debounce_ms=(0, 100),
     repeat=3,
     link_calibration_mb=20,
+    asset_mib=1024,
 )
 QUICK = Sizes(
     files=400,
@@ -127,6 +131,7 @@ QUICK = Sizes(
     reload_debounce_ms=(0, 100),
     repeat=1,
     link_calibration_mb=2,
+    asset_mib=4,
 )
 
 
@@ -400,7 +405,7 @@ def measure_initial(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsy
 
 
 #: The seeded runs, in the order each repetition runs them.
-SEEDED_RUNS = ("rsync-checksum", "rsync-a", "devstack", "devstack-cold")
+SEEDED_RUNS = ("rsync-checksum", "rsync-a", "devstack", "devstack-cold", "devstack-laptop")
 
 
 def measure_seeded(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsync) -> None:
@@ -413,9 +418,13 @@ def measure_seeded(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsyn
     workspace at start-up (its ``workspace.warmed`` event), as it does while
     a new pod waits for its engineer; ``devstack-cold`` connects the moment
     the sidecar listens, so its first manifest stops that and hashes the
-    rest itself."""
+    rest itself; ``devstack-laptop`` is ``devstack`` again with the digest
+    cache that run left on the laptop (the same tree and sync address: a
+    pod that was replaced, its engineer's laptop as before)."""
     times: dict[str, list[float]] = {}
     for rep in range(ctx.sizes.repeat):
+        port = free_port()  # one sync address a repetition: the laptop's cache is keyed by it
+        laptop = ctx.fresh("cache")
         for name in SEEDED_RUNS:
             if not ctx.wants("seeded", name.split("-")[0]):
                 continue
@@ -427,15 +436,15 @@ def measure_seeded(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsyn
             elif name == "rsync-a":
                 took = _peers.timed(rsync.pipe_cmd(src, dst))
             else:
-                sc = sidecar(ctx, dst)
+                sc = _procs.Sidecar(dst, ctx.token_file, ctx.logs, port=port).start()
                 try:
-                    if name == "devstack":
+                    if name != "devstack-cold":
                         _procs.wait_until(
                             lambda sc=sc: "workspace.warmed" in sc.log.read_text(errors="replace"),
                             120,
                             "the sidecar's start-up hashing",
                         )
-                    cache = ctx.fresh("cache")
+                    cache = laptop if name != "devstack-cold" else ctx.fresh("cache")
                     took = connect_once(ctx, src, sc.address, cache)
                 finally:
                     sc.stop()
@@ -444,6 +453,49 @@ def measure_seeded(ctx: Ctx, src: Path, info: _tree.TreeInfo, rsync: _peers.Rsyn
             log(f"seeded {name} #{rep + 1}: {took:.3f} s")
             ctx.discard(dst)
     ctx.results["seeded"] = {
+        "runs_s": times,
+        "median_s": {k: median(v) for k, v in times.items()},
+    }
+    if ctx.wants("seeded", "devstack"):
+        measure_seeded_asset(ctx)
+
+
+def measure_seeded_asset(ctx: Ctx) -> None:
+    """A seeded first connect whose image holds one large asset
+    (``asset_mib`` of random bytes), the laptop's digest cache warm: once
+    the moment the sidecar listens (its manifest hashes the asset first)
+    and once after its start-up hashing."""
+    src = ctx.fresh("asset-src")
+    with open(src / "asset.bin", "wb") as f:
+        for _ in range(ctx.sizes.asset_mib):
+            f.write(os.urandom(1 << 20))
+    port = free_port()
+    laptop = ctx.fresh("cache")
+    times: dict[str, list[float]] = {}
+    for rep in range(ctx.sizes.repeat + 1):  # the first fills the laptop's cache, untimed
+        for name in ("devstack-cold", "devstack"):
+            dst = ctx.fresh(f"asset-{name}")
+            shutil.copytree(src, dst, copy_function=shutil.copy, dirs_exist_ok=True)
+            os.sync()
+            sc = _procs.Sidecar(dst, ctx.token_file, ctx.logs, port=port).start()
+            try:
+                if name == "devstack":
+                    _procs.wait_until(
+                        lambda sc=sc: "workspace.warmed" in sc.log.read_text(errors="replace"),
+                        300,
+                        "the sidecar's start-up hashing",
+                    )
+                took = connect_once(ctx, src, sc.address, laptop)
+            finally:
+                sc.stop()
+            check_copy(src, dst, 1, full=rep == 0)
+            if rep:
+                times.setdefault(name, []).append(took)
+                log(f"seeded asset {name} #{rep}: {took:.3f} s")
+            ctx.discard(dst)
+    ctx.discard(src)
+    ctx.results["seeded_asset"] = {
+        "mib": ctx.sizes.asset_mib,
         "runs_s": times,
         "median_s": {k: median(v) for k, v in times.items()},
     }
@@ -1147,15 +1199,43 @@ def _seeded_rows(ctx: Ctx) -> list[Row]:
             ("rsync-a", "rsync -a over a pipe (rewrites each file whose time differs)"),
         )
     ]
-    cold = med.get("devstack-cold")
-    if cold is not None:
+    asset = ctx.results.get("seeded_asset", {})
+    asset_med = asset.get("median_s", {})
+    if asset_med.get("devstack") is not None:
         rows.append(
             _ratio_row(
                 ctx,
-                "seeded-cold:rsync-checksum",
-                "the same, connecting the moment the sidecar listens (no digest cached on "
-                "either side)",
-                cold,
+                "seeded-asset:cold-sidecar",
+                f"first connect into a seeded workspace of one {asset.get('mib')} MiB asset, "
+                "the laptop's digest cache warm, after the sidecar's start-up hashing",
+                asset_med["devstack"],
+                "devstack",
+                "devstack the moment the sidecar listens (its manifest hashes the asset)",
+                asset_med.get("devstack-cold"),
+                None,
+            )
+        )
+    for key, what_, value in (
+        (
+            "seeded-cold:rsync-checksum",
+            "the same, connecting the moment the sidecar listens (no digest cached on either side)",
+            med.get("devstack-cold"),
+        ),
+        (
+            "seeded-laptop:rsync-checksum",
+            "the same after the sidecar's start-up hashing, with the laptop's digest cache "
+            "(a replaced pod, the same laptop)",
+            med.get("devstack-laptop"),
+        ),
+    ):
+        if value is None:
+            continue
+        rows.append(
+            _ratio_row(
+                ctx,
+                key,
+                what_,
+                value,
                 "rsync",
                 "rsync -a --checksum over a pipe (compares content)",
                 med.get("rsync-checksum"),

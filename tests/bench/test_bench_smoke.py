@@ -44,6 +44,8 @@ FIGURES: dict[str, str | None] = {
     "seeded:rsync-checksum": "rsync",
     "seeded:rsync-a": "rsync",
     "seeded-cold:rsync-checksum": "rsync",
+    "seeded-laptop:rsync-checksum": "rsync",
+    "seeded-asset:cold-sidecar": "devstack",
     "startup": None,
     "sidecar-cpu:devstack": None,
     "sidecar-cpu:devstack-raw": None,
