@@ -452,8 +452,8 @@ class Workspace:
             )
         except Stopped:
             stopped = True
-        except (OSError, UnsafePathError, ValueError) as e:  # a cache: the manifest hashes then
-            log.warning("workspace.warm_failed", error=str(e))
+        except Exception as e:  # only a cache: the first manifest hashes instead
+            log.warning("workspace.warm_failed", error=str(e), error_type=type(e).__name__)
             return
         with self.lock:
             took = self.cache.merge(filled, base)
