@@ -477,6 +477,65 @@ def measure_digest(seconds: float = 0.4) -> dict[str, Any]:
     return res
 
 
+def _tree_files(root: Path) -> Iterator[tuple[str, bytes]]:
+    """(path, content) of every regular file under ``root``, depth first in
+    name order, leaving out what ``connect`` ignores by default."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in (".git", "__pycache__", ".venv"))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    yield os.path.relpath(path, root), f.read()
+
+
+def measure_compression(trees: list[Path]) -> list[dict[str, Any]]:
+    """Bytes each way of compressing sends for a whole tree: devstack's
+    session stream and its file-by-file zlib (``ContentEncoder``, ``auto``,
+    in chunks as ``connect`` sends large files), and one gzip -6 stream over
+    every file (what ``rsync -z`` and ``tar | gzip`` send, near enough)."""
+    import zlib
+
+    from devstack.core.protocol import MAX_CHUNK_BYTES, ContentEncoder, StreamCompressor
+
+    out = []
+    for root in trees:
+        stream = StreamCompressor()
+        gz = zlib.compressobj(6)
+        files = raw = by_stream = by_zlib = by_gzip = 0
+        took = {"stream": 0.0, "zlib": 0.0}
+        for path, data in _tree_files(root):
+            files += 1
+            raw += len(data)
+            by_gzip += len(gz.compress(data))
+            pieces = [data[k : k + MAX_CHUNK_BYTES] for k in range(0, len(data), MAX_CHUNK_BYTES)]
+            for name, enc in (
+                ("stream", ContentEncoder(path, len(data), "auto", stream)),
+                ("zlib", ContentEncoder(path, len(data), "auto")),
+            ):
+                t0 = time.perf_counter()
+                sent = sum(len(enc.encode(piece)[0]) for piece in pieces)
+                took[name] += time.perf_counter() - t0
+                if name == "stream":
+                    by_stream += sent
+                else:
+                    by_zlib += sent
+        by_gzip += len(gz.flush())
+        out.append(
+            {
+                "tree": str(root),
+                "files": files,
+                "bytes": raw,
+                "stream_bytes": by_stream,
+                "zlib_bytes": by_zlib,
+                "gzip_stream_bytes": by_gzip,
+                "stream_s": took["stream"],
+                "zlib_s": took["zlib"],
+            }
+        )
+    return out
+
+
 # ------------------------------------------------------------ report
 
 
@@ -599,6 +658,27 @@ def report(res: dict[str, Any]) -> str:
                 f"| {name} | {small['mb_s']:.0f} MB/s ({small['us_per_call']:.1f} µs a call) "
                 f"| {big['mb_s']:.0f} MB/s |"
             )
+    comp = res.get("compression")
+    if comp:
+        lines += [
+            "",
+            "Bytes sent with compression (`--compress auto`), each tree whole; one gzip -6 "
+            "stream is about what `rsync -z` and `tar | gzip` send:",
+            "",
+            "| tree | files | bytes | session stream (zstd) | file by file (zlib) "
+            "| one gzip -6 stream | stream / zlib | stream / gzip |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for t in comp:
+            mb = 1e6
+            lines.append(
+                f"| {t['tree']} | {t['files']:,} | {t['bytes'] / mb:.1f} MB "
+                f"| {t['stream_bytes'] / mb:.2f} MB ({t['stream_s']:.2f} s) "
+                f"| {t['zlib_bytes'] / mb:.2f} MB ({t['zlib_s']:.2f} s) "
+                f"| {t['gzip_stream_bytes'] / mb:.2f} MB "
+                f"| {t['stream_bytes'] / t['zlib_bytes']:.2f} "
+                f"| {t['stream_bytes'] / t['gzip_stream_bytes']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -622,8 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="cpu,profile,syscalls,staging,digest",
-        help="comma-separated: cpu, profile, syscalls, staging, digest",
+        default="cpu,profile,syscalls,staging,digest,compression",
+        help="comma-separated: cpu, profile, syscalls, staging, digest, compression",
     )
     parser.add_argument(
         "--workdir",
@@ -640,11 +720,18 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to let the disk settle after this or the sync benchmark last deleted "
         "its trees (default 300; ext4 here is slow at creating files soon after deleting many)",
     )
+    parser.add_argument(
+        "--trees",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more trees for the compression part (a real checkout), beside the bench tree",
+    )
     parser.add_argument("--json", type=Path, help="default bench/out/profile-<time>.json")
     parser.add_argument("--markdown", type=Path, help="default: the JSON path with .md")
     args = parser.parse_args(argv)
     parts = {x.strip() for x in args.only.split(",") if x.strip()}
-    unknown = parts - {"cpu", "profile", "syscalls", "staging", "digest"}
+    unknown = parts - {"cpu", "profile", "syscalls", "staging", "digest", "compression"}
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -675,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     res["tree"] = {"files": info.files, "dirs": info.dirs, "bytes": info.bytes}
     if "digest" in parts:
         res["digest"] = measure_digest(args.digest_seconds)
+    if "compression" in parts:
+        res["compression"] = measure_compression([src, *args.trees])
     if "cpu" in parts:
         res["cpu"] = measure_cpu(work, src, info, args.repeat)
     if "profile" in parts:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,36 @@ def test_link_shape_asks_toxiproxy_for_half_the_round_trip_each_way() -> None:
     assert shape.rate_kb_s == 12_500
     assert shape.ideal_s(12_500_000) == pytest.approx(1.01)
     assert link.Shape(rtt_ms=50, mbit_s=8).rate_kb_s == 1_000
+
+
+def test_compression_counts_what_each_way_sends(tmp_path: Path) -> None:
+    """Three copies of 40 KB of noise: zlib, file by file or as one 32 KiB
+    window stream, sends each whole; the session stream sends one."""
+    prof = _load("sync_profile")
+    noise = random.Random(2).randbytes(40_000)
+    for k in range(3):
+        (tmp_path / f"copy{k}.txt").write_bytes(noise)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_bytes(noise)  # left out, as connect ignores it
+    [got] = prof.measure_compression([tmp_path])
+    assert (got["files"], got["bytes"]) == (3, 120_000)
+    assert got["zlib_bytes"] >= 120_000 and got["gzip_stream_bytes"] >= 120_000
+    assert 40_000 <= got["stream_bytes"] < 42_000
+    assert "| stream / zlib |" in prof.report({**_minimal_result(), "compression": [got]})
+
+
+def _minimal_result() -> dict[str, Any]:
+    machine = {
+        "nproc": 2,
+        "cpu": "x",
+        "kernel": "k",
+        "filesystem": "ext4",
+        "python": "3",
+        "rsync": "3",
+    }
+    return {
+        "machine": machine,
+        "tree": {"files": 1, "dirs": 1, "bytes": 1},
+        "started": "now",
+        "loadavg_1m": 0.0,
+    }

@@ -19,6 +19,7 @@ from devstack.sync.v1 import sync_pb2 as pb
 from tests.support.rawclient import status
 from tests.support.sync import (
     ConnectProcess,
+    QuietReporter,
     Sidecar,
     connect_follow,
     connect_once,
@@ -441,21 +442,11 @@ def test_seeded_workspace_syncs_incrementally(env: tuple[Path, Sidecar]) -> None
     assert (sc.workspace / "installed-by-image.txt").read_text() == "keep me"
 
 
-class _Quiet:
-    """A reporter that keeps nothing: these stories read the syncer's stats."""
-
-    def round_started(self, plan: Plan, *, initial: bool) -> None: ...
-    def progress(self, files: int, nbytes: int) -> None: ...
-    def round_finished(self, stats: Stats) -> None: ...
-    def event(self, event: pb.Event) -> None: ...
-    def note(self, text: str) -> None: ...
-
-
 def _sync_once(src: Path, sc: Sidecar, **kw: object) -> Syncer:
     syncer = Syncer(
         src,
         Target(sc.address, "tok-123"),
-        reporter=_Quiet(),
+        reporter=QuietReporter(),
         cache_path=src.parent / "cache-of-this-story",
         **kw,  # type: ignore[arg-type]
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import threading
 import time
@@ -25,15 +26,7 @@ from devstack.core.protocol import INLINE_MAX
 from devstack.core.sync.acks import Stats
 from devstack.core.sync.batching import Limits
 from devstack.sync.v1 import sync_pb2 as pb
-from tests.support.sync import Sidecar, tree_state
-
-
-class _Quiet:
-    def round_started(self, plan: Plan, *, initial: bool) -> None: ...
-    def progress(self, files: int, nbytes: int) -> None: ...
-    def round_finished(self, stats: Stats) -> None: ...
-    def event(self, event: pb.Event) -> None: ...
-    def note(self, text: str) -> None: ...
+from tests.support.sync import QuietReporter, Sidecar, tree_state
 
 
 @pytest.fixture
@@ -83,7 +76,7 @@ def _sync_once(src: Path, sc: Sidecar) -> Syncer:
     syncer = Syncer(
         src,
         Target(sc.address, "tok-123"),
-        reporter=_Quiet(),
+        reporter=QuietReporter(),
         cache_path=src.parent / "cache-of-this-story",
         compress="never",
     )
@@ -165,6 +158,17 @@ class _Told:
     def note(self, text: str) -> None: ...
 
 
+def _landed(workspace: Path, paths: list[str], timeout: float = 60) -> bool:
+    """Whether any of ``paths`` appears in the workspace within ``timeout``
+    (a scan paused in its ``emit`` waits for the sidecar with this)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any((workspace / p).exists() for p in paths):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def test_a_first_sync_into_an_empty_workspace_is_applied_while_the_scan_goes_on(
     env: tuple[Path, Sidecar], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,13 +197,7 @@ def test_a_first_sync_into_an_empty_workspace_is_applied_while_the_scan_goes_on(
             # sidecar applied some of it (a scan that must end before
             # anything is sent never gets there, and this times out).
             first.extend(e.path for e in entries)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if any((sc.workspace / p).exists() for p in first):
-                    waited.append(True)
-                    return
-                time.sleep(0.01)
-            waited.append(False)
+            waited.append(_landed(sc.workspace, first))
 
         kw["emit"], kw["emit_every"] = emitting, 8
         return real_scan(*args, **kw)
@@ -225,6 +223,66 @@ def test_a_first_sync_into_an_empty_workspace_is_applied_while_the_scan_goes_on(
     assert sum(files for _, files, _ in sent) == changes
     assert sum(b for _, _, b in sent) == nbytes
     assert syncer.stats.files_synced == 12 * 5 + 1
+
+
+def test_a_large_file_the_first_scan_finds_goes_out_before_the_scan_ends(
+    env: tuple[Path, Sidecar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a slow link the large files are most of the time: they must not
+    wait for the scan's end. The scan pauses once it has found the first
+    large file, until that file is in the workspace (a feed that held large
+    files until the scan's end never gets there, and this times out); every
+    large file still goes after the folder it is in, and the small batches
+    go between the large ones."""
+    src, sc = env
+    (src / "assets").mkdir()
+    bigs = [f"assets/big{k}.bin" for k in range(3)]
+    for path in bigs:
+        (src / path).write_bytes(os.urandom(INLINE_MAX + 1))
+    for i in range(10):
+        folder = src / f"pkg{i:02d}"
+        folder.mkdir()
+        for j in range(4):
+            (folder / f"m{j}.py").write_text(f"# {i} {j}\n" * 50)
+    monkeypatch.setattr(syncer_mod, "Limits", functools.partial(Limits, max_ops=4))
+    real_scan = syncer_mod.scan
+    waited: list[bool] = []
+
+    def scan_that_waits_for_a_large_file(*args: Any, **kw: Any) -> Any:
+        emit = kw["emit"]
+        if emit is None:
+            return real_scan(*args, **kw)
+
+        def emitting(entries: list[Any]) -> None:
+            emit(entries)
+            if waited or not any(e.path == bigs[0] for e in entries):
+                return
+            waited.append(_landed(sc.workspace, bigs[:1]))
+
+        kw["emit"], kw["emit_every"] = emitting, 8
+        return real_scan(*args, **kw)
+
+    batches: list[list[str]] = []
+    send = syncer_mod._Session.send
+
+    async def traced_send(self: Any, msg: pb.ClientMessage) -> None:
+        if msg.WhichOneof("msg") == "batch":
+            batches.append([op.entry.path for op in msg.batch.ops])
+        await send(self, msg)
+
+    monkeypatch.setattr(syncer_mod, "scan", scan_that_waits_for_a_large_file)
+    monkeypatch.setattr(syncer_mod._Session, "send", traced_send)
+    syncer = _sync_once(src, sc)
+    assert waited == [True], "no large file went out before the scan ended"
+    assert tree_state(sc.workspace) == tree_state(src)
+    assert syncer.stats.files_synced == 3 + 40
+    order = [p for batch in batches for p in batch]
+    # Each large file after its folder, and last in its batch (a large file
+    # ends a batch), with small files between any two of them.
+    at = sorted(next(k for k, b in enumerate(batches) if b[-1] == path) for path in bigs)
+    for path in bigs:
+        assert order.index("assets") < order.index(path)
+    assert all(b - a > 1 or len(batches[b]) > 1 for a, b in itertools.pairwise(at)), batches
 
 
 def test_a_first_sync_into_a_workspace_that_holds_something_plans_after_the_scan(
@@ -269,7 +327,7 @@ def test_the_first_scan_hashes_what_it_deferred_until_the_workspace_manifest_is_
     for i in range(30):
         (src / f"f{i}.txt").write_text(f"file {i}\n" * 20)
     syncer = Syncer(
-        src, Target("127.0.0.1:1", "tok"), reporter=_Quiet(), cache_path=tmp_path / "cache"
+        src, Target("127.0.0.1:1", "tok"), reporter=QuietReporter(), cache_path=tmp_path / "cache"
     )
 
     async def first_scan() -> None:

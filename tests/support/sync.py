@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from devstack.core.plan import Plan
+from devstack.core.sync.acks import Stats
+from devstack.sync.v1 import sync_pb2 as pb
+
 PY = sys.executable
 
 
@@ -263,3 +267,14 @@ class ConnectProcess:
             raise AssertionError(f"connect ignored signal {sig} for {timeout}s") from None
         self._drained.wait(10)
         return code
+
+
+class QuietReporter:
+    """A ``Syncer`` reporter that keeps nothing: for stories that read the
+    syncer's stats."""
+
+    def round_started(self, plan: Plan, *, initial: bool) -> None: ...
+    def progress(self, files: int, nbytes: int) -> None: ...
+    def round_finished(self, stats: Stats) -> None: ...
+    def event(self, event: pb.Event) -> None: ...
+    def note(self, text: str) -> None: ...

@@ -74,9 +74,10 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
         "--compress",
         choices=COMPRESS_MODES,
         default="auto",
-        help="zlib for file content: auto compresses a file only if its first 64 KiB shrink "
-        "by 10%% (and never what its extension says is compressed already); always tries "
-        "every file; never sends raw bytes (default auto)",
+        help="file content through the session's zstd stream (zlib with an older sidecar): "
+        "auto compresses a large file only if its first 64 KiB shrink by 10%% (and never "
+        "what its extension says is compressed already); always compresses every file; "
+        "never sends raw bytes (default auto)",
     )
 
 

@@ -19,6 +19,7 @@ reads files, builds the protobuf messages and runs the gRPC stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import getpass
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 import grpc
 
@@ -59,6 +60,7 @@ from devstack.core.manifest import (
     open_regular,
     scan,
 )
+from devstack.core.paths import folders_above
 from devstack.core.plan import Action, Change, Plan, plan
 from devstack.core.protocol import (
     COMPRESS_MODES,
@@ -66,6 +68,7 @@ from devstack.core.protocol import (
     MAX_CHUNK_BYTES,
     PROTOCOL_VERSION,
     ContentEncoder,
+    StreamCompressor,
     entry_from_pb,
     fill_entry_pb,
     read_manifest_page,
@@ -111,6 +114,9 @@ __all__ = [
     "Target",
     "describe_reload",
 ]
+
+#: The session-wide compressions ``connect`` offers in Hello, best first.
+STREAM_OFFERED: Final[tuple[pb.Compression.ValueType, ...]] = (pb.COMPRESSION_ZSTD_STREAM,)
 
 log = get_logger("connect")
 #: The end-of-stream sentinel of grpc.aio calls (missing from grpc-stubs).
@@ -180,6 +186,9 @@ class _Outgoing:
     # (offset, length) ranges to stream from the local file, or delta steps
     literal: list[tuple[int, int]] = field(default_factory=list)
     steps: list[deltas.Copy | deltas.Literal] = field(default_factory=list)
+    #: Inline content, raw for now, that goes through the session's stream
+    #: when the batch is sent (``Syncer._squeeze``).
+    squeeze: bool = False
 
 
 def default_cache_path(root: Path, target: str) -> Path:
@@ -260,9 +269,15 @@ class _Segments:
 class _Feed:
     """The changes of a first round into an empty workspace, planned from
     the scan's segments as they come (every entry is a create, so a
-    segment's plan needs nothing but the segment). Large files wait until
-    the scan ends, and then go spread among the changes not sent yet, as
-    ``interleave`` spreads them in any round."""
+    segment's plan needs nothing but the segment).
+
+    Over a slow link the large files are most of the round, so they go out
+    from the first batches on, each after a batch of small ones
+    (``release``), while the sidecar applies the small ones between them:
+    every segment already found is planned at once, and a large file takes
+    the folders it is in (those not sent yet) along with it. When the scan
+    ends, the large files still waiting go spread among the changes not
+    sent yet, as ``interleave`` spreads them in any round."""
 
     def __init__(
         self,
@@ -273,26 +288,66 @@ class _Feed:
         self._segments = segments
         self._planner = planner
         self._ended = ended
-        self._large: list[Change] = []
+        self._large: collections.deque[Change] = collections.deque()
         #: Every change planned so far, in plan order.
         self.planned: list[Change] = []
         self.done = False
 
     def full(self, changes: list[Change], i: int, limits: Limits) -> bool:
         """Whether the batch at ``changes[i]`` can be packed now: it is
-        full, or nothing more will come."""
-        return self.done or pack(changes, i, limits).end < len(changes)
+        full (a large file ends a batch), or nothing more will come."""
+        if self.done:
+            return True
+        packed = pack(changes, i, limits)
+        return packed.end < len(changes) or any(
+            how is Carry.CHUNKED for _, how in packed.items[-1:]
+        )
+
+    def release(self, changes: list[Change], end: int, packed: Packed | None = None) -> None:
+        """After a batch of small changes was packed (up to ``end``), put
+        the first waiting large file next, after the folders it is in that
+        are not sent yet (moved up from their place; their content stays
+        where it is, after them)."""
+        if self.done or not self._large:
+            return
+        if packed is not None and packed.items[-1][1] is Carry.CHUNKED:
+            return  # a large file just went: small ones next
+        big = self._large.popleft()
+        above = set(folders_above(big.path))
+        moved: list[Change] = []
+        if above:
+            for k in range(len(changes) - 1, end - 1, -1):
+                ch = changes[k]
+                if ch.action is Action.MKDIR and ch.path in above:
+                    moved.append(changes.pop(k))
+        moved.sort(key=lambda ch: ch.path.count("/"))  # a folder before what it holds
+        changes[end:end] = [*moved, big]
 
     async def top_up(self, changes: list[Change], i: int, limits: Limits, *, wait: bool) -> None:
-        """Plan segments into ``changes`` until the batch at ``i`` is full
-        or the scan ended; without ``wait``, only those already here."""
-        while not self.full(changes, i, limits):
-            seg = await self._segments.next(wait=wait)
+        """Plan every segment already here, and wait for more (``wait``)
+        until the batch at ``i`` is full or the scan ended."""
+        full = False
+        while not self.done:
+            full = full or self.full(changes, i, limits)  # more changes keep it full
+            if not full and i == len(changes) and self._large:
+                self.release(changes, i)  # nothing else to send: it goes now
+                continue
+            seg = await self._segments.next(wait=wait and not full)
             if seg is None:
                 if not self._segments.ended:
                     return  # none here yet
                 self.done = True
-                changes[i:] = interleave([*changes[i:], *self._large], limits.inline_max)
+                waiting = list(self._large)
+                self._large.clear()
+                # A large file released next (after the folders moved up with
+                # it) keeps its place; the rest is spread.
+                head = i
+                for k in range(i, len(changes)):
+                    if carry(changes[k], limits.inline_max) is Carry.CHUNKED:
+                        head = k + 1
+                    if changes[k].action is not Action.MKDIR:
+                        break
+                changes[head:] = interleave([*changes[head:], *waiting], limits.inline_max)
                 self._ended(self.planned)
                 return
             planned = self._planner({e.path: e for e in seg}).changes
@@ -556,6 +611,9 @@ class Syncer:
         #: Largest chunk payload and inline file: ours, or the sidecar's if smaller.
         self.chunk_bytes = MAX_CHUNK_BYTES
         self.inline_max = INLINE_MAX
+        #: The session's compressed stream (``COMPRESSION_ZSTD_STREAM``), if
+        #: the sidecar chose one: a new one for each session.
+        self.stream: StreamCompressor | None = None
         self._hints: asyncio.Queue[set[str] | None] = asyncio.Queue()
         self._stop = asyncio.Event()
         #: The run ended because :meth:`stop` was called (not because it was done).
@@ -774,6 +832,7 @@ class Syncer:
                     max_chunk_bytes=MAX_CHUNK_BYTES,
                     ignore=list(self.rules.patterns),
                     columnar_manifest=True,
+                    stream_compressions=[] if self.compress == "never" else list(STREAM_OFFERED),
                 )
             ),
             self.target.address,
@@ -787,6 +846,9 @@ class Syncer:
         # Never send a chunk larger than the sidecar accepts (0: it did not say).
         self.chunk_bytes = min(MAX_CHUNK_BYTES, welcome.max_chunk_bytes or MAX_CHUNK_BYTES)
         self.inline_max = min(INLINE_MAX, self.chunk_bytes)
+        # A new session, a new stream (zlib, file by file, for an older sidecar).
+        chosen = welcome.stream_compression == pb.COMPRESSION_ZSTD_STREAM
+        self.stream = StreamCompressor() if chosen and self.compress != "never" else None
         remote: Manifest = {}
         while True:
             msg = await call.read()
@@ -802,6 +864,7 @@ class Syncer:
             workspace=welcome.workspace,
             remote_entries=len(remote),
             max_chunk_bytes=self.chunk_bytes,
+            stream=bool(self.stream),
         )
 
     async def _finish_once(self, session: _Session, last: Plan) -> int:
@@ -1152,6 +1215,8 @@ class Syncer:
                             continue
                     packed = pack(changes, i, limits)
                     i = packed.end
+                    if feed is not None:
+                        feed.release(changes, i, packed)
                     ahead = asyncio.ensure_future(self._build_batch(session, packed))
                 building, ahead = ahead, None
                 msg, outgoing = await building
@@ -1163,6 +1228,8 @@ class Syncer:
                         how is Carry.CHUNKED and wants_delta(ch) for ch, how in packed.items
                     ):
                         i = packed.end
+                        if feed is not None:
+                            feed.release(changes, i, packed)
                         ahead = asyncio.ensure_future(self._build_batch(session, packed))
                 if not outgoing:
                     continue
@@ -1192,6 +1259,13 @@ class Syncer:
         session.acks[seq] = fut
         fut.add_done_callback(lambda _f: session.window.release())
         msg.batch.seq = seq
+        squeezed = [o.op for o in outgoing if o.squeeze]
+        if squeezed:
+            # On the thread that encodes chunks, after the last batch's:
+            # the stream takes its pieces in the order they are sent.
+            assert self.stream is not None
+            work = self._readers().submit(self._squeeze, self.stream, squeezed)
+            self.stats.bytes_sent += await asyncio.wrap_future(work)
         await session.send(msg)
         for index, out in enumerate(outgoing):
             if out.chunked:
@@ -1266,12 +1340,25 @@ class Syncer:
             op.expected_absent = True
         return op
 
+    @staticmethod
+    def _squeeze(stream: StreamCompressor, ops: list[pb.Op]) -> int:
+        """Compress ops' raw inline content through the session's stream, in
+        order (on the reader thread); returns the bytes of payload."""
+        sent = 0
+        for op in ops:
+            op.content = payload = stream.compress(op.content)
+            op.compression = pb.COMPRESSION_ZSTD_STREAM
+            sent += len(payload)
+        return sent
+
     def _fill_inline(self, outs: list[_Outgoing]) -> int:
         """Read, hash and encode small files into their ops (on a worker
         thread; two at a time, each with its own ops). A file the scan did
-        not hash is hashed here, in the same pass as it is read. Returns the
-        bytes of payload."""
-        root, mode, cache = self._root_s, self.compress, self.cache
+        not hash is hashed here, in the same pass as it is read. Content for
+        the session's stream stays raw here (``_squeeze`` compresses it when
+        the batch is sent, in sending order). Returns the bytes of payload
+        encoded here."""
+        root, mode, cache, stream = self._root_s, self.compress, self.cache, self.stream
         sent = 0
         for out in outs:
             scanned = out.change.entry
@@ -1288,7 +1375,12 @@ class Syncer:
                 fill_entry_pb(out.op.entry, entry)
                 if key is not None:
                     cache.put(entry.path, key, entry.digest)
-            payload, compression = ContentEncoder(entry.path, entry.size, mode).encode(data)
+            encoder = ContentEncoder(entry.path, entry.size, mode, stream)
+            if stream is not None and encoder.worth(data):
+                out.op.content = data
+                out.squeeze = True
+                continue
+            payload, compression = encoder.encode(data)
             out.op.content = payload
             if compression:
                 out.op.compression = compression  # type: ignore[assignment]
@@ -1349,7 +1441,7 @@ class Syncer:
         if opened is None:
             return  # vanished: the sidecar reports it incomplete; the next round sees why
         fd = opened[0]
-        encoder = ContentEncoder(entry.path, entry.size, self.compress)
+        encoder = ContentEncoder(entry.path, entry.size, self.compress, self.stream)
         reading: concurrent.futures.Future[tuple[int, bytes, int]] | None = None
 
         def read(pos: int, end: int) -> concurrent.futures.Future[tuple[int, bytes, int]]:
@@ -1387,7 +1479,7 @@ class Syncer:
                         chunk.compression = compression  # type: ignore[assignment]
                     self.stats.bytes_sent += len(payload)
                     await session.send(msg)
-                    self.reporter.progress(0, n)
+                    self._progress(0, n)
                     if reading is not None:
                         msg = pb.ClientMessage()
                         chunk = msg.chunk

@@ -58,6 +58,12 @@ class ProtocolError(PermanentError):
     reason = "bad-frame"
 
 
+class StreamError(ProtocolError):
+    """A session's compressed stream cannot go on (a corrupt piece, one
+    that inflates past its limit): the whole session ends, never one op,
+    since every later piece depends on this one."""
+
+
 class UnreachableError(TemporaryError):
     """The peer could not be reached."""
 

@@ -7,6 +7,7 @@ wire values, are ``devstack.core.sync``'s.
 from __future__ import annotations
 
 import hmac
+import sys
 import zlib
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,10 +16,15 @@ from operator import add, mul
 from pathlib import Path
 from typing import Any, Final
 
-from devstack.core.errors import ConfigError, ProtocolError
+from devstack.core.errors import ConfigError, ProtocolError, StreamError
 from devstack.core.manifest import Entry, Kind, SyncState, gc_paused, make_entry
 from devstack.core.sync.wire import OP_KIND_FROM_PB, OP_KIND_TO_PB
 from devstack.sync.v1 import sync_pb2 as pb
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 PROTOCOL_VERSION = 1
 #: Largest literal payload in one Chunk or inline Op.content.
@@ -207,13 +213,87 @@ COMPRESS_MODES: Final = ("auto", "always", "never")
 #: ``auto``: how much of a file is compressed to judge whether all of it is
 #: worth compressing.
 SAMPLE_BYTES = 64 * 1024
-#: Smallest content worth compressing at all.
+#: Smallest content worth compressing at all, file by file (zlib) and in the
+#: session's stream (where a small file can point back at an earlier one).
 _MIN_COMPRESS = 512
+_MIN_STREAM = 64
+#: The session stream's window: a file may point back this far into the
+#: content sent before it. The sidecar refuses a frame that asks for more.
+STREAM_WINDOW_LOG = 24
+#: zstd level of the session stream, and its long-distance matcher, which
+#: finds a repeat anywhere in the window (a file copied, a vendored
+#: library, generated code) at about the speed of level 3 alone.
+STREAM_LEVEL = 3
+#: Bytes a stream piece may exceed its content by: a frame header (at most
+#: 18, on the first piece) and 3 per block of at most 128 KiB, which zstd
+#: emits raw when they do not shrink.
+_STREAM_SLACK = 18
 
 
-def worth_compressing(path: str, size: int) -> bool:
+def stream_overhead(limit: int) -> int:
+    """The most a stream piece of ``limit`` bytes of content can take."""
+    return limit + _STREAM_SLACK + 3 * (limit // (128 * 1024) + 1)
+
+
+class StreamCompressor:
+    """The client's side of a session's ``COMPRESSION_ZSTD_STREAM``: one
+    Zstandard frame for the whole session, flushed after each piece.
+
+    Pure computation, but a stream: ``compress`` must be called in the order
+    the pieces are sent, one call at a time (the caller's one thread for it).
+    Its output for a piece is never more than ``stream_overhead`` of it."""
+
+    def __init__(self) -> None:
+        P = zstd.CompressionParameter
+        self._z = zstd.ZstdCompressor(
+            options={
+                P.compression_level: STREAM_LEVEL,
+                P.window_log: STREAM_WINDOW_LOG,
+                P.enable_long_distance_matching: 1,
+            }
+        )
+
+    def compress(self, data: bytes) -> bytes:
+        return self._z.compress(data, mode=zstd.ZstdCompressor.FLUSH_BLOCK)
+
+
+class StreamDecompressor:
+    """The sidecar's side of a session's ``COMPRESSION_ZSTD_STREAM``.
+
+    ``decompress`` must see every stream piece of the session, in the order
+    the messages came, including a piece whose op is refused: a piece left
+    out would break every piece after it. Any error is the session's end
+    (``StreamError``), never one op's problem: the stream cannot go on."""
+
+    def __init__(self) -> None:
+        self._d = zstd.ZstdDecompressor(
+            options={zstd.DecompressionParameter.window_log_max: STREAM_WINDOW_LOG}
+        )
+
+    def decompress(self, payload: bytes, *, limit: int) -> bytes:
+        """The content of one piece, at most ``limit`` bytes: a longer one
+        (or a piece longer on the wire than such content can be) ends the
+        session before it is inflated in memory."""
+        if len(payload) > stream_overhead(limit):
+            raise StreamError(
+                f"a stream piece of {len(payload)} bytes exceeds the limit of {limit}"
+            )
+        try:
+            out = self._d.decompress(payload, max_length=limit + 1)
+        except zstd.ZstdError as e:
+            raise StreamError(f"corrupt zstd stream: {e}") from e
+        if len(out) > limit:
+            raise StreamError(f"a stream piece inflates past the limit of {limit} bytes")
+        if self._d.eof:
+            raise StreamError("the zstd stream ended inside the session")
+        if not self._d.needs_input:
+            raise StreamError("a stream piece does not end at a block flush")
+        return out
+
+
+def worth_compressing(path: str, size: int, *, least: int = _MIN_COMPRESS) -> bool:
     dot = path.rfind(".")
-    return size >= _MIN_COMPRESS and (dot < 0 or path[dot:].lower() not in _COMPRESSED)
+    return size >= least and (dot < 0 or path[dot:].lower() not in _COMPRESSED)
 
 
 def encode(data: bytes, *, compress: bool) -> tuple[bytes, int]:
@@ -223,6 +303,13 @@ def encode(data: bytes, *, compress: bool) -> tuple[bytes, int]:
         if len(packed) < len(data) * 0.9:
             return packed, pb.COMPRESSION_ZLIB
     return data, pb.COMPRESSION_NONE
+
+
+def _sample_shrinks(data: bytes) -> bool:
+    """Whether the first ``SAMPLE_BYTES`` of ``data`` shrink by 10% through
+    zlib level 1: the judge of a large file, in both modes."""
+    head = zlib.compress(data[:SAMPLE_BYTES], 1)
+    return len(head) < SAMPLE_BYTES * 0.9
 
 
 class ContentEncoder:
@@ -239,18 +326,43 @@ class ContentEncoder:
       one 64 KiB trial, not a pass over all of it. Smaller pieces before
       it (a delta's literals) are each tried, as a small file is.
 
+    With the session's ``stream`` (``COMPRESSION_ZSTD_STREAM``), what the
+    mode compresses goes through the stream instead of zlib, and small files
+    from 64 bytes: the stream's piece is sent even where it does not shrink,
+    since the stream has taken it in. ``worth`` is the same judgement alone,
+    for a caller that feeds the stream later, in sending order.
+
     Pure computation; zlib releases the GIL, so it runs well in the threads
     that read the files."""
 
-    def __init__(self, path: str, size: int, mode: str = "auto") -> None:
+    def __init__(
+        self, path: str, size: int, mode: str = "auto", stream: StreamCompressor | None = None
+    ) -> None:
         if mode not in COMPRESS_MODES:
             raise ValueError(f"compression mode {mode!r}: use one of {', '.join(COMPRESS_MODES)}")
+        self._stream = stream
         self._compress: bool | None = {"never": False, "always": True}.get(mode)
-        if self._compress is None and not worth_compressing(path, size):
+        self._least = _MIN_STREAM if stream is not None else _MIN_COMPRESS
+        if self._compress is None and not worth_compressing(path, size, least=self._least):
             self._compress = False
+
+    def worth(self, data: bytes) -> bool:
+        """Whether the next piece is to be compressed (``auto`` judges a
+        file by its first large piece, once)."""
+        if self._compress is False or len(data) < self._least:
+            return False
+        if self._compress or len(data) <= SAMPLE_BYTES:
+            return True
+        self._compress = _sample_shrinks(data)
+        return self._compress
 
     def encode(self, data: bytes) -> tuple[bytes, int]:
         """(payload, Compression) for the next piece of the file."""
+        stream = self._stream
+        if stream is not None:
+            if self.worth(data):
+                return stream.compress(data), pb.COMPRESSION_ZSTD_STREAM
+            return data, pb.COMPRESSION_NONE
         if self._compress is not None:
             return encode(data, compress=self._compress)
         if len(data) <= SAMPLE_BYTES:
@@ -269,11 +381,19 @@ class ContentEncoder:
         return data, pb.COMPRESSION_NONE
 
 
-def decode(payload: bytes, compression: int, *, limit: int) -> bytes:
+def decode(
+    payload: bytes, compression: int, *, limit: int, stream: StreamDecompressor | None = None
+) -> bytes:
     """Decode a payload, refusing one longer than ``limit`` bytes on the
     wire or once inflated (so a small compressed frame cannot inflate into
     memory exhaustion). ``encode`` only compresses when it shrinks the data,
-    so a well-formed payload is never longer than its content."""
+    so a well-formed zlib payload is never longer than its content. A
+    stream piece needs the session's ``stream``, and its errors are
+    ``StreamError``."""
+    if compression == pb.COMPRESSION_ZSTD_STREAM:
+        if stream is None:
+            raise StreamError("a zstd stream piece in a session that did not agree to one")
+        return stream.decompress(payload, limit=limit)
     if len(payload) > limit:
         raise ProtocolError(f"chunk of {len(payload)} bytes exceeds the limit of {limit}")
     if compression == pb.COMPRESSION_NONE:
@@ -290,9 +410,11 @@ def decode(payload: bytes, compression: int, *, limit: int) -> bytes:
     return out
 
 
-def decode_chunk(payload: bytes, compression: int) -> bytes:
-    """Decode one ``Chunk``'s data: at most ``MAX_CHUNK_BYTES`` either way."""
-    return decode(payload, compression, limit=MAX_CHUNK_BYTES)
+def decode_chunk(
+    payload: bytes, compression: int, stream: StreamDecompressor | None = None
+) -> bytes:
+    """Decode one ``Chunk``'s data: at most ``MAX_CHUNK_BYTES`` of content."""
+    return decode(payload, compression, limit=MAX_CHUNK_BYTES, stream=stream)
 
 
 def read_token(path: Path) -> str:

@@ -52,6 +52,7 @@ from devstack.core.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     TOKEN_METADATA,
+    StreamDecompressor,
     decode,
     decode_chunk,
     entry_from_pb,
@@ -76,6 +77,10 @@ P = ParamSpec("P")
 
 SERVICE_NAME = "devstack.sync.v1.Sync"
 MAX_SESSIONS = 16
+#: Sessions at once with a compressed stream (each holds a window of up to
+#: 16 MiB, ``STREAM_WINDOW_LOG``); a session past them gets zlib, file by
+#: file, so the streams' memory stays bounded whatever the clients ask.
+MAX_STREAMS = 4
 #: Seconds a new stream has to send its Hello (``DEVSTACK_HELLO_TIMEOUT``
 #: overrides it, see ``command``); then it ends with DEADLINE_EXCEEDED.
 HELLO_TIMEOUT_SECONDS = 10.0
@@ -295,6 +300,9 @@ class _Session:
     #: The batch being staged, if any: discarded if the session ends first.
     #: Only the session's disk thread touches it.
     batch: Batch | None = None
+    #: The session's compressed stream, if Welcome chose one: only the
+    #: disk thread feeds it, every piece, in message order.
+    stream: StreamDecompressor | None = None
 
 
 class _DiskThread(Executor):
@@ -575,6 +583,9 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         # The slot is taken before anything is awaited, and given back
         # however the session ends.
         session = _Session(id=secrets.token_hex(4), client=hello.client_id or "?", out=_Outbox())
+        streams = sum(1 for s in self.sessions.values() if s.stream is not None)
+        if pb.COMPRESSION_ZSTD_STREAM in hello.stream_compressions and streams < MAX_STREAMS:
+            session.stream = StreamDecompressor()
         self.sessions[session.id] = session
         bound = log.bind(session=session.id, client=session.client)
         io = _DiskThread(f"session-{session.id}")
@@ -599,7 +610,7 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                 bound.warning("session.manifest_failed", status=code.name, error=message)
                 await context.abort(code, message)
                 return
-            bound.info("session.open", entries=entries)
+            bound.info("session.open", entries=entries, stream=session.stream is not None)
             yield pb.ServerMessage(
                 welcome=pb.Welcome(
                     protocol_version=PROTOCOL_VERSION,
@@ -609,6 +620,9 @@ class SyncService(sync_pb2_grpc.SyncServicer):
                     max_chunk_bytes=MAX_CHUNK_BYTES,
                     manifest_entries=entries,
                     forces_modes=self.ws.options.forces_modes,
+                    stream_compression=(
+                        pb.COMPRESSION_ZSTD_STREAM if session.stream else pb.COMPRESSION_NONE
+                    ),
                 )
             )
             for page in pages:
@@ -730,7 +744,7 @@ class SyncService(sync_pb2_grpc.SyncServicer):
     # order of the messages.
 
     def _open(self, session: _Session, msg: pb.Batch) -> None:
-        session.batch = self._open_batch(msg)
+        session.batch = self._open_batch(msg, session.stream)
 
     def _chunk(self, session: _Session, ch: pb.Chunk) -> None:
         batch = session.batch
@@ -739,7 +753,7 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         if ch.WhichOneof("body") == "copy":
             batch.copy(ch.op_index, ch.copy.offset, ch.copy.length)
         else:
-            batch.write(ch.op_index, decode_chunk(ch.data, ch.compression))
+            batch.write(ch.op_index, decode_chunk(ch.data, ch.compression, session.stream))
 
     def _commit(self, session: _Session) -> _Committed:
         batch, session.batch = session.batch, None
@@ -816,7 +830,16 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             if self.reloader is not None and done.changed:
                 self.reloader.notify(done.changed)
 
-    def _open_batch(self, msg: pb.Batch) -> Batch:
+    def _open_batch(self, msg: pb.Batch, stream: StreamDecompressor | None) -> Batch:
+        # Every stream piece first, in op order, whatever becomes of its op:
+        # the stream needs each one (a StreamError ends the session).
+        streamed = {
+            i: decode(
+                o.content, o.compression, limit=min(o.entry.size, MAX_CHUNK_BYTES), stream=stream
+            )
+            for i, o in enumerate(msg.ops)
+            if o.compression == pb.COMPRESSION_ZSTD_STREAM
+        }
         ops: list[StagedOp] = []
         kinds = OP_KIND_FROM_PB
         for i, o in enumerate(msg.ops):
@@ -842,7 +865,15 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             for op, o in zip(ops, msg.ops, strict=True)
             if op.kind is write and not op.chunked
         ]
-        batch.inline_many(inline, _inline_content)
+        if streamed:
+
+            def content(op: StagedOp, o: pb.Op) -> bytes:
+                got = streamed.get(op.index)
+                return _inline_content(op, o) if got is None else got
+
+            batch.inline_many(inline, content)
+        else:
+            batch.inline_many(inline, _inline_content)
         return batch
 
     def _signature(self, path: str) -> pb.Signature:

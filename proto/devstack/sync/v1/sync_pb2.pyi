@@ -153,15 +153,35 @@ class _CompressionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Compressi
     COMPRESSION_NONE: _Compression.ValueType  # 0
     """Raw bytes."""
     COMPRESSION_ZLIB: _Compression.ValueType  # 1
-    """zlib (RFC 1950) stream of the raw bytes."""
+    """zlib (RFC 1950) stream of the raw bytes, one per payload."""
+    COMPRESSION_ZSTD_STREAM: _Compression.ValueType  # 2
+    """The next piece of the session's one Zstandard (RFC 8878) frame, flushed
+    at the end of this payload (a block flush), so it decodes to exactly
+    this payload's bytes given every earlier piece. The client compresses
+    and the sidecar decompresses every such payload in the order of the
+    session's messages (a Batch's inline ops in op order, then its Chunks),
+    so a file may refer back to the content of any earlier file of the
+    session within the window (at most 16 MiB, window log 24). Only in a
+    session whose Welcome chose it.
+    """
 
 class Compression(_Compression, metaclass=_CompressionEnumTypeWrapper):
-    """How content bytes are encoded in a Chunk."""
+    """How content bytes are encoded in an Op or a Chunk."""
 
 COMPRESSION_NONE: Compression.ValueType  # 0
 """Raw bytes."""
 COMPRESSION_ZLIB: Compression.ValueType  # 1
-"""zlib (RFC 1950) stream of the raw bytes."""
+"""zlib (RFC 1950) stream of the raw bytes, one per payload."""
+COMPRESSION_ZSTD_STREAM: Compression.ValueType  # 2
+"""The next piece of the session's one Zstandard (RFC 8878) frame, flushed
+at the end of this payload (a block flush), so it decodes to exactly
+this payload's bytes given every earlier piece. The client compresses
+and the sidecar decompresses every such payload in the order of the
+session's messages (a Batch's inline ops in op order, then its Chunks),
+so a file may refer back to the content of any earlier file of the
+session within the window (at most 16 MiB, window log 24). Only in a
+session whose Welcome chose it.
+"""
 Global___Compression: _TypeAlias = Compression  # noqa: Y015
 
 class _ProblemReason:
@@ -370,6 +390,7 @@ class Hello(_message.Message):
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     IGNORE_FIELD_NUMBER: _builtins.int
     COLUMNAR_MANIFEST_FIELD_NUMBER: _builtins.int
+    STREAM_COMPRESSIONS_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """The protocol version the client speaks. The sidecar refuses versions it
     does not support with FAILED_PRECONDITION.
@@ -398,6 +419,14 @@ class Hello(_message.Message):
         matching paths out of its manifest.
         """
 
+    @_builtins.property
+    def stream_compressions(self) -> _containers.RepeatedScalarFieldContainer[Global___Compression.ValueType]:
+        """The session-wide compressions the client can send, best first
+        (COMPRESSION_ZSTD_STREAM). The sidecar picks one in
+        Welcome.stream_compression; a sidecar that predates this field ignores
+        it, and the client then compresses file by file (COMPRESSION_ZLIB).
+        """
+
     def __init__(
         self,
         *,
@@ -408,10 +437,11 @@ class Hello(_message.Message):
         max_chunk_bytes: _builtins.int = ...,
         ignore: _abc.Iterable[_builtins.str] | None = ...,
         columnar_manifest: _builtins.bool = ...,
+        stream_compressions: _abc.Iterable[Global___Compression.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "columnar_manifest", b"columnar_manifest", "ignore", b"ignore", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "token", b"token", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "columnar_manifest", b"columnar_manifest", "ignore", b"ignore", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "stream_compressions", b"stream_compressions", "token", b"token", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,6 +460,7 @@ class Welcome(_message.Message):
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MANIFEST_ENTRIES_FIELD_NUMBER: _builtins.int
     FORCES_MODES_FIELD_NUMBER: _builtins.int
+    STREAM_COMPRESSION_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """The protocol version the session will use."""
     session_id: _builtins.str
@@ -448,6 +479,11 @@ class Welcome(_message.Message):
     """True when the sidecar forces file and directory modes (--file-mode,
     --dir-mode): the client then ignores mode differences.
     """
+    stream_compression: Global___Compression.ValueType
+    """The session-wide compression the sidecar accepts from Hello's
+    stream_compressions; COMPRESSION_NONE when none (the client then uses
+    COMPRESSION_ZLIB).
+    """
     def __init__(
         self,
         *,
@@ -458,10 +494,11 @@ class Welcome(_message.Message):
         max_chunk_bytes: _builtins.int = ...,
         manifest_entries: _builtins.int = ...,
         forces_modes: _builtins.bool = ...,
+        stream_compression: Global___Compression.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forces_modes", b"forces_modes", "manifest_entries", b"manifest_entries", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "replica", b"replica", "session_id", b"session_id", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forces_modes", b"forces_modes", "manifest_entries", b"manifest_entries", "max_chunk_bytes", b"max_chunk_bytes", "protocol_version", b"protocol_version", "replica", b"replica", "session_id", b"session_id", "stream_compression", b"stream_compression", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
