@@ -299,9 +299,8 @@ class _Feed:
         if self.done:
             return True
         packed = pack(changes, i, limits)
-        return packed.end < len(changes) or any(
-            how is Carry.CHUNKED for _, how in packed.items[-1:]
-        )
+        ends_large = bool(packed.items) and packed.items[-1][1] is Carry.CHUNKED
+        return packed.end < len(changes) or ends_large
 
     def release(self, changes: list[Change], end: int, packed: Packed | None = None) -> None:
         """After a batch of small changes was packed (up to ``end``), put

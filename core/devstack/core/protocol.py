@@ -358,26 +358,11 @@ class ContentEncoder:
 
     def encode(self, data: bytes) -> tuple[bytes, int]:
         """(payload, Compression) for the next piece of the file."""
-        stream = self._stream
-        if stream is not None:
-            if self.worth(data):
-                return stream.compress(data), pb.COMPRESSION_ZSTD_STREAM
-            return data, pb.COMPRESSION_NONE
-        if self._compress is not None:
-            return encode(data, compress=self._compress)
-        if len(data) <= SAMPLE_BYTES:
-            # A small file, or a small piece (a delta's literal): trying it
-            # costs little, and it is too little to judge the file by.
-            return encode(data, compress=True)
-        # auto, the first large piece: judge the file by its first 64 KiB.
-        z = zlib.compressobj(1)
-        head = z.compress(data[:SAMPLE_BYTES]) + z.flush(zlib.Z_SYNC_FLUSH)
-        self._compress = len(head) < SAMPLE_BYTES * 0.9
-        if not self._compress:
-            return data, pb.COMPRESSION_NONE
-        packed = head + z.compress(data[SAMPLE_BYTES:]) + z.flush()
-        if len(packed) < len(data) * 0.9:
-            return packed, pb.COMPRESSION_ZLIB
+        worth = self.worth(data)
+        if self._stream is None:
+            return encode(data, compress=worth)
+        if worth:
+            return self._stream.compress(data), pb.COMPRESSION_ZSTD_STREAM
         return data, pb.COMPRESSION_NONE
 
 

@@ -865,15 +865,12 @@ class SyncService(sync_pb2_grpc.SyncServicer):
             for op, o in zip(ops, msg.ops, strict=True)
             if op.kind is write and not op.chunked
         ]
-        if streamed:
 
-            def content(op: StagedOp, o: pb.Op) -> bytes:
-                got = streamed.get(op.index)
-                return _inline_content(op, o) if got is None else got
+        def content(op: StagedOp, o: pb.Op) -> bytes:
+            got = streamed.get(op.index)
+            return _inline_content(op, o) if got is None else got
 
-            batch.inline_many(inline, content)
-        else:
-            batch.inline_many(inline, _inline_content)
+        batch.inline_many(inline, content)
         return batch
 
     def _signature(self, path: str) -> pb.Signature:
