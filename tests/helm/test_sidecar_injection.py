@@ -3,6 +3,7 @@ only when `devstack.enabled` is true."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from devstack.sidecar import command
 from tests.helm.charts import Manifest, by_kind, documents, one, render
 
 ENABLED: dict[str, Any] = {"enabled": True}
@@ -338,3 +340,18 @@ def test_a_supervised_app_in_the_sidecar_gets_the_apps_environment(example_chart
     sidecar = _container(pod, "devstack-sidecar")
     assert "PORT" not in {e["name"] for e in sidecar["env"]}
     assert "envFrom" not in sidecar
+
+
+def test_extra_args_reach_the_sidecar_after_the_charts_own(example_chart: Path) -> None:
+    """The documented way to a sidecar without the session stream: the
+    rendered arguments parse with the sidecar's own parser, the extra ones
+    last."""
+    values = {"devstack": {**ENABLED, "sidecar": {"extraArgs": ["--max-streams", "0"]}}}
+    args = _container(_pod(documents(render(example_chart, values))), "devstack-sidecar")["args"]
+    assert args[0] == "sidecar" and args[-2:] == ["--max-streams", "0"]
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    parsed = parser.parse_args(
+        [*args[1:], "--workspace", "/app", "--token-file", "/var/run/devstack/token"]
+    )
+    assert command.max_streams(parsed.max_streams) == 0

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from devstack.cli import syncer as syncer_mod
 from devstack.cli.syncer import Syncer, Target
 from devstack.core.protocol import INLINE_MAX
 from tests.support.sync import QuietReporter, Sidecar, tree_state
@@ -76,18 +75,24 @@ def test_content_repeated_across_files_crosses_the_wire_once(
     assert syncer.stats.bytes_sent < wire
 
 
-def test_an_older_sidecar_gets_every_file_through_zlib(
-    tmp_path: Path, sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Offering nothing, the client meets the Welcome an older sidecar sends
-    (it never sets stream_compression): file by file zlib, as before."""
-    monkeypatch.setattr(syncer_mod, "STREAM_OFFERED", ())
+def test_an_older_sidecar_gets_every_file_through_zlib(tmp_path: Path) -> None:
+    """A sidecar that takes no stream (``--max-streams 0``) answers the
+    client's offer with the Welcome an older sidecar sends (it never sets
+    stream_compression): file by file zlib, as before."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (tmp_path / "token").write_text("tok-123\n")
+    older = Sidecar(ws, tmp_path / "token", "--max-streams", "0").start()
     src = tmp_path / "src"
     src.mkdir()
     total = repeated_tree(src)
-    syncer, wire = sync_through_proxy(src, sidecar, "auto")
+    try:
+        syncer, wire = sync_through_proxy(src, older, "auto")
+    finally:
+        older.stop()
+    assert [e["stream"] for e in older.events("session.open")] == [False]
     assert syncer.stream is None
-    assert tree_state(sidecar.workspace) == tree_state(src)
+    assert tree_state(ws) == tree_state(src)
     # Each noise copy crosses whole (zlib cannot shrink it, nor see the
     # copy before), each log shrinks by itself.
     assert 12 * 40_000 < wire < total

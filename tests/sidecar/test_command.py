@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.sync import devstack_cmd
 
 PR_CAPBSET_DROP = 24
@@ -21,6 +23,20 @@ def _without_cap_chown() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_CHOWN)")
 
 
+def _sidecar_cmd(tmp_path: Path, *args: str) -> list[str]:
+    """``devstack sidecar`` on ``tmp_path``'s ``ws`` and ``token``, with ``args``."""
+    return devstack_cmd(
+        "sidecar",
+        "--listen",
+        "127.0.0.1:0",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--token-file",
+        str(tmp_path / "token"),
+        *args,
+    )
+
+
 def test_owner_that_may_not_be_chowned_to_fails_at_startup(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -29,17 +45,7 @@ def test_owner_that_may_not_be_chowned_to_fails_at_startup(tmp_path: Path) -> No
     # not give files to root anyway.
     root = os.geteuid() == 0
     owner = "1234:2345" if root else "0:0"
-    cmd = devstack_cmd(
-        "sidecar",
-        "--listen",
-        "127.0.0.1:0",
-        "--workspace",
-        str(ws),
-        "--token-file",
-        str(tmp_path / "token"),
-        "--owner",
-        owner,
-    )
+    cmd = _sidecar_cmd(tmp_path, "--owner", owner)
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -59,3 +65,28 @@ def test_owner_that_may_not_be_chowned_to_fails_at_startup(tmp_path: Path) -> No
     assert f"--owner {owner}" in lines[0] and "CAP_CHOWN" in lines[0]
     assert [p.name for p in ws.iterdir()] in ([], [".devstack"])
     assert os.listdir(ws / ".devstack" / "staging") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "shown"),
+    [
+        (("--max-streams", "-1"), {}, "--max-streams '-1'"),
+        (("--max-streams", "four"), {}, "--max-streams 'four'"),
+        ((), {"DEVSTACK_MAX_STREAMS": "2.5"}, "--max-streams '2.5'"),
+    ],
+)
+def test_a_bad_max_streams_fails_at_startup_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], shown: str
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (tmp_path / "token").write_text("streams-token")
+    cmd = _sidecar_cmd(tmp_path, *args)
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert shown in lines[0] and "whole number" in lines[0]
+    assert "Traceback" not in done.stderr

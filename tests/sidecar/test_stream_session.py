@@ -35,6 +35,31 @@ def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
     sc.stop()
 
 
+def test_a_sidecar_with_max_streams_0_never_chooses_the_stream(tmp_path: Path) -> None:
+    """``--max-streams 0``: every session, offered the stream or not, gets
+    the Welcome an older sidecar sends, and zlib file by file still lands."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    sc = Sidecar(ws, token, "--max-streams", "0").start()
+    try:
+        s = RawSession(sc.address, TOKEN, **STREAM)
+        try:
+            assert s.welcome.stream_compression == pb.COMPRESSION_NONE
+            data = b"the same line again\n" * 200
+            op = write_op("a.txt", data)
+            op.content, op.compression = zlib.compress(data), pb.COMPRESSION_ZLIB
+            s.batch(1, op)
+            assert s.commit(1).applied == 1
+        finally:
+            s.close()
+        assert (ws / "a.txt").read_bytes() == data
+        assert [e["stream"] for e in sc.events("session.open")] == [False]
+    finally:
+        sc.stop()
+
+
 def squeezed(op: pb.Op, stream: StreamCompressor) -> pb.Op:
     op.content = stream.compress(op.content)
     op.compression = pb.COMPRESSION_ZSTD_STREAM

@@ -18,7 +18,12 @@ from devstack.core import logging as dlog
 from devstack.core.errors import ConfigError
 from devstack.core.protocol import TOKEN_FILE_ENV, read_token
 from devstack.sidecar import reload as reload_mod
-from devstack.sidecar.server import HELLO_TIMEOUT_SECONDS, SyncService, start_server
+from devstack.sidecar.server import (
+    HELLO_TIMEOUT_SECONDS,
+    MAX_STREAMS,
+    SyncService,
+    start_server,
+)
 from devstack.sidecar.workspace import Workspace, WriteOptions
 
 log = dlog.get_logger("sidecar")
@@ -95,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("DEVSTACK_WORKSPACE_NAME"),
         help="workspace name clients may ask for (default: the folder's name)",
     )
+    parser.add_argument(
+        "--max-streams",
+        default=_env("DEVSTACK_MAX_STREAMS", str(MAX_STREAMS)),
+        metavar="N",
+        help="sessions at once that may compress through one Zstandard stream, each "
+        f"holding up to 16 MiB of window; past them zlib, file by file; 0: none "
+        f"(env DEVSTACK_MAX_STREAMS; default {MAX_STREAMS})",
+    )
     reload_mod.add_arguments(parser)
 
 
@@ -120,6 +133,19 @@ def _owner(value: str | None) -> tuple[int | None, int | None]:
     except ValueError as e:
         raise ConfigError(f"--owner {value!r}: expected numeric UID[:GID]") from e
     return uid, gid
+
+
+def max_streams(value: str) -> int:
+    """``--max-streams``: a whole number, 0 or more."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(
+            f"--max-streams {value!r}: expected a whole number of sessions, 0 or more"
+        )
+    return n
 
 
 def hello_timeout() -> float:
@@ -157,7 +183,18 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     reload_config = reload_mod.config_from_args(args)
     timeout = hello_timeout()
-    asyncio.run(serve(args, root, token, options, reload_config, hello_timeout=timeout))
+    streams = max_streams(args.max_streams)
+    asyncio.run(
+        serve(
+            args,
+            root,
+            token,
+            options,
+            reload_config,
+            hello_timeout=timeout,
+            max_streams=streams,
+        )
+    )
     return 0
 
 
@@ -169,10 +206,17 @@ async def serve(
     reload_config: reload_mod.ReloadConfig,
     *,
     hello_timeout: float = HELLO_TIMEOUT_SECONDS,
+    max_streams: int = MAX_STREAMS,
 ) -> None:
     ws = Workspace(root, replica=args.mode == "replica", options=options)
     name = args.name or ws.root.name
-    service = SyncService(ws, token=token, workspace_name=name, hello_timeout=hello_timeout)
+    service = SyncService(
+        ws,
+        token=token,
+        workspace_name=name,
+        hello_timeout=hello_timeout,
+        max_streams=max_streams,
+    )
     reloader = reload_mod.build_reloader(
         reload_config, workspace=ws.root, on_event=service.on_reload_event
     )

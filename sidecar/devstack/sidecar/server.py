@@ -79,7 +79,8 @@ SERVICE_NAME = "devstack.sync.v1.Sync"
 MAX_SESSIONS = 16
 #: Sessions at once with a compressed stream (each holds a window of up to
 #: 16 MiB, ``STREAM_WINDOW_LOG``); a session past them gets zlib, file by
-#: file, so the streams' memory stays bounded whatever the clients ask.
+#: file, so the streams' memory stays bounded whatever the clients ask. The
+#: default of ``SyncService(max_streams=)`` (``--max-streams``; 0: none).
 MAX_STREAMS = 4
 #: Seconds a new stream has to send its Hello (``DEVSTACK_HELLO_TIMEOUT``
 #: overrides it, see ``command``); then it ends with DEADLINE_EXCEEDED.
@@ -452,12 +453,15 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         workspace_name: str,
         reloader: Reloader | None = None,
         hello_timeout: float = HELLO_TIMEOUT_SECONDS,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.ws = workspace
         self._token = token
         self.workspace_name = workspace_name
         self.reloader = reloader
         self.hello_timeout = hello_timeout
+        #: Sessions at once with a compressed stream (``MAX_STREAMS``).
+        self.max_streams = max_streams
         #: Every session from the moment its Hello is accepted (its slot).
         self.sessions: dict[str, _Session] = {}
         self._handshakes = 0
@@ -584,7 +588,7 @@ class SyncService(sync_pb2_grpc.SyncServicer):
         # however the session ends.
         session = _Session(id=secrets.token_hex(4), client=hello.client_id or "?", out=_Outbox())
         streams = sum(1 for s in self.sessions.values() if s.stream is not None)
-        if pb.COMPRESSION_ZSTD_STREAM in hello.stream_compressions and streams < MAX_STREAMS:
+        if pb.COMPRESSION_ZSTD_STREAM in hello.stream_compressions and streams < self.max_streams:
             session.stream = StreamDecompressor()
         self.sessions[session.id] = session
         bound = log.bind(session=session.id, client=session.client)
