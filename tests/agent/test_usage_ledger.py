@@ -183,6 +183,29 @@ def test_a_tracker_closes_a_pod_that_vanished_without_a_deletion_time_when_it_sa
     assert len(tracker) == 0
 
 
+def test_a_pods_end_is_the_first_deletion_request_not_the_kubelets_final_delete() -> None:
+    """A graceful delete at 100 (30 s grace) is followed, once the kubelet
+    stopped the pod, by its delete with grace 0: the server then moves
+    ``deletionTimestamp`` to that instant (101 here) and the grace to 0. The
+    span ends at the request, whichever of the two events comes last."""
+    tracker = SpanTracker(lambda o: pod_span(o, team_of))
+    running = pod("a", "bob", cpu="1", memory="1Gi", start=0)
+    asked = pod("a", "bob", cpu="1", memory="1Gi", start=0, deleted=100)
+    final = pod("a", "bob", cpu="1", memory="1Gi", start=0, deleted=101, grace=0)
+    tracker.update(None, running, BASE + 1)
+    tracker.update(running, asked, BASE + 100)
+    tracker.update(asked, final, BASE + 101)
+    tracker.update(final, None, BASE + 101)
+    (span,) = tracker.spans()
+    assert span.until == BASE + 100
+    # An informer that saw only the final state can do no better than it says.
+    late = SpanTracker(lambda o: pod_span(o, team_of))
+    late.update(None, final, BASE + 102)
+    late.update(final, None, BASE + 102)
+    (span,) = late.spans()
+    assert span.until == BASE + 101
+
+
 # --- integration ------------------------------------------------------------------------
 
 

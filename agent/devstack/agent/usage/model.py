@@ -330,8 +330,9 @@ class SpanTracker:
     ``update(old, new, now)`` is the informer's ``on_change`` with the time
     it was seen: an object that appears or changes has its span recomputed
     from what it says; one that goes away is closed (at what it says, else at
-    ``now``). A span stays once it ended, until :meth:`prune` drops those
-    that ended before the ledger's watermark.
+    ``now``). Once a span ended, its end only ever moves earlier. A span
+    stays once it ended, until :meth:`prune` drops those that ended before
+    the ledger's watermark.
     """
 
     def __init__(self, to_span: Callable[[RawObject], Span | None]) -> None:
@@ -362,8 +363,12 @@ class SpanTracker:
         if isinstance(span, LoadBalancerSpan) and current is None and old is not None:
             # It became a LoadBalancer after it was created: from now on.
             span = LoadBalancerSpan(span.key, span.owner, span.team, max(span.since, now), None)
-        if current is not None and current.until is not None and span.until is None:
-            return  # closed already (seen completed): a later event does not reopen it
+        ended = None if current is None else current.until
+        if ended is not None and (span.until is None or span.until >= ended):
+            # Closed already: a later event neither reopens it nor moves its
+            # end later (after a graceful delete, the kubelet's own delete,
+            # with grace 0, moves deletionTimestamp to its instant).
+            return
         if current is not None and isinstance(span, LoadBalancerSpan):
             span = LoadBalancerSpan(span.key, span.owner, span.team, current.since, span.until)
         self._spans[key] = span
